@@ -1,0 +1,46 @@
+# crossmoe developer commands. Every target sets up .venv first, so each one
+# works on a fresh clone: `make test`, `make demo`.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU build of torch is installed first so that nothing pulls a CUDA build.
+# Override for another build, e.g. `make TORCH_SPEC="torch==2.6.0" test`.
+TORCH_SPEC ?= torch==2.13.0
+EXTRAS ?= nethack,examples,test,docs,dev
+PYTEST_ARGS ?=
+SPHINX := $(BIN)/python -m sphinx -W --keep-going -b html docs docs/_build/html
+
+.PHONY: venv test demo docs bench lint format clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -e ".[$(EXTRAS)]"
+	touch $@
+
+test: venv
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(SPHINX) -q
+
+demo: venv
+	$(BIN)/python examples/quickstart.py
+
+docs: venv
+	$(SPHINX)
+
+bench: venv
+	$(BIN)/python benchmarks/bench_modules.py
+
+lint: venv
+	$(BIN)/ruff check crossmoe tests examples benchmarks docs
+	$(BIN)/ruff format --check crossmoe tests examples benchmarks docs
+
+format: venv
+	$(BIN)/ruff check --fix crossmoe tests examples benchmarks docs
+	$(BIN)/ruff format crossmoe tests examples benchmarks docs
+
+clean:
+	rm -rf $(VENV) docs/_build .pytest_cache .hypothesis .ruff_cache

@@ -1,0 +1,25 @@
+"""crossmoe: neuro-symbolic Mixture-of-Experts components for PyTorch."""
+
+from crossmoe import diagnostics, functional, losses
+from crossmoe.attention import CausalGatedCrossAttention
+from crossmoe.experts import SemanticExpertBank
+from crossmoe.losses import AuxLossWeights, aux_loss
+from crossmoe.routing import RouterOutput, SparsemaxRouter
+from crossmoe.schedule import RoutingState, TemperatureAnnealingScheduler
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AuxLossWeights",
+    "CausalGatedCrossAttention",
+    "RouterOutput",
+    "RoutingState",
+    "SemanticExpertBank",
+    "SparsemaxRouter",
+    "TemperatureAnnealingScheduler",
+    "__version__",
+    "aux_loss",
+    "diagnostics",
+    "functional",
+    "losses",
+]

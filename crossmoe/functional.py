@@ -1,0 +1,181 @@
+"""Pure functions behind the crossmoe modules.
+
+Everything here is stateless and works on plain tensors, so it can be used
+without the :mod:`torch.nn` wrappers:
+
+* :func:`entmax` -- the alpha-entmax family (softmax at ``alpha=1``, sparsemax
+  at ``alpha=2``) dispatched to the exact implementation for each alpha.
+* :func:`sparse_topk_softmax` -- softmax restricted to the top
+  ``ceil(topk * n_kept)`` entries of each row, honouring a key mask.
+* :func:`combine_experts` -- the router-weighted sum of expert outputs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from entmax import entmax15, entmax_bisect, sparsemax
+from torch import Tensor
+
+__all__ = [
+    "ALPHA_SOFTMAX_TOL",
+    "check_alpha",
+    "check_temperature",
+    "combine_experts",
+    "entmax",
+    "sparse_topk_softmax",
+    "topk_support_size",
+]
+
+#: ``|alpha - 1|`` below this is routed to :func:`torch.softmax`.
+#: ``entmax_bisect`` at ``alpha == 1`` silently returns a uniform distribution,
+#: and between 1 and ``1 + 1e-3`` alpha-entmax differs from softmax by less than
+#: 6e-4, which is below the bisection's own float32 error there.
+ALPHA_SOFTMAX_TOL = 1e-3
+_EXACT_TOL = 1e-6
+
+
+def check_alpha(alpha: float, name: str = "alpha") -> float:
+    """Return ``float(alpha)`` or raise ``ValueError`` if it is outside [1, 2]."""
+    value = float(alpha)
+    if not (1.0 <= value <= 2.0):  # also rejects NaN
+        raise ValueError(f"{name} must lie in [1, 2] (1 = softmax, 2 = sparsemax), got {alpha!r}")
+    return value
+
+
+def check_temperature(temperature: float, name: str = "temperature") -> float:
+    """Return ``float(temperature)`` or raise ``ValueError`` if it is not a finite positive number."""
+    value = float(temperature)
+    if not (0.0 < value < math.inf):
+        raise ValueError(f"{name} must be a finite number > 0, got {temperature!r}")
+    return value
+
+
+def entmax(logits: Tensor, alpha: float = 1.5, dim: int = -1, n_iter: int = 50) -> Tensor:
+    r"""alpha-entmax of ``logits`` along ``dim``, dispatched to the exact kernel.
+
+    .. math::
+        \operatorname{entmax}_\alpha(z) = \arg\max_{p \in \Delta} \; p^\top z + H^T_\alpha(p)
+
+    where :math:`H^T_\alpha` is the Tsallis entropy (`Peters et al., 2019
+    <https://arxiv.org/abs/1905.05702>`_). The limit :math:`\alpha \to 1` is
+    softmax and :math:`\alpha = 2` is sparsemax.
+
+    Dispatch: ``|alpha - 1| < ALPHA_SOFTMAX_TOL`` uses :func:`torch.softmax`
+    (``entmax_bisect`` is wrong there), ``alpha == 1.5`` uses
+    :func:`entmax.entmax15`, ``alpha == 2`` uses :func:`entmax.sparsemax`, and
+    every other alpha uses :func:`entmax.entmax_bisect`.
+
+    Half-precision inputs are computed in float32 (entmax returns NaN in
+    fp16/bf16), and the result is returned in float32.
+
+    Args:
+        logits: Scores. Every slice along ``dim`` must contain a finite value.
+        alpha: Value in ``[1, 2]``.
+        dim: The dimension that is normalised.
+        n_iter: Bisection steps for the general case.
+
+    Returns:
+        A tensor shaped like ``logits`` whose slices along ``dim`` lie on the
+        probability simplex.
+    """
+    alpha = check_alpha(alpha)
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    if alpha - 1.0 < ALPHA_SOFTMAX_TOL:
+        return torch.softmax(logits, dim=dim)
+    if abs(alpha - 2.0) < _EXACT_TOL:
+        return sparsemax(logits, dim=dim)
+    if abs(alpha - 1.5) < _EXACT_TOL:
+        return entmax15(logits, dim=dim)
+    return entmax_bisect(logits, alpha=alpha, dim=dim, n_iter=n_iter)
+
+
+def topk_support_size(n_kept: Tensor, topk: float) -> Tensor:
+    """``max(1, ceil(topk * n_kept))``: how many keys a row of attention may use.
+
+    A tiny slack keeps ``ceil`` from rounding ``0.3 * 10 = 3.0000000000000004``
+    up to 4.
+    """
+    k = torch.ceil(n_kept.to(torch.float64) * topk - 1e-9).to(torch.long)
+    return k.clamp(min=1)
+
+
+def sparse_topk_softmax(
+    scores: Tensor, topk: float = 1.0, mask: Tensor | None = None, dim: int = -1
+) -> Tensor:
+    r"""Softmax over the ``k`` largest kept scores of each row; every other entry is 0.
+
+    With :math:`n` kept entries in a row, :math:`k = \max(1, \lceil \text{topk}
+    \cdot n \rceil)`. Masked entries (``mask == False``) never enter the support,
+    so they get exactly zero weight and no gradient. Ties at the threshold are
+    broken arbitrarily, so a row never has more than ``k`` non-zero weights. ``topk=1.0`` is a plain
+    (masked) softmax.
+
+    Args:
+        scores: Attention scores, any shape.
+        topk: Fraction of kept entries that may receive weight, in ``(0, 1]``.
+        mask: Boolean, True = keep; broadcastable to ``scores``. Every row must
+            keep at least one entry.
+        dim: The dimension that is normalised.
+
+    Returns:
+        Weights shaped like ``scores``, each row a probability vector.
+
+    Raises:
+        ValueError: If ``topk`` is outside ``(0, 1]``, ``mask`` is not boolean,
+            or a row keeps no entry.
+    """
+    if not (0.0 < topk <= 1.0):
+        raise ValueError(f"topk must lie in (0, 1], got {topk!r}")
+    if dim not in (-1, scores.dim() - 1):
+        moved_mask = None if mask is None else mask.expand_as(scores).movedim(dim, -1)
+        return sparse_topk_softmax(scores.movedim(dim, -1), topk, moved_mask).movedim(-1, dim)
+
+    n = scores.shape[-1]
+    if mask is None:
+        k = int(topk_support_size(torch.tensor(n), topk))
+        if k >= n:
+            return torch.softmax(scores, dim=-1)
+        # Softmax over the k selected scores only, scattered back into zeros.
+        values, index = scores.topk(k, dim=-1, sorted=False)
+        return torch.zeros_like(scores).scatter(-1, index, torch.softmax(values, dim=-1))
+
+    if mask.dtype != torch.bool:
+        raise ValueError(f"mask must be a bool tensor (True = keep), got dtype {mask.dtype}")
+    mask = mask.expand_as(scores)
+    n_kept = mask.sum(dim=-1)
+    if not bool((n_kept > 0).all()):
+        raise ValueError("mask keeps no entry in some row; every row needs at least one kept key")
+    scores = scores.masked_fill(~mask, -math.inf)
+    if topk == 1.0:
+        return torch.softmax(scores, dim=-1)
+    k_row = topk_support_size(n_kept, topk)  # (...,) support size per row
+    k_max = int(k_row.max())
+    if int(k_row.min()) == k_max:  # one support size for all rows: no ranking needed
+        values, index = scores.topk(k_max, dim=-1, sorted=False)
+        return torch.zeros_like(scores).scatter(-1, index, torch.softmax(values, dim=-1))
+    # Sorted top-k_max; ranks below a row's k are its support. Since k_row <= n_kept,
+    # every selected rank is an unmasked key, so no row of `values` is all -inf.
+    values, index = scores.topk(k_max, dim=-1, sorted=True)
+    in_support = torch.arange(k_max, device=scores.device) < k_row.unsqueeze(-1)
+    weights = torch.softmax(values.masked_fill(~in_support, -math.inf), dim=-1)
+    return torch.zeros_like(scores).scatter(-1, index, weights)
+
+
+def combine_experts(router_weights: Tensor, expert_outputs: Tensor) -> Tensor:
+    r"""Router-weighted sum of expert outputs, :math:`y_b = \sum_e w_{be} \, x_{be}`.
+
+    Shapes:
+        - router_weights: ``(B, E)``
+        - expert_outputs: ``(B, E, A)``
+        - output: ``(B, A)``
+    """
+    if router_weights.shape != expert_outputs.shape[:2]:
+        raise ValueError(
+            "router_weights must be (B, E) matching expert_outputs (B, E, A)="
+            f"{tuple(expert_outputs.shape)}, got {tuple(router_weights.shape)}"
+        )
+    return torch.einsum("be,bea->ba", router_weights.to(expert_outputs.dtype), expert_outputs)
+

@@ -1,0 +1,378 @@
+"""Auxiliary losses for sparse Mixture-of-Experts policies.
+
+Every loss is a pure function from tensors to a scalar tensor. Leading
+dimensions before the expert axis are treated as batch dimensions and
+averaged. :func:`~crossmoe.aux_loss` computes them all from a bundle of model outputs
+and returns ``(total, parts)``: the weighted sum to optimise and the
+unweighted, detached values to log.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "AuxLossWeights",
+    "aux_loss",
+    "expert_diversity_loss",
+    "expert_overlap_penalty",
+    "hypergraph_alignment_loss",
+    "load_balance_loss",
+    "router_z_loss",
+    "routing_entropy",
+    "semantic_orthogonality_loss",
+    "temporal_consistency_loss",
+]
+
+
+def _check_rank(name: str, tensor: Tensor, min_dim: int, layout: str) -> None:
+    if tensor.dim() < min_dim:
+        raise ValueError(f"{name} must be {layout}, got shape {tuple(tensor.shape)}")
+
+
+def load_balance_loss(probs: Tensor) -> Tensor:
+    r"""Switch-Transformer load-balancing loss (`Fedus et al., 2021 <https://arxiv.org/abs/2101.03961>`_).
+
+    .. math::
+        \mathcal{L}_\text{bal} = E \sum_{i=1}^{E} f_i \, P_i, \qquad
+        f_i = \frac{1}{B} \sum_b [\arg\max_e p_{be} = i], \quad P_i = \frac{1}{B} \sum_b p_{bi}
+
+    It is 1 when both the top-1 assignments and the mean probabilities are
+    uniform, and ``E`` when every sample goes to one expert. Gradients flow
+    through :math:`P` only. Pass dense probabilities (``softmax(logits)``) even
+    when routing with sparsemax: sparsemax gives no gradient to dead experts.
+
+    Shapes:
+        - probs: ``(..., E)``
+        - output: scalar
+    """
+    _check_rank("probs", probs, 2, "(..., E) with a batch dimension")
+    probs = probs.reshape(-1, probs.shape[-1])
+    num_experts = probs.shape[-1]
+    fraction = F.one_hot(probs.argmax(dim=-1), num_experts).to(probs.dtype).mean(dim=0)
+    return num_experts * (fraction * probs.mean(dim=0)).sum()
+
+
+def router_z_loss(logits: Tensor) -> Tensor:
+    r"""Router z-loss (`Zoph et al., 2022 <https://arxiv.org/abs/2202.08906>`_): :math:`\operatorname{mean}_b (\log\sum_e e^{z_{be}})^2`.
+
+    Keeps router logits small, which keeps the routing numerically stable.
+
+    Shapes:
+        - logits: ``(..., E)``
+        - output: scalar
+    """
+    _check_rank("logits", logits, 1, "(..., E)")
+    return torch.logsumexp(logits, dim=-1).square().mean()
+
+
+def expert_diversity_loss(expert_logits: Tensor) -> Tensor:
+    r"""Mean pairwise cosine similarity of the experts' action distributions.
+
+    .. math::
+        \mathcal{L}_\text{div} = \frac{1}{B}\sum_b \frac{2}{E(E-1)} \sum_{i<j}
+        \frac{\langle \pi_{bi}, \pi_{bj} \rangle}{\lVert \pi_{bi} \rVert \, \lVert \pi_{bj} \rVert},
+        \qquad \pi_{be} = \operatorname{softmax}(\ell_{be})
+
+    It lies in ``(0, 1]``: 1 when all experts propose the same distribution, and
+    it approaches 0 as their distributions move to disjoint actions. Lower
+    means more diverse.
+
+    Shapes:
+        - expert_logits: ``(..., E, A)`` with ``E >= 2``
+        - output: scalar
+    """
+    _check_rank("expert_logits", expert_logits, 2, "(..., E, A)")
+    num_experts = expert_logits.shape[-2]
+    if num_experts < 2:
+        raise ValueError(f"expert_logits must have at least 2 experts on dim -2, got shape {tuple(expert_logits.shape)}")
+    unit = F.normalize(torch.softmax(expert_logits, dim=-1), dim=-1)
+    gram = unit @ unit.transpose(-1, -2)  # (..., E, E)
+    off_diagonal = gram.sum(dim=(-1, -2)) - gram.diagonal(dim1=-2, dim2=-1).sum(dim=-1)
+    return (off_diagonal / (num_experts * (num_experts - 1))).mean()
+
+
+def semantic_orthogonality_loss(expert_features: Tensor) -> Tensor:
+    r"""Squared distance of the experts' normalised feature Gram matrix from the identity.
+
+    .. math::
+        \mathcal{L}_\perp = \frac{1}{B}\sum_b \lVert \hat E_b \hat E_b^\top - I \rVert_F^2,
+        \qquad \hat E_{be} = \frac{e_{be}}{\lVert e_{be} \rVert}
+
+    It is 0 iff the experts' vectors are mutually orthogonal (they are unit
+    length by construction), and reaches :math:`E(E-1)` when all are parallel.
+
+    Shapes:
+        - expert_features: ``(..., E, F)``; ``(E, F)`` (for example expert
+          weight vectors) counts as a batch of one.
+        - output: scalar
+    """
+    _check_rank("expert_features", expert_features, 2, "(..., E, F)")
+    unit = F.normalize(expert_features, dim=-1)
+    gram = unit @ unit.transpose(-1, -2)
+    identity = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
+    return (gram - identity).square().sum(dim=(-1, -2)).mean()
+
+
+def hypergraph_alignment_loss(
+    router_weights: Tensor,
+    operator_scores: Tensor,
+    operator_to_expert: Tensor,
+    applicable: Tensor | None = None,
+    eps: float = 1e-6,
+) -> Tensor:
+    r"""KL divergence from the symbolic expert target to the router weights.
+
+    The target puts on expert :math:`e` the softmax mass of the applicable
+    operators that belong to :math:`e`:
+
+    .. math::
+        t_{be} = \sum_{o \,:\, \text{exp}(o) = e} \operatorname{softmax}_{o \in \text{app}_b}(s_{bo}), \qquad
+        \mathcal{L}_\text{align} = \frac{1}{|B'|}\sum_{b \in B'} \sum_e t_{be} \log \frac{t_{be}}{\tilde w_{be}},
+        \qquad \tilde w = \frac{w + \epsilon}{1 + E\epsilon}
+
+    The target is detached: the symbolic side teaches the router, not the
+    reverse. :math:`\tilde w` keeps ``log(0)`` finite for sparsemax weights and
+    stays a distribution, so the loss is a true KL and never negative. Samples
+    with no applicable operator (:math:`b \notin B'`) have no target and are
+    left out; with none left the loss is 0.
+
+    Args:
+        router_weights: ``(B, E)`` routing probabilities.
+        operator_scores: ``(B, O)`` operator scores (logits).
+        operator_to_expert: ``(O,)`` long, the expert of each operator.
+        applicable: ``(B, O)`` bool, True where all of an operator's
+            preconditions hold; ``None`` means every operator applies.
+        eps: Smoothing of the router weights.
+
+    Returns:
+        Scalar tensor, ``>= 0``.
+    """
+    if router_weights.dim() != 2:
+        raise ValueError(f"router_weights must be (B, E), got {tuple(router_weights.shape)}")
+    batch, num_experts = router_weights.shape
+    if operator_scores.dim() != 2 or operator_scores.shape[0] != batch:
+        raise ValueError(f"operator_scores must be (B, O) with B={batch}, got {tuple(operator_scores.shape)}")
+    num_operators = operator_scores.shape[1]
+    if operator_to_expert.shape != (num_operators,) or operator_to_expert.dtype != torch.long:
+        raise ValueError(
+            f"operator_to_expert must be a LongTensor of shape (O,)=({num_operators},), "
+            f"got {operator_to_expert.dtype} {tuple(operator_to_expert.shape)}"
+        )
+    if not bool(((operator_to_expert >= 0) & (operator_to_expert < num_experts)).all()):
+        raise ValueError(f"operator_to_expert values must lie in [0, {num_experts}), got {operator_to_expert.tolist()}")
+    if applicable is None:
+        applicable = torch.ones_like(operator_scores, dtype=torch.bool)
+    if applicable.shape != operator_scores.shape or applicable.dtype != torch.bool:
+        raise ValueError(
+            f"applicable must be a bool tensor shaped like operator_scores {tuple(operator_scores.shape)}, "
+            f"got {applicable.dtype} {tuple(applicable.shape)}"
+        )
+
+    has_target = applicable.any(dim=-1)
+    if not bool(has_target.any()):
+        return router_weights.sum() * 0.0
+    with torch.no_grad():
+        scores = operator_scores[has_target].to(router_weights.dtype).masked_fill(~applicable[has_target], float("-inf"))
+        operator_probs = torch.softmax(scores, dim=-1)  # (B', O)
+        membership = F.one_hot(operator_to_expert.to(router_weights.device), num_experts).to(operator_probs.dtype)
+        target = operator_probs @ membership  # (B', E)
+    smoothed = (router_weights[has_target] + eps) / (1.0 + num_experts * eps)
+    kl = (torch.xlogy(target, target) - target * smoothed.log()).sum(dim=-1)
+    return kl.clamp_min(0.0).mean()
+
+
+def temporal_consistency_loss(weights: Tensor, dones: Tensor) -> Tensor:
+    r"""Mean squared change of the routing weights between consecutive steps of an episode.
+
+    .. math::
+        \mathcal{L}_\text{temp} = \frac{1}{|P|} \sum_{(t, b) \in P} \lVert w_{t,b} - w_{t-1,b} \rVert_2^2,
+        \qquad P = \{(t, b) : t \ge 1,\ \neg\,\text{done}_{t,b}\}
+
+    ``dones[t] = True`` means step ``t`` starts a new episode (CleanRL's stored
+    ``dones``), so the pair ``(t-1, t)`` crosses an episode boundary and is
+    excluded. With no pair left the loss is 0.
+
+    Shapes:
+        - weights: ``(T, B, E)`` in time order
+        - dones: ``(T, B)`` bool or 0/1
+        - output: scalar
+    """
+    if weights.dim() != 3:
+        raise ValueError(f"weights must be (T, B, E), got {tuple(weights.shape)}")
+    if tuple(dones.shape) != tuple(weights.shape[:2]):
+        raise ValueError(f"dones must be (T, B)={tuple(weights.shape[:2])}, got {tuple(dones.shape)}")
+    same_episode = ~dones[1:].to(torch.bool)  # (T-1, B)
+    step_change = (weights[1:] - weights[:-1]).square().sum(dim=-1)  # (T-1, B)
+    pairs = same_episode.sum()
+    return (step_change * same_episode).sum() / pairs.clamp_min(1).to(weights.dtype)
+
+
+def expert_overlap_penalty(weights: Tensor) -> Tensor:
+    r"""Mean pairwise product of routing weights, :math:`\operatorname{mean}_b \sum_{i<j} w_{bi} w_{bj}`.
+
+    Computed as :math:`\tfrac12\big((\sum_i w_i)^2 - \sum_i w_i^2\big)`. It is 0
+    for one-hot weights and largest, :math:`\tfrac12(1 - 1/E)`, for uniform
+    weights on the simplex.
+
+    Shapes:
+        - weights: ``(..., E)``
+        - output: scalar
+    """
+    _check_rank("weights", weights, 1, "(..., E)")
+    return (0.5 * (weights.sum(dim=-1).square() - weights.square().sum(dim=-1))).mean()
+
+
+def routing_entropy(weights: Tensor) -> Tensor:
+    r"""Mean Shannon entropy of the routing weights in nats, :math:`-\operatorname{mean}_b \sum_e w_{be} \log w_{be}`.
+
+    0 for one-hot routing, :math:`\log E` for uniform routing; zero weights
+    (sparsemax) contribute 0.
+
+    Shapes:
+        - weights: ``(..., E)``
+        - output: scalar
+    """
+    _check_rank("weights", weights, 1, "(..., E)")
+    return -torch.xlogy(weights, weights).sum(dim=-1).mean()
+
+
+@dataclass(frozen=True)
+class AuxLossWeights:
+    """Coefficients of the auxiliary losses in :func:`aux_loss`; 0 disables a term.
+
+    The field names are the keys of the ``parts`` dict that :func:`aux_loss` returns.
+    """
+
+    load_balance: float = 0.01
+    """:func:`~crossmoe.losses.load_balance_loss` on ``softmax(router_logits)``."""
+    router_z: float = 1e-3
+    """:func:`~crossmoe.losses.router_z_loss` on ``router_logits``."""
+    diversity: float = 0.01
+    """:func:`~crossmoe.losses.expert_diversity_loss` on ``expert_logits``."""
+    orthogonality: float = 0.01
+    """:func:`~crossmoe.losses.semantic_orthogonality_loss` on ``expert_features``."""
+    alignment: float = 0.05
+    """:func:`~crossmoe.losses.hypergraph_alignment_loss` on ``router_weights`` and ``operator_scores``."""
+    temporal: float = 0.01
+    """:func:`~crossmoe.losses.temporal_consistency_loss` on ``(T, B, E)`` ``router_weights`` with ``dones``."""
+    overlap: float = 0.0
+    """:func:`~crossmoe.losses.expert_overlap_penalty` on ``router_weights``."""
+    entropy: float = 0.0
+    """:func:`~crossmoe.losses.routing_entropy` on ``router_weights``; positive values favour sharper routing."""
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if not isinstance(value, (int, float)) or value != value:
+                raise ValueError(f"AuxLossWeights.{field.name} must be a number, got {value!r}")
+
+    def scaled(self, multipliers: Mapping[str, float]) -> AuxLossWeights:
+        """Return a copy with each named coefficient multiplied, for example by a schedule phase."""
+        names = {field.name for field in dataclasses.fields(self)}
+        unknown = set(multipliers) - names
+        if unknown:
+            raise ValueError(f"multipliers must name aux losses from {sorted(names)}, got unknown {sorted(unknown)}")
+        return dataclasses.replace(self, **{name: getattr(self, name) * float(m) for name, m in multipliers.items()})
+
+
+def _get(outputs: Any, name: str) -> Tensor | None:
+    if isinstance(outputs, Mapping):
+        return outputs.get(name)
+    return getattr(outputs, name, None)
+
+
+def aux_loss(
+    outputs: Any,
+    weights: AuxLossWeights | None = None,
+    *,
+    operator_to_expert: Tensor | None = None,
+    dones: Tensor | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Weighted sum of every auxiliary loss whose inputs ``outputs`` provides.
+
+    ``outputs`` is a mapping or any object with attributes (for example
+    ``PolicyOutput``) holding some of ``router_logits (..., E)``,
+    ``router_weights (..., E)``, ``expert_logits (..., E, A)``,
+    ``expert_features (..., E, F)``, ``operator_scores (..., O)`` and
+    ``applicable (..., O)``. If ``router_weights`` is ``(T, B, E)`` and ``dones``
+    is given, the temporal term is computed along ``T``.
+
+    A term whose coefficient is 0 is still computed (without gradient) when its
+    inputs are present, so it can be logged; a term with a non-zero coefficient
+    whose inputs are missing raises ``ValueError``.
+
+    Returns:
+        ``(total, parts)``: the weighted scalar to add to the loss, and the
+        unweighted, detached value of each computed term keyed by the
+        :class:`AuxLossWeights` field names.
+    """
+    weights = AuxLossWeights() if weights is None else weights
+    router_logits = _get(outputs, "router_logits")
+    router_weights = _get(outputs, "router_weights")
+    expert_logits = _get(outputs, "expert_logits")
+    expert_features = _get(outputs, "expert_features")
+    operator_scores = _get(outputs, "operator_scores")
+    applicable = _get(outputs, "applicable")
+    if operator_to_expert is None:
+        operator_to_expert = _get(outputs, "operator_to_expert")
+
+    flat_weights = None if router_weights is None else router_weights.reshape(-1, router_weights.shape[-1])
+    terms = {
+        "load_balance": (("router_logits",), lambda: load_balance_loss(torch.softmax(router_logits.float(), dim=-1))),
+        "router_z": (("router_logits",), lambda: router_z_loss(router_logits.float())),
+        "diversity": (("expert_logits",), lambda: expert_diversity_loss(expert_logits)),
+        "orthogonality": (("expert_features",), lambda: semantic_orthogonality_loss(expert_features)),
+        "alignment": (
+            ("router_weights", "operator_scores", "operator_to_expert"),
+            lambda: hypergraph_alignment_loss(
+                flat_weights,
+                operator_scores.reshape(flat_weights.shape[0], -1),
+                operator_to_expert,
+                None if applicable is None else applicable.reshape(flat_weights.shape[0], -1),
+            ),
+        ),
+        "temporal": (("router_weights", "dones"), lambda: temporal_consistency_loss(router_weights, dones)),
+        "overlap": (("router_weights",), lambda: expert_overlap_penalty(flat_weights)),
+        "entropy": (("router_weights",), lambda: routing_entropy(flat_weights)),
+    }
+    available = {
+        "router_logits": router_logits is not None,
+        "router_weights": router_weights is not None,
+        "expert_logits": expert_logits is not None,
+        "expert_features": expert_features is not None,
+        "operator_scores": operator_scores is not None,
+        "operator_to_expert": operator_to_expert is not None,
+        "dones": dones is not None and router_weights is not None and router_weights.dim() == 3,
+    }
+
+    total: Tensor | None = None
+    parts: dict[str, Tensor] = {}
+    for name, (needs, compute) in terms.items():
+        coefficient = float(getattr(weights, name))
+        missing = [need for need in needs if not available[need]]
+        if missing:
+            if coefficient != 0.0:
+                raise ValueError(
+                    f"aux_loss term {name!r} has weight {coefficient} but outputs lack {missing}"
+                    + (" (temporal needs router_weights shaped (T, B, E) and dones)" if name == "temporal" else "")
+                )
+            continue
+        if coefficient == 0.0:
+            with torch.no_grad():
+                parts[name] = compute()
+            continue
+        value = compute()
+        parts[name] = value.detach()
+        total = coefficient * value if total is None else total + coefficient * value
+    if total is None:
+        reference = next((t for t in (router_logits, router_weights, expert_logits) if t is not None), None)
+        total = torch.zeros((), device=None if reference is None else reference.device)
+    return total, parts

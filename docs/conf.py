@@ -1,0 +1,59 @@
+"""Sphinx configuration for the crossmoe documentation.
+
+Build with ``python -m sphinx -W --keep-going -b html docs docs/_build/html``.
+The build needs no network (no intersphinx). Math is typeset by MathJax,
+which the browser loads from its CDN when a page is viewed.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Import the package from this checkout even when it is not installed.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import crossmoe  # noqa: E402
+
+project = "crossmoe"
+author = "crossmoe developers"
+copyright = "crossmoe developers"  # noqa: A001
+version = crossmoe.__version__
+release = crossmoe.__version__
+
+extensions = [
+    "sphinx.ext.autodoc",
+    "sphinx.ext.napoleon",
+    "sphinx.ext.mathjax",
+    "sphinx.ext.viewcode",
+    "myst_parser",
+]
+
+source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
+root_doc = "index"
+exclude_patterns = ["_build", "Thumbs.db", ".DS_Store"]
+
+# -- autodoc ------------------------------------------------------------------
+autodoc_member_order = "bysource"
+autodoc_typehints = "description"
+autodoc_typehints_description_target = "documented"
+autodoc_preserve_defaults = True
+# nn.Module.forward/extra_repr docstrings say nothing about these modules.
+autodoc_inherit_docstrings = False
+
+# -- napoleon (Google style) ----------------------------------------------------
+napoleon_google_docstring = True
+napoleon_numpy_docstring = False
+napoleon_include_init_with_doc = False
+napoleon_use_rtype = False
+# ``Shapes:`` blocks are bullet lists of tensor layouts; render them as a
+# titled section with their content kept as written.
+napoleon_custom_sections = ["Shapes"]
+
+# -- MyST ---------------------------------------------------------------------
+myst_enable_extensions = ["dollarmath", "amsmath"]
+myst_heading_anchors = 3
+
+# -- HTML ---------------------------------------------------------------------
+html_theme = "furo"
+html_title = f"crossmoe {release}"
