@@ -138,9 +138,7 @@ class CausalGatedCrossAttention(nn.Module):
                 f"context must be (B, Nk, {self.context_dim}) or (B, {self.context_dim}), got {tuple(context.shape)}"
             )
         if context.shape[0] != query.shape[0]:
-            raise ValueError(
-                f"context batch size must match query batch size {query.shape[0]}, got {context.shape[0]}"
-            )
+            raise ValueError(f"context batch size must match query batch size {query.shape[0]}, got {context.shape[0]}")
         if context_mask is not None:
             expected = (context.shape[0], context.shape[1] if context.dim() == 3 else 1)
             if tuple(context_mask.shape) != expected:

@@ -77,8 +77,11 @@ def moe_diagnostics(
     names = names or tuple(f"expert_{i}" for i in range(len(usage)))
     if len(names) != len(usage):
         raise ValueError(f"names must hold E={len(usage)} names, got {len(names)}")
-    stats = {"routing_entropy": routing_entropy(router_weights.float()).item(), "dead_experts": float(dead_experts(router_weights))}
-    stats.update({f"usage/{name}": fraction for name, fraction in zip(names, usage)})
+    stats = {
+        "routing_entropy": routing_entropy(router_weights.float()).item(),
+        "dead_experts": float(dead_experts(router_weights)),
+    }
+    stats.update({f"usage/{name}": fraction for name, fraction in zip(names, usage, strict=True)})
     if attention is not None:
         stats["attention_sparsity"] = attention_sparsity(attention, context_mask=context_mask)
     if context is not None:

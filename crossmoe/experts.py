@@ -53,7 +53,12 @@ class SemanticExpertBank(nn.Module):
         activation: nn.Module | None = None,
     ) -> None:
         super().__init__()
-        for arg, value in (("dim", dim), ("out_dim", out_dim), ("num_experts", num_experts), ("hidden_dim", hidden_dim)):
+        for arg, value in (
+            ("dim", dim),
+            ("out_dim", out_dim),
+            ("num_experts", num_experts),
+            ("hidden_dim", hidden_dim),
+        ):
             if value <= 0:
                 raise ValueError(f"{arg} must be a positive integer, got {value!r}")
         if names is None:

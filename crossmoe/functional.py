@@ -102,9 +102,7 @@ def topk_support_size(n_kept: Tensor, topk: float) -> Tensor:
     return k.clamp(min=1)
 
 
-def sparse_topk_softmax(
-    scores: Tensor, topk: float = 1.0, mask: Tensor | None = None, dim: int = -1
-) -> Tensor:
+def sparse_topk_softmax(scores: Tensor, topk: float = 1.0, mask: Tensor | None = None, dim: int = -1) -> Tensor:
     r"""Softmax over the ``k`` largest kept scores of each row; every other entry is 0.
 
     With :math:`n` kept entries in a row, :math:`k = \max(1, \lceil \text{topk}
@@ -178,4 +176,3 @@ def combine_experts(router_weights: Tensor, expert_outputs: Tensor) -> Tensor:
             f"{tuple(expert_outputs.shape)}, got {tuple(router_weights.shape)}"
         )
     return torch.einsum("be,bea->ba", router_weights.to(expert_outputs.dtype), expert_outputs)
-

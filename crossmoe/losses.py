@@ -61,7 +61,10 @@ def load_balance_loss(probs: Tensor) -> Tensor:
 
 
 def router_z_loss(logits: Tensor) -> Tensor:
-    r"""Router z-loss (`Zoph et al., 2022 <https://arxiv.org/abs/2202.08906>`_): :math:`\operatorname{mean}_b (\log\sum_e e^{z_{be}})^2`.
+    r"""Router z-loss (`Zoph et al., 2022 <https://arxiv.org/abs/2202.08906>`_).
+
+    .. math::
+        \mathcal{L}_z = \frac{1}{B} \sum_b \Big(\log \sum_e e^{z_{be}}\Big)^2
 
     Keeps router logits small, which keeps the routing numerically stable.
 
@@ -92,7 +95,9 @@ def expert_diversity_loss(expert_logits: Tensor) -> Tensor:
     _check_rank("expert_logits", expert_logits, 2, "(..., E, A)")
     num_experts = expert_logits.shape[-2]
     if num_experts < 2:
-        raise ValueError(f"expert_logits must have at least 2 experts on dim -2, got shape {tuple(expert_logits.shape)}")
+        raise ValueError(
+            f"expert_logits must have at least 2 experts on dim -2, got shape {tuple(expert_logits.shape)}"
+        )
     unit = F.normalize(torch.softmax(expert_logits, dim=-1), dim=-1)
     gram = unit @ unit.transpose(-1, -2)  # (..., E, E)
     off_diagonal = gram.sum(dim=(-1, -2)) - gram.diagonal(dim1=-2, dim2=-1).sum(dim=-1)
@@ -180,7 +185,9 @@ def hypergraph_alignment_loss(
     if not bool(has_target.any()):
         return router_weights.sum() * 0.0
     with torch.no_grad():
-        scores = operator_scores[has_target].to(router_weights.dtype).masked_fill(~applicable[has_target], float("-inf"))
+        scores = (
+            operator_scores[has_target].to(router_weights.dtype).masked_fill(~applicable[has_target], float("-inf"))
+        )
         operator_probs = torch.softmax(scores, dim=-1)  # (B', O)
         membership = F.one_hot(operator_to_expert.to(router_weights.device), num_experts).to(operator_probs.dtype)
         target = operator_probs @ membership  # (B', E)
@@ -324,10 +331,12 @@ def aux_loss(
     if operator_to_expert is None:
         operator_to_expert = _get(outputs, "operator_to_expert")
 
+    if router_logits is not None and router_logits.dtype in (torch.float16, torch.bfloat16):
+        router_logits = router_logits.float()  # logsumexp and softmax in half precision overflow
     flat_weights = None if router_weights is None else router_weights.reshape(-1, router_weights.shape[-1])
     terms = {
-        "load_balance": (("router_logits",), lambda: load_balance_loss(torch.softmax(router_logits.float(), dim=-1))),
-        "router_z": (("router_logits",), lambda: router_z_loss(router_logits.float())),
+        "load_balance": (("router_logits",), lambda: load_balance_loss(torch.softmax(router_logits, dim=-1))),
+        "router_z": (("router_logits",), lambda: router_z_loss(router_logits)),
         "diversity": (("expert_logits",), lambda: expert_diversity_loss(expert_logits)),
         "orthogonality": (("expert_features",), lambda: semantic_orthogonality_loss(expert_features)),
         "alignment": (

@@ -134,7 +134,9 @@ class TemperatureAnnealingScheduler:
                 raise ValueError(f"coefficients keys must be phases {PHASES}, got {phase!r}")
             unknown = set(multipliers) - loss_names
             if unknown:
-                raise ValueError(f"coefficients[{phase!r}] must name aux losses {sorted(loss_names)}, got {sorted(unknown)}")
+                raise ValueError(
+                    f"coefficients[{phase!r}] must name aux losses {sorted(loss_names)}, got {sorted(unknown)}"
+                )
             checked[phase] = {name: float(value) for name, value in multipliers.items()}
         return checked
 

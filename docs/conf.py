@@ -13,11 +13,11 @@ from pathlib import Path
 # Import the package from this checkout even when it is not installed.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import crossmoe  # noqa: E402
+import crossmoe
 
 project = "crossmoe"
 author = "crossmoe developers"
-copyright = "crossmoe developers"  # noqa: A001
+copyright = "crossmoe developers"
 version = crossmoe.__version__
 release = crossmoe.__version__
 

@@ -47,8 +47,10 @@ def main() -> None:
     map_mask = torch.rand(BATCH, MAP_TOKENS) > 0.1
     map_mask[torch.arange(BATCH), marker] = True
 
-    print(f"{'update':>6} {'phase':>10} {'alpha':>5} {'temp':>5} {'loss':>6} {'acc':>5} "
-          f"{'H(route)':>8} {'dead':>4} {'attn0':>5}  usage")
+    print(
+        f"{'update':>6} {'phase':>10} {'alpha':>5} {'temp':>5} {'loss':>6} {'acc':>5} "
+        f"{'H(route)':>8} {'dead':>4} {'attn0':>5}  usage"
+    )
     for update in range(UPDATES + 1):
         state = schedule(update)
         state.apply(modules)
@@ -59,8 +61,12 @@ def main() -> None:
         logits = combine_experts(route.weights, expert_logits)  # (B, A)
         task_loss = F.cross_entropy(logits, target_action)
         aux_total, parts = aux_loss(
-            {"router_logits": route.logits, "router_weights": route.weights,
-             "expert_logits": expert_logits, "expert_features": expert_features},
+            {
+                "router_logits": route.logits,
+                "router_weights": route.weights,
+                "expert_logits": expert_logits,
+                "expert_features": expert_features,
+            },
             AuxLossWeights(alignment=0.0, temporal=0.0).scaled(state.coefficients),
         )
         optimizer.zero_grad()
@@ -71,9 +77,11 @@ def main() -> None:
             stats = moe_diagnostics(route.weights, attn_weights, context, map_mask, names=experts.names)
             accuracy = (logits.argmax(-1) == target_action).float().mean().item()
             usage = " ".join(f"{name[:4]}={stats[f'usage/{name}']:.2f}" for name in experts.names)
-            print(f"{update:>6} {state.phase:>10} {state.alpha:>5.2f} {state.temperature:>5.2f} "
-                  f"{task_loss.item():>6.3f} {accuracy:>5.2f} {stats['routing_entropy']:>8.3f} "
-                  f"{stats['dead_experts']:>4.0f} {stats['attention_sparsity']:>5.2f}  {usage}")
+            print(
+                f"{update:>6} {state.phase:>10} {state.alpha:>5.2f} {state.temperature:>5.2f} "
+                f"{task_loss.item():>6.3f} {accuracy:>5.2f} {stats['routing_entropy']:>8.3f} "
+                f"{stats['dead_experts']:>4.0f} {stats['attention_sparsity']:>5.2f}  {usage}"
+            )
     print("aux parts (unweighted):", {name: round(value.item(), 4) for name, value in parts.items()})
     print(f"context norm {stats['context_norm']:.2f}; attention keeps <= 30% of the kept map tokens per row")
 
