@@ -17,12 +17,13 @@ def time_interleaved(cases: dict[str, Callable[[], object]], rounds: int = 7, nu
     The cases run in alternating rounds, so a burst of load on a noisy
     machine hits all of them alike and their ratios stay meaningful.
     """
+    threads = torch.get_num_threads()  # Timer would otherwise measure on 1 thread
     for fn in cases.values():  # warm-up: allocator, thread pool, lazy init
         fn()
     samples: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(rounds):
         for name, fn in cases.items():
-            samples[name].append(Timer(stmt="fn()", globals={"fn": fn}).timeit(number).mean)
+            samples[name].append(Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads).timeit(number).mean)
     return {name: statistics.median(values) for name, values in samples.items()}
 
 

@@ -32,6 +32,13 @@ class CausalGatedCrossAttention(nn.Module):
     the visual evidence is used; it is initialised like any linear layer (not
     at zero), so every parameter receives gradient from the first step.
 
+    Note:
+        A row whose support is a single key (``sparse_topk * n_kept <= 1``,
+        which includes the vector form with its one context token) has
+        attention weight 1 whatever the scores, so such rows send no gradient
+        to ``to_q`` and ``to_k``; only the value path and the gate learn from
+        them.
+
     Args:
         dim: Width ``D`` of the query tokens and of the output.
         num_heads: Number of heads ``H``; must divide ``dim``.
@@ -137,6 +144,8 @@ class CausalGatedCrossAttention(nn.Module):
             raise ValueError(
                 f"context must be (B, Nk, {self.context_dim}) or (B, {self.context_dim}), got {tuple(context.shape)}"
             )
+        if context.dim() == 3 and context.shape[1] == 0:
+            raise ValueError(f"context must hold at least one token (Nk >= 1), got {tuple(context.shape)}")
         if context.shape[0] != query.shape[0]:
             raise ValueError(f"context batch size must match query batch size {query.shape[0]}, got {context.shape[0]}")
         if context_mask is not None:

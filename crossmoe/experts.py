@@ -33,7 +33,8 @@ class SemanticExpertBank(nn.Module):
         num_experts: Number of experts ``E``.
         hidden_dim: Hidden width ``F`` of each expert.
         names: One name per expert; ``None`` gives ``expert_0, expert_1, ...``.
-            The default names the four semantic experts of the NetHack agent.
+            The default names the four semantic experts of the NetHack agent,
+            and falls back to the generic names when ``num_experts != 4``.
         activation: Module applied between the two layers.
 
     Shapes:
@@ -61,7 +62,7 @@ class SemanticExpertBank(nn.Module):
         ):
             if value <= 0:
                 raise ValueError(f"{arg} must be a positive integer, got {value!r}")
-        if names is None:
+        if names is None or (tuple(names) == DEFAULT_EXPERT_NAMES and num_experts != len(DEFAULT_EXPERT_NAMES)):
             names = tuple(f"expert_{i}" for i in range(num_experts))
         if len(names) != num_experts:
             raise ValueError(

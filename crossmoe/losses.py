@@ -241,14 +241,16 @@ def routing_entropy(weights: Tensor) -> Tensor:
     r"""Mean Shannon entropy of the routing weights in nats, :math:`-\operatorname{mean}_b \sum_e w_{be} \log w_{be}`.
 
     0 for one-hot routing, :math:`\log E` for uniform routing; zero weights
-    (sparsemax) contribute 0.
+    (sparsemax, entmax) contribute 0 and get a finite gradient (``xlogy`` would
+    give 0/0 there, and entmax's backward turns that NaN into NaN everywhere).
 
     Shapes:
         - weights: ``(..., E)``
         - output: scalar
     """
     _check_rank("weights", weights, 1, "(..., E)")
-    return -torch.xlogy(weights, weights).sum(dim=-1).mean()
+    safe = torch.where(weights > 0, weights, torch.ones_like(weights))
+    return -(weights * safe.log()).sum(dim=-1).mean()
 
 
 @dataclass(frozen=True)
@@ -298,7 +300,7 @@ def _get(outputs: Any, name: str) -> Tensor | None:
 
 def aux_loss(
     outputs: Any,
-    weights: AuxLossWeights | None = None,
+    weights: AuxLossWeights,
     *,
     operator_to_expert: Tensor | None = None,
     dones: Tensor | None = None,
@@ -321,7 +323,6 @@ def aux_loss(
         unweighted, detached value of each computed term keyed by the
         :class:`AuxLossWeights` field names.
     """
-    weights = AuxLossWeights() if weights is None else weights
     router_logits = _get(outputs, "router_logits")
     router_weights = _get(outputs, "router_weights")
     expert_logits = _get(outputs, "expert_logits")
@@ -334,6 +335,12 @@ def aux_loss(
     if router_logits is not None and router_logits.dtype in (torch.float16, torch.bfloat16):
         router_logits = router_logits.float()  # logsumexp and softmax in half precision overflow
     flat_weights = None if router_weights is None else router_weights.reshape(-1, router_weights.shape[-1])
+    if flat_weights is not None and operator_scores is not None:
+        if operator_scores.shape[:-1] != router_weights.shape[:-1]:
+            raise ValueError(
+                f"operator_scores must be (..., O) with the leading dims of router_weights "
+                f"{tuple(router_weights.shape[:-1])}, got {tuple(operator_scores.shape)}"
+            )
     terms = {
         "load_balance": (("router_logits",), lambda: load_balance_loss(torch.softmax(router_logits, dim=-1))),
         "router_z": (("router_logits",), lambda: router_z_loss(router_logits)),

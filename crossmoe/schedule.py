@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -100,6 +101,9 @@ class TemperatureAnnealingScheduler:
         final_temperature: float | None = None,
         coefficients: Mapping[str, Mapping[str, float]] | None = None,
     ) -> None:
+        for name, value in (("warmup", warmup), ("transition", transition), ("total", total)):
+            if not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite step count, got {value!r}")
         if warmup < 0:
             raise ValueError(f"warmup must be >= 0, got {warmup!r}")
         if transition < warmup:
@@ -138,10 +142,14 @@ class TemperatureAnnealingScheduler:
                     f"coefficients[{phase!r}] must name aux losses {sorted(loss_names)}, got {sorted(unknown)}"
                 )
             checked[phase] = {name: float(value) for name, value in multipliers.items()}
+            not_finite = {name: value for name, value in checked[phase].items() if not math.isfinite(value)}
+            if not_finite:
+                raise ValueError(f"coefficients[{phase!r}] multipliers must be finite, got {not_finite}")
         return checked
 
     def phase(self, step: float) -> str:
         """The phase that ``step`` falls in."""
+        step = float(step)
         if not (step >= 0):
             raise ValueError(f"step must be >= 0, got {step!r}")
         if step < self.warmup:
@@ -150,9 +158,10 @@ class TemperatureAnnealingScheduler:
 
     def progress(self, step: float) -> float:
         """Fraction of ``total`` elapsed, clipped to ``[0, 1]``."""
-        return 1.0 if self.total == 0 else min(max(step / self.total, 0.0), 1.0)
+        return 1.0 if self.total == 0 else min(max(float(step) / self.total, 0.0), 1.0)
 
     def __call__(self, step: float) -> RoutingState:
+        step = float(step)  # also accepts a 0-d tensor or numpy scalar; the state holds plain floats
         phase = self.phase(step)
         if phase == "warmup":
             alpha, temperature = 1.0, self.start_temperature

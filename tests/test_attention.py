@@ -182,6 +182,8 @@ def test_forward_errors_name_argument_expected_and_given():
         attn(query, context[:, 0], torch.ones(3, 9, dtype=torch.bool))
     with pytest.raises(ValueError, match="context_mask must be a bool tensor"):
         attn(query, context, torch.ones(3, 9))
+    with pytest.raises(ValueError, match=r"context must hold at least one token \(Nk >= 1\), got \(3, 0, 12\)"):
+        attn(query, context[:, :0])
     empty = torch.ones(3, 9, dtype=torch.bool)
     empty[1] = False
     with pytest.raises(ValueError, match=r"context_mask keeps no key for samples \[1\]"):

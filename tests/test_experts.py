@@ -33,6 +33,7 @@ def test_matches_independent_mlps():
 def test_default_names_and_generic_names():
     assert SemanticExpertBank(8, 3).names == ("survival", "combat", "exploration", "general")
     assert SemanticExpertBank(8, 3, num_experts=2, names=None).names == ("expert_0", "expert_1")
+    assert SemanticExpertBank(8, 3, num_experts=3).names == ("expert_0", "expert_1", "expert_2")
     assert "survival" in repr(SemanticExpertBank(8, 3))
 
 

@@ -150,7 +150,9 @@ def test_sparse_topk_errors():
         sparse_topk_softmax(scores, 0.0)
     with pytest.raises(ValueError, match="mask must be a bool tensor"):
         sparse_topk_softmax(scores, 0.5, torch.ones(2, 3))
-    with pytest.raises(ValueError, match="keeps no entry"):
+    with pytest.raises(ValueError, match=r"mask must be broadcastable to scores \(2, 3\), got \(2, 2\)"):
+        sparse_topk_softmax(scores, 0.5, torch.ones(2, 2, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"mask keeps no entry in rows \[\[1\]\]"):
         sparse_topk_softmax(scores, 0.5, torch.tensor([[True, False, False], [False, False, False]]))
 
 

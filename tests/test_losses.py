@@ -369,6 +369,17 @@ def test_entropy_of_sparse_weights_is_finite_and_in_nats():
     assert routing_entropy(weights).item() == pytest.approx(expected)
 
 
+@pytest.mark.parametrize("alpha", [1.5, 1.7, 2.0])
+def test_entropy_gradient_is_finite_through_entmax_with_exact_zeros(alpha):
+    from crossmoe.functional import entmax
+
+    logits = _f64([[3.0, 0.0, -3.0, -5.0]]).requires_grad_()
+    weights = entmax(logits, alpha=alpha)
+    assert (weights == 0).any()
+    routing_entropy(weights).backward()
+    assert torch.isfinite(logits.grad).all()
+
+
 @given(shape=simplex_shapes, seed=st.integers(0, 2**16), scale=st.floats(0.0, 10.0))
 def test_entropy_lies_between_zero_and_log_e(shape, seed, scale):
     entropy = routing_entropy(_simplex(*shape, seed=seed, scale=scale)).item()
@@ -628,6 +639,12 @@ def test_aux_loss_with_non_zero_weight_and_missing_inputs_raises(present, weight
     weights = _only(**{weight_name: 1.0})
     with pytest.raises(ValueError, match=match):
         aux_loss(outputs, weights)
+
+
+def test_aux_loss_rejects_operator_scores_with_other_batch_dims():
+    outputs = {**_policy_outputs(), "operator_scores": _policy_outputs()["operator_scores"][:-1]}
+    with pytest.raises(ValueError, match=r"operator_scores must be \(\.\.\., O\) with the leading dims"):
+        aux_loss(outputs, _only(alignment=1.0), operator_to_expert=torch.zeros(5, dtype=torch.long))
 
 
 def test_aux_loss_alignment_without_operator_to_expert_raises():

@@ -69,7 +69,7 @@ def test_routing_is_deterministic():
 def test_every_parameter_gets_a_finite_gradient(alpha):
     router = SparsemaxRouter(12, 4, alpha=alpha)
     out = router(_x())
-    (out.weights * torch.randn(16, 4)).sum().add(out.logits.square().mean()).backward()
+    (out.weights * torch.randn(16, 4)).sum().backward()  # through the entmax only
     for name, parameter in router.named_parameters():
         assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), name
         assert parameter.grad.abs().sum() > 0, name

@@ -266,6 +266,9 @@ def test_sparsemax_phase_gives_exact_zeros_and_warmup_does_not():
         ({"final_temperature": 0.0}, "final_temperature must be"),
         ({"coefficients": {"pretrain": {"alignment": 1.0}}}, "coefficients keys must be phases"),
         ({"coefficients": {"warmup": {"balance": 1.0}}}, r"coefficients\['warmup'\] must name aux losses"),
+        ({"coefficients": {"warmup": {"alignment": float("nan")}}}, "multipliers must be finite"),
+        ({"warmup": float("nan")}, "warmup must be a finite step count, got nan"),
+        ({"total": float("inf")}, "total must be a finite step count"),
     ],
 )
 def test_scheduler_rejects_bad_configuration(kwargs, match):
@@ -280,3 +283,9 @@ def test_scheduler_rejects_negative_step(step):
         scheduler(step)
     with pytest.raises(ValueError, match="step must be >= 0"):
         scheduler.phase(step)
+
+
+def test_tensor_steps_give_plain_float_states():
+    state = TemperatureAnnealingScheduler(10, 20, 30)(torch.tensor(15))
+    assert type(state.alpha) is float and type(state.temperature) is float
+    assert state.alpha == TemperatureAnnealingScheduler(10, 20, 30)(15).alpha
