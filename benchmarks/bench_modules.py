@@ -110,7 +110,9 @@ def bench_experts(rounds: int) -> None:
         x = torch.randn(batch, dim)
         times = time_interleaved({"bank": _fwd_bwd(bank, x), "loop": _fwd_bwd(looped, x)}, rounds=rounds, number=20)
         with torch.inference_mode():
-            infer = time_interleaved({"bank": lambda: bank(x), "loop": lambda: looped(x)}, rounds=rounds, number=20)
+            infer = time_interleaved(
+                {"bank": lambda x=x: bank(x), "loop": lambda x=x: looped(x)}, rounds=rounds, number=20
+            )
         emit(
             {
                 "bench": "expert_bank",

@@ -112,8 +112,8 @@ def sparse_topk_softmax(scores: Tensor, topk: float = 1.0, mask: Tensor | None =
     With :math:`n` kept entries in a row, :math:`k = \max(1, \lceil \text{topk}
     \cdot n \rceil)`. Masked entries (``mask == False``) never enter the support,
     so they get exactly zero weight and no gradient. Ties at the threshold are
-    broken arbitrarily, so a row never has more than ``k`` non-zero weights. ``topk=1.0`` is a plain
-    (masked) softmax.
+    broken arbitrarily, so a row never has more than ``k`` non-zero weights.
+    ``topk=1.0`` is a plain (masked) softmax.
 
     Args:
         scores: Attention scores, any shape.
@@ -137,39 +137,37 @@ def sparse_topk_softmax(scores: Tensor, topk: float = 1.0, mask: Tensor | None =
 
     n = scores.shape[-1]
     if mask is None:
-        k = int(topk_support_size(torch.tensor(n), topk))
-        if k >= n:
-            return torch.softmax(scores, dim=-1)
-        # Softmax over the k selected scores only, scattered back into zeros.
-        values, index = scores.topk(k, dim=-1, sorted=False)
-        return torch.zeros_like(scores).scatter(-1, index, torch.softmax(values, dim=-1))
-
-    if mask.dtype != torch.bool:
-        raise ValueError(f"mask must be a bool tensor (True = keep), got dtype {mask.dtype}")
-    try:
-        mask = mask.expand_as(scores)
-    except RuntimeError:
-        raise ValueError(
-            f"mask must be broadcastable to scores {tuple(scores.shape)}, got {tuple(mask.shape)}"
-        ) from None
-    n_kept = mask.sum(dim=-1)
-    if not bool((n_kept > 0).all()):
-        empty = (n_kept == 0).nonzero().tolist()[:5]
-        raise ValueError(f"mask keeps no entry in rows {empty} (first 5 shown); every row needs a kept key")
-    scores = scores.masked_fill(~mask, -math.inf)
-    if topk == 1.0:
+        k_row = None
+        k_max = int(topk_support_size(torch.tensor(n), topk))
+    else:
+        if mask.dtype != torch.bool:
+            raise ValueError(f"mask must be a bool tensor (True = keep), got dtype {mask.dtype}")
+        try:
+            mask = mask.expand_as(scores)
+        except RuntimeError:
+            raise ValueError(
+                f"mask must be broadcastable to scores {tuple(scores.shape)}, got {tuple(mask.shape)}"
+            ) from None
+        n_kept = mask.sum(dim=-1)
+        if not bool((n_kept > 0).all()):
+            empty = (n_kept == 0).nonzero().tolist()[:5]
+            raise ValueError(f"mask keeps no entry in rows {empty} (first 5 shown); every row needs a kept key")
+        scores = scores.masked_fill(~mask, -math.inf)
+        k_row = topk_support_size(n_kept, topk)  # (...,) support size per row
+        k_max = int(k_row.max())
+        if int(k_row.min()) == k_max:  # one support size for every row: no ranking needed
+            k_row = None
+    if topk == 1.0 or k_max >= n:
         return torch.softmax(scores, dim=-1)
-    k_row = topk_support_size(n_kept, topk)  # (...,) support size per row
-    k_max = int(k_row.max())
-    if int(k_row.min()) == k_max:  # one support size for all rows: no ranking needed
-        values, index = scores.topk(k_max, dim=-1, sorted=False)
-        return torch.zeros_like(scores).scatter(-1, index, torch.softmax(values, dim=-1))
-    # Sorted top-k_max; ranks below a row's k are its support. Since k_row <= n_kept,
-    # every selected rank is an unmasked key, so no row of `values` is all -inf.
-    values, index = scores.topk(k_max, dim=-1, sorted=True)
-    in_support = torch.arange(k_max, device=scores.device) < k_row.unsqueeze(-1)
-    weights = torch.softmax(values.masked_fill(~in_support, -math.inf), dim=-1)
-    return torch.zeros_like(scores).scatter(-1, index, weights)
+
+    # Softmax over the selected scores only, scattered back into zeros. With
+    # per-row sizes, the top-k_max are sorted and ranks below a row's k form its
+    # support; since k_row <= n_kept they are all kept keys, so no row is all -inf.
+    values, index = scores.topk(k_max, dim=-1, sorted=k_row is not None)
+    if k_row is not None:
+        in_support = torch.arange(k_max, device=scores.device) < k_row.unsqueeze(-1)
+        values = values.masked_fill(~in_support, -math.inf)
+    return torch.zeros_like(scores).scatter(-1, index, torch.softmax(values, dim=-1))
 
 
 def combine_experts(router_weights: Tensor, expert_outputs: Tensor) -> Tensor:
