@@ -143,12 +143,14 @@ def sparse_topk_softmax(scores: Tensor, topk: float = 1.0, mask: Tensor | None =
         if mask.dtype != torch.bool:
             raise ValueError(f"mask must be a bool tensor (True = keep), got dtype {mask.dtype}")
         try:
-            mask = mask.expand_as(scores)
+            broadcast = torch.broadcast_shapes(mask.shape, scores.shape) == scores.shape
         except RuntimeError:
-            raise ValueError(
-                f"mask must be broadcastable to scores {tuple(scores.shape)}, got {tuple(mask.shape)}"
-            ) from None
-        n_kept = mask.sum(dim=-1)
+            broadcast = False
+        if not broadcast:
+            raise ValueError(f"mask must be broadcastable to scores {tuple(scores.shape)}, got {tuple(mask.shape)}")
+        # Count on the mask as given, e.g. (B, 1, 1, Nk) rather than the expanded
+        # (B, H, Nq, Nk): the counts broadcast wherever they are used.
+        n_kept = torch.broadcast_to(mask, (*mask.shape[:-1], n)).sum(dim=-1)
         if not bool((n_kept > 0).all()):
             empty = (n_kept == 0).nonzero().tolist()[:5]
             raise ValueError(f"mask keeps no entry in rows {empty} (first 5 shown); every row needs a kept key")
