@@ -46,6 +46,9 @@ class CausalGatedCrossAttention(nn.Module):
             ``(0, 1]``. ``1.0`` is dense attention.
         dropout: Dropout on the attention weights (after sparsification).
         context_dim: Width ``Dc`` of the context tokens; ``None`` means ``dim``.
+        head_dim: Width of each head; ``None`` means ``dim // num_heads``. A
+            smaller value narrows the query, key and value projections (the
+            bulk of the cost) without changing the residual width.
 
     Shapes:
         - query: ``(B, Nq, D)`` tokens, or ``(B, D)`` for a single query vector.
@@ -68,12 +71,15 @@ class CausalGatedCrossAttention(nn.Module):
         sparse_topk: float = 0.3,
         dropout: float = 0.0,
         context_dim: int | None = None,
+        head_dim: int | None = None,
     ) -> None:
         super().__init__()
         if dim <= 0:
             raise ValueError(f"dim must be a positive integer, got {dim!r}")
-        if num_heads <= 0 or dim % num_heads != 0:
-            raise ValueError(f"num_heads must be a positive divisor of dim={dim}, got {num_heads!r}")
+        if num_heads <= 0 or (head_dim is None and dim % num_heads != 0):
+            raise ValueError(f"num_heads must be a positive divisor of dim={dim} (or pass head_dim), got {num_heads!r}")
+        if head_dim is not None and head_dim <= 0:
+            raise ValueError(f"head_dim must be a positive integer, got {head_dim!r}")
         if not (0.0 < sparse_topk <= 1.0):
             raise ValueError(f"sparse_topk must lie in (0, 1], got {sparse_topk!r}")
         if not (0.0 <= dropout < 1.0):
@@ -87,21 +93,23 @@ class CausalGatedCrossAttention(nn.Module):
         self.num_heads = num_heads
         self.sparse_topk = float(sparse_topk)
         self.dropout = float(dropout)
-        self.scale = 1.0 / math.sqrt(dim // num_heads)
+        self.head_dim = dim // num_heads if head_dim is None else head_dim
+        inner = num_heads * self.head_dim
+        self.scale = 1.0 / math.sqrt(self.head_dim)
 
         self.norm_query = nn.LayerNorm(dim)
         self.norm_context = nn.LayerNorm(context_dim)
-        self.to_q = nn.Linear(dim, dim, bias=False)
+        self.to_q = nn.Linear(dim, inner, bias=False)
         # Separate key and value projections: a fused one splits its output, and the
         # backward of that split costs a strided concatenation as large as both.
-        self.to_k = nn.Linear(context_dim, dim, bias=False)
-        self.to_v = nn.Linear(context_dim, dim, bias=False)
+        self.to_k = nn.Linear(context_dim, inner, bias=False)
+        self.to_v = nn.Linear(context_dim, inner, bias=False)
         self.to_gate = nn.Linear(dim, dim)
-        self.to_out = nn.Linear(dim, dim)
+        self.to_out = nn.Linear(inner, dim)
 
     def extra_repr(self) -> str:
         return (
-            f"dim={self.dim}, context_dim={self.context_dim}, num_heads={self.num_heads}, "
+            f"dim={self.dim}, context_dim={self.context_dim}, num_heads={self.num_heads}, head_dim={self.head_dim}, "
             f"sparse_topk={self.sparse_topk}, dropout={self.dropout}"
         )
 

@@ -1,0 +1,180 @@
+"""Generic encoders that plug into :class:`~crossmoe.policy.CrossAttentionMoEPolicy`.
+
+A *visual* encoder maps an observation dict to ``(tokens (B, N, D), mask (B, N) or None)``;
+a *logic* encoder maps it to ``(operator_tokens (B, O, D), operator_scores (B, O) or None)``
+and may add a third element, the ``(B, O)`` bool applicability mask used by
+:func:`~crossmoe.losses.hypergraph_alignment_loss`. Each encoder reads its own
+keys, and accepts numpy arrays or tensors.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from crossmoe.graph import Hypergraph, HypergraphEncoder
+
+__all__ = ["BoxEncoder", "HypergraphLogicEncoder", "LearnedQueries", "batch_size", "obs_tensor"]
+
+
+def obs_tensor(
+    obs: Mapping[str, Any],
+    key: str,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    shape: tuple[int | None, ...] | None = None,
+) -> Tensor:
+    """Fetch ``obs[key]`` as a tensor on ``device``, checking its shape.
+
+    Numpy arrays are wrapped without a copy when they are already on the CPU
+    in the right dtype.
+
+    Args:
+        obs: The observation dict.
+        key: The entry to read.
+        device: Target device; ``None`` keeps the tensor where it is.
+        dtype: Target dtype; ``None`` keeps it.
+        shape: Expected shape; ``None`` entries match any size (use it for the batch).
+    """
+    if not isinstance(obs, Mapping):
+        raise ValueError(f"obs must be a dict of arrays or tensors, got {type(obs).__name__}")
+    if key not in obs:
+        raise ValueError(f"obs is missing key {key!r}; got keys {sorted(obs)}")
+    value = obs[key]
+    tensor = value if isinstance(value, Tensor) else torch.as_tensor(np.asarray(value))
+    if shape is not None and (
+        tensor.dim() != len(shape) or any(s is not None and s != t for s, t in zip(shape, tensor.shape, strict=True))
+    ):
+        expected = "(" + ", ".join("B" if s is None else str(s) for s in shape) + ")"
+        raise ValueError(f"obs[{key!r}] must have shape {expected}, got {tuple(tensor.shape)}")
+    return tensor.to(device=device, dtype=dtype)
+
+
+def batch_size(obs: Mapping[str, Any]) -> int:
+    """Leading dimension of the first entry of ``obs``."""
+    if not isinstance(obs, Mapping) or not obs:
+        raise ValueError("obs must be a non-empty dict of batched arrays or tensors")
+    first = next(iter(obs.values()))
+    if np.ndim(first) == 0:
+        raise ValueError(f"obs entries must be batched (B, ...) arrays, got a scalar for key {next(iter(obs))!r}")
+    return int(first.shape[0])
+
+
+class BoxEncoder(nn.Module):
+    r"""Tokens for a flat ``Box`` observation: one token per feature.
+
+    Feature :math:`i` of value :math:`x_i` becomes the token
+    :math:`x_i w_i + b_i` with learned per-feature vectors :math:`w_i, b_i`
+    (the feature tokenizer of `Gorishniy et al., 2021
+    <https://arxiv.org/abs/2106.11959>`_), so operator queries can attend to
+    individual features.
+
+    Args:
+        obs_dim: Number of features ``F``.
+        dim: Token width ``D``.
+        key: Observation key to read; a bare array passed to the policy is
+            stored under ``"obs"``.
+
+    Shapes:
+        - obs[key]: ``(B, F)`` (extra trailing dims are flattened)
+        - output: ``(tokens (B, F, D), None)``
+    """
+
+    def __init__(self, obs_dim: int, dim: int, key: str = "obs") -> None:
+        super().__init__()
+        if obs_dim < 1 or dim < 1:
+            raise ValueError(f"obs_dim and dim must be positive integers, got obs_dim={obs_dim}, dim={dim}")
+        self.obs_dim, self.dim, self.key = obs_dim, dim, key
+        self.weight = nn.Parameter(torch.randn(obs_dim, dim) / math.sqrt(dim))
+        self.bias = nn.Parameter(torch.randn(obs_dim, dim) / math.sqrt(dim))
+
+    def forward(self, obs: Mapping[str, Any]) -> tuple[Tensor, None]:
+        x = obs_tensor(obs, self.key, device=self.weight.device, dtype=self.weight.dtype)
+        x = x.reshape(x.shape[0], -1)
+        if x.shape[1] != self.obs_dim:
+            raise ValueError(f"obs[{self.key!r}] must have {self.obs_dim} features, got shape {tuple(x.shape)}")
+        return x.unsqueeze(-1) * self.weight + self.bias, None  # (B, F, D)
+
+
+class LearnedQueries(nn.Module):
+    """A logic encoder without symbols: ``num_queries`` learned query tokens, the same for every sample.
+
+    Use it when there is no knowledge graph; the policy then reads the visual
+    tokens through learned queries, as in a Perceiver.
+
+    Shapes:
+        - output: ``(queries (B, Q, D), None)``
+    """
+
+    def __init__(self, num_queries: int, dim: int) -> None:
+        super().__init__()
+        if num_queries < 1 or dim < 1:
+            raise ValueError(f"num_queries and dim must be positive, got num_queries={num_queries}, dim={dim}")
+        self.dim = dim
+        self.queries = nn.Parameter(torch.randn(num_queries, dim) / math.sqrt(dim))
+
+    def forward(self, obs: Mapping[str, Any]) -> tuple[Tensor, None]:
+        return self.queries.expand(batch_size(obs), -1, -1), None
+
+
+class HypergraphLogicEncoder(nn.Module):
+    """Logic stream: condition activations from the observation, read by a :class:`~crossmoe.graph.HypergraphEncoder`.
+
+    The activations come from ``obs[key]`` when present (a training loop can
+    store them with the rollout), otherwise from ``atoms(obs)``.
+
+    Args:
+        hypergraph: The knowledge graph.
+        dim: Operator token width ``D``.
+        atoms: Function from the observation dict to ``(B, C)`` activations
+            (numpy or torch), in the order of ``hypergraph.conditions``.
+        key: Observation key holding precomputed activations.
+        **encoder_kwargs: Passed to :class:`~crossmoe.graph.HypergraphEncoder`.
+
+    Shapes:
+        - output: ``(operator_tokens (B, O, D), operator_scores (B, O), applicable (B, O) bool)``
+    """
+
+    def __init__(
+        self,
+        hypergraph: Hypergraph,
+        dim: int,
+        atoms: Callable[[Mapping[str, Any]], Any] | None = None,
+        key: str = "atoms",
+        **encoder_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        self.dim, self.key, self.atoms = dim, key, atoms
+        self.graph_encoder = HypergraphEncoder(hypergraph, dim, **encoder_kwargs)
+        self.register_buffer("operator_to_expert", hypergraph.operator_to_expert, persistent=False)
+
+    @property
+    def hypergraph(self) -> Hypergraph:
+        return self.graph_encoder.hypergraph
+
+    def activations(self, obs: Mapping[str, Any]) -> Tensor:
+        """The ``(B, C)`` condition activations of ``obs``."""
+        device = self.operator_to_expert.device
+        if isinstance(obs, Mapping) and self.key in obs:
+            values = obs_tensor(obs, self.key, device=device, dtype=torch.float32)
+        elif self.atoms is not None:
+            values = torch.as_tensor(self.atoms(obs), dtype=torch.float32, device=device)
+        else:
+            raise ValueError(f"obs is missing key {self.key!r} and no atoms function was given to compute it")
+        num_conditions = self.hypergraph.num_conditions
+        if values.dim() != 2 or values.shape[1] != num_conditions:
+            raise ValueError(
+                f"condition activations must be (B, C) with C={num_conditions}, got shape {tuple(values.shape)}"
+            )
+        return values
+
+    def forward(self, obs: Mapping[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
+        activations = self.activations(obs)
+        tokens, scores = self.graph_encoder(activations)
+        return tokens, scores, self.hypergraph.applicable(activations)

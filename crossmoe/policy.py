@@ -1,0 +1,254 @@
+"""The composed actor-critic: logic tokens query visual tokens, and the fused context drives a sparse MoE."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.distributions import Categorical
+
+from crossmoe.attention import CausalGatedCrossAttention
+from crossmoe.experts import DEFAULT_EXPERT_NAMES, SemanticExpertBank
+from crossmoe.functional import combine_experts
+from crossmoe.routing import SparsemaxRouter
+
+__all__ = ["FUSIONS", "CrossAttentionMoEPolicy", "PolicyOutput"]
+
+FUSIONS = ("cross_attention", "concat")
+
+
+class PolicyOutput(NamedTuple):
+    """Everything one forward pass of :class:`CrossAttentionMoEPolicy` computes.
+
+    The field names are the ones :func:`crossmoe.losses.aux_loss` reads, so
+    ``aux_loss(output, weights)`` works on it directly, except for the
+    temporal term, which needs a rollout's ``(T, B, E)`` router weights and
+    its ``dones``: set ``AuxLossWeights(temporal=0)`` for a single batch.
+
+    Shapes:
+        - logits: ``(B, A)``, the router-weighted sum of the expert logits
+        - value: ``(B,)``
+        - router_weights, router_logits: ``(B, E)``
+        - expert_logits: ``(B, E, A)``
+        - expert_features: ``(B, E, F)``, the experts' hidden features
+        - context: ``(B, D)``
+        - attention: ``(B, H, O, N)``, or None with ``fusion="concat"``
+        - operator_scores: ``(B, O)``, or None if the logic encoder gives none
+        - applicable: ``(B, O)`` bool, or None if the logic encoder gives none
+        - operator_to_expert: ``(O,)`` long, or None without a hypergraph
+    """
+
+    logits: Tensor
+    value: Tensor
+    router_weights: Tensor
+    router_logits: Tensor
+    expert_logits: Tensor
+    expert_features: Tensor
+    context: Tensor
+    attention: Tensor | None
+    operator_scores: Tensor | None
+    applicable: Tensor | None
+    operator_to_expert: Tensor | None
+
+
+class CrossAttentionMoEPolicy(nn.Module):
+    r"""Actor-critic whose symbolic tokens read the visual tokens, routed over semantic experts.
+
+    .. code-block:: text
+
+        obs ─ logic_encoder ─► operator tokens (B, O, D) ─┐
+            └ visual_encoder ─► visual tokens (B, N, D) ──┴► CausalGatedCrossAttention ─► (B, O, D)
+                                                         attention pool ─► context c (B, D)
+        c ─► SparsemaxRouter ─► w (B, E);  c ─► SemanticExpertBank ─► (B, E, A);  c ─► critic ─► v (B,)
+        logits = Σ_e w_e · expert_logits_e
+
+    The pool over operators weighs each fused operator token by
+    ``softmax(pool_score(token) + operator_score)``, so the logic encoder's
+    operator scores decide, with the visual evidence, which operators shape
+    the context (and they learn from the policy loss). With
+    ``fusion="concat"`` (the ablation) the cross-attention is replaced by
+    ``Linear(concat(pool(operator tokens), masked mean(visual tokens)))``,
+    where the pool weighs operators by ``softmax(operator_scores)``, and
+    ``attention`` is None.
+
+    The encoders own their observation keys. A visual encoder returns
+    ``(tokens (B, N, D), mask (B, N) or None)``; a logic encoder returns
+    ``(tokens (B, O, D), scores (B, O) or None)`` and optionally a third
+    element, the ``(B, O)`` bool applicability mask. See
+    :mod:`crossmoe.encoders` for generic ones and :func:`crossmoe.nethack.make_policy`
+    for the NetHack agent. Routing has no capacity limit and no noise, so a
+    sample's output never depends on the rest of its batch.
+
+    Args:
+        visual_encoder: Module mapping the observation dict to visual tokens.
+        logic_encoder: Module mapping the observation dict to operator tokens.
+        action_dim: Number of discrete actions ``A``.
+        dim: Width ``D`` of both token streams and of the context.
+        num_experts: Number of experts ``E``.
+        fusion: ``"cross_attention"`` or ``"concat"``.
+        num_heads: Attention heads.
+        head_dim: Width of each attention head; ``None`` means ``dim // num_heads``.
+        sparse_topk: Fraction of kept visual tokens each attention row may use.
+        dropout: Attention dropout (keep 0 for PPO, which needs the rollout
+            and the update to see the same policy).
+        router_hidden_dim: Hidden width of the router MLP (0 for a linear router).
+        expert_hidden_dim: Hidden width ``F`` of each expert.
+        critic_hidden_dim: Hidden width of the critic MLP.
+        alpha: Initial entmax alpha of the router (a schedule usually sets it).
+        temperature: Initial router temperature.
+        expert_names: Names of the experts.
+
+    Example:
+        >>> from crossmoe.encoders import BoxEncoder, LearnedQueries
+        >>> policy = CrossAttentionMoEPolicy(BoxEncoder(4, 32), LearnedQueries(3, 32), action_dim=2, dim=32)
+        >>> action, log_prob, entropy, value = policy.get_action_and_value(torch.randn(5, 4))
+        >>> action.shape, value.shape
+        (torch.Size([5]), torch.Size([5]))
+    """
+
+    def __init__(
+        self,
+        visual_encoder: nn.Module,
+        logic_encoder: nn.Module,
+        action_dim: int,
+        dim: int = 256,
+        num_experts: int = 4,
+        fusion: str = "cross_attention",
+        *,
+        num_heads: int = 4,
+        head_dim: int | None = None,
+        sparse_topk: float = 0.3,
+        dropout: float = 0.0,
+        router_hidden_dim: int = 128,
+        expert_hidden_dim: int = 128,
+        critic_hidden_dim: int = 128,
+        alpha: float = 2.0,
+        temperature: float = 1.0,
+        expert_names: Sequence[str] | None = DEFAULT_EXPERT_NAMES,
+    ) -> None:
+        super().__init__()
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
+        for arg, value in (("action_dim", action_dim), ("dim", dim), ("num_experts", num_experts)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{arg} must be a positive integer, got {value!r}")
+        self.visual_encoder = visual_encoder
+        self.logic_encoder = logic_encoder
+        self.action_dim, self.dim, self.fusion = action_dim, dim, fusion
+
+        if fusion == "cross_attention":
+            self.attention = CausalGatedCrossAttention(dim, num_heads, sparse_topk, dropout, head_dim=head_dim)
+            self.pool_norm = nn.LayerNorm(dim)
+            self.pool_score = nn.Linear(dim, 1, bias=False)  # a bias would cancel in the softmax
+        else:
+            self.attention = None
+            self.concat_proj = nn.Sequential(nn.Linear(2 * dim, dim), nn.LayerNorm(dim))
+        self.router = SparsemaxRouter(dim, num_experts, router_hidden_dim, alpha=alpha, temperature=temperature)
+        self.experts = SemanticExpertBank(dim, action_dim, num_experts, expert_hidden_dim, names=expert_names)
+        self.critic = nn.Sequential(nn.Linear(dim, critic_hidden_dim), nn.Tanh(), nn.Linear(critic_hidden_dim, 1))
+        with torch.no_grad():
+            # Near-uniform initial policy and a critic on the scale of the returns, as PPO implementations do.
+            self.experts.w2.mul_(0.01)
+            self.experts.b2.zero_()
+            nn.init.orthogonal_(self.critic[-1].weight, 1.0)
+            self.critic[-1].bias.zero_()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def encode(self, obs: Mapping[str, Any] | Tensor | np.ndarray) -> tuple[Tensor, Tensor | None, tuple[Any, ...]]:
+        """Fuse the two streams: ``(context (B, D), attention or None, logic encoder output)``."""
+        if not isinstance(obs, Mapping):
+            obs = {"obs": obs}
+        visual_tokens, visual_mask = self.visual_encoder(obs)
+        logic = tuple(self.logic_encoder(obs))
+        operator_tokens = logic[0]
+        operator_scores = logic[1] if len(logic) > 1 else None
+        batch = visual_tokens.shape[0]
+        for name, tokens in (("visual", visual_tokens), ("logic", operator_tokens)):
+            if tokens.dim() != 3 or tokens.shape[0] != batch or tokens.shape[-1] != self.dim:
+                raise ValueError(
+                    f"the {name} encoder must return tokens of shape (B, N, {self.dim}) with B={batch}, "
+                    f"got {tuple(tokens.shape)}"
+                )
+
+        if self.attention is None:
+            if visual_mask is None:
+                visual_summary = visual_tokens.mean(1)
+            else:
+                keep = visual_mask.unsqueeze(-1).to(visual_tokens.dtype)
+                visual_summary = (visual_tokens * keep).sum(1) / keep.sum(1).clamp_min(1.0)
+            if operator_scores is None:
+                logic_summary = operator_tokens.mean(1)
+            else:
+                logic_summary = (torch.softmax(operator_scores, dim=1).unsqueeze(-1) * operator_tokens).sum(1)
+            context = self.concat_proj(torch.cat([logic_summary, visual_summary], dim=-1))
+            return context, None, logic
+
+        fused, attention = self.attention(operator_tokens, visual_tokens, visual_mask, return_attention=True)
+        fused = self.pool_norm(fused)
+        pool_logits = self.pool_score(fused).squeeze(-1)  # (B, O): learned attention pool over operators
+        if operator_scores is not None:
+            pool_logits = pool_logits + operator_scores
+        context = (torch.softmax(pool_logits, dim=1).unsqueeze(-1) * fused).sum(1)
+        return context, attention, logic
+
+    def forward(self, obs: Mapping[str, Any] | Tensor | np.ndarray) -> PolicyOutput:
+        context, attention, logic = self.encode(obs)
+        routing = self.router(context)
+        expert_logits, expert_features = self.experts(context, return_hidden=True)
+        logits = combine_experts(routing.weights, expert_logits)
+        return PolicyOutput(
+            logits=logits,
+            value=self.critic(context).squeeze(-1),
+            router_weights=routing.weights,
+            router_logits=routing.logits,
+            expert_logits=expert_logits,
+            expert_features=expert_features,
+            context=context,
+            attention=attention,
+            operator_scores=logic[1] if len(logic) > 1 else None,
+            applicable=logic[2] if len(logic) > 2 else None,
+            operator_to_expert=getattr(self.logic_encoder, "operator_to_expert", None),
+        )
+
+    def get_value(self, obs: Mapping[str, Any] | Tensor | np.ndarray) -> Tensor:
+        """Critic value ``(B,)``."""
+        context, _, _ = self.encode(obs)
+        return self.critic(context).squeeze(-1)
+
+    def get_action_and_value(
+        self,
+        obs: Mapping[str, Any] | Tensor | np.ndarray,
+        action: Tensor | None = None,
+        deterministic: bool = False,
+        return_output: bool = False,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor] | tuple[Tensor, Tensor, Tensor, Tensor, PolicyOutput]:
+        """Sample (or score) actions, CleanRL style.
+
+        Args:
+            obs: Batched observations.
+            action: ``(B,)`` actions to score; ``None`` samples new ones.
+            deterministic: Take the most likely action instead of sampling.
+            return_output: Also return the full :class:`PolicyOutput` (for the
+                auxiliary losses in the same pass).
+
+        Returns:
+            ``(action (B,), log_prob (B,), entropy (B,), value (B,))``, plus the
+            :class:`PolicyOutput` when ``return_output`` is True.
+        """
+        output = self(obs)
+        dist = Categorical(logits=output.logits)
+        if action is None:
+            action = output.logits.argmax(-1) if deterministic else dist.sample()
+        else:
+            action = torch.as_tensor(action, device=output.logits.device)
+        result = (action, dist.log_prob(action), dist.entropy(), output.value)
+        return (*result, output) if return_output else result
+
+    def extra_repr(self) -> str:
+        return f"action_dim={self.action_dim}, dim={self.dim}, fusion={self.fusion!r}"
