@@ -1,0 +1,364 @@
+"""Symbolic condition atoms computed from batched NetHack observations.
+
+An *atom* is a 0/1 predicate of one observation: ``hp_low``, ``monster_adjacent``,
+``msg_locked`` and so on. :func:`extract_atoms` computes all of them at once for a
+batch, vectorised in NumPy over the leading batch dimension ``B``; the columns
+follow :data:`ATOMS`, which is also the list of condition nodes in the shipped
+hypergraph (``hypergraph.json``).
+
+Atoms are stateless: each one reads a single observation. Some facts are
+therefore only partly visible. The player's glyph hides the cell it stands on,
+so ``on_stairs`` relies on the messages NetHack prints there, and the player's
+own cell is never counted as a monster or item.
+
+Shapes:
+    - glyphs: ``(B, 21, 79)`` glyph ids
+    - blstats: ``(B, 27)`` bottom-line statistics
+    - message: ``(B, 256)`` uint8 bytes, zero padded
+    - inv_oclasses: ``(B, 55)`` object class of each inventory slot
+    - output: ``(B, C)`` float32 with ``C = len(ATOMS)``
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import IntEnum
+from typing import Any
+
+import numpy as np
+from nle import nethack
+
+from crossmoe.nethack.glyphs import BOULDER_GLYPH, GLYPH_CLASS, PASSABLE_CLASSES, GlyphClass
+
+__all__ = ["ATOMS", "ATOM_INDEX", "OBSERVATION_KEYS", "Hunger", "atom_index", "extract_atoms"]
+
+
+class Hunger(IntEnum):
+    """Hunger state reported in ``blstats[NLE_BL_HUNGER]``.
+
+    NetHack 3.6 ``include/hack.h``, ``enum hunger_state_types``; NLE does not export it.
+    """
+
+    SATIATED = 0
+    NOT_HUNGRY = 1
+    HUNGRY = 2
+    WEAK = 3
+    FAINTING = 4
+    FAINTED = 5
+    STARVED = 6
+
+
+ATOMS: tuple[str, ...] = (
+    # hit points, as a fraction of maximum hit points
+    "hp_critical",
+    "hp_low",
+    "hp_medium",
+    "hp_full",
+    # hunger
+    "satiated",
+    "not_hungry",
+    "hungry",
+    "weak",
+    # status conditions
+    "confused",
+    "stunned",
+    "blind",
+    "hallucinating",
+    "ill",
+    "in_mortal_danger",
+    "levitating",
+    # depth
+    "depth_1",
+    "depth_2_4",
+    "depth_5_plus",
+    # monsters
+    "monster_adjacent",
+    "monster_visible",
+    "no_monster_visible",
+    "pet_adjacent",
+    "multiple_monsters_adjacent",
+    # items
+    "item_adjacent",
+    "food_adjacent",
+    "item_visible",
+    "item_here",
+    # stairs
+    "stairs_down_adjacent",
+    "stairs_down_visible",
+    "stairs_up_adjacent",
+    "on_stairs",
+    # doors and terrain
+    "door_closed_adjacent",
+    "door_open_adjacent",
+    "in_corridor",
+    "in_room",
+    "dead_end",
+    "trap_adjacent",
+    "boulder_adjacent",
+    "wall_adjacent",
+    # inventory
+    "has_food",
+    # messages
+    "msg_attacked",
+    "msg_killed",
+    "msg_locked",
+    "msg_door_opened",
+    "msg_prompt",
+    "msg_hungry",
+    "msg_nothing_to_eat",
+    "msg_empty",
+)
+"""Names of the atoms, in column order of :func:`extract_atoms`."""
+
+ATOM_INDEX: dict[str, int] = {name: index for index, name in enumerate(ATOMS)}
+"""Column of each atom in the output of :func:`extract_atoms`."""
+
+OBSERVATION_KEYS: tuple[str, ...] = ("glyphs", "blstats", "message", "inv_oclasses")
+"""Observation keys :func:`extract_atoms` reads."""
+
+_TRAILING_SHAPES: dict[str, tuple[int, ...]] = {
+    "glyphs": tuple(nethack.DUNGEON_SHAPE),
+    "blstats": (nethack.NLE_BLSTATS_SIZE,),
+    "message": (nethack.NLE_MESSAGE_SIZE,),
+    "inv_oclasses": (nethack.NLE_INVENTORY_SIZE,),
+}
+
+# Message substrings, as NetHack 3.6 prints them. A monster attacking the player
+# reads "The jackal bites!" / "The goblin misses!", while pets fighting other
+# monsters read "The kitten bites the jackal.", so the trailing "!" matters.
+_MESSAGE_PATTERNS: dict[str, tuple[str, ...]] = {
+    "item_here": (
+        "You see here",
+        "There are several objects here",
+        "There are many objects here",
+        "Things that are here",
+        "here; eat it?",
+    ),
+    # Stepping onto stairs only prints a message when objects lie there too. On
+    # dungeon level 1, pressing "<" on the up staircase asks "Beware, there will
+    # be no return! Still climb?", which also proves the player stands on stairs.
+    "on_stairs": ("There is a staircase", "There is a ladder", "Beware, there will be no return"),
+    "msg_attacked": ("hits!", "bites!", "misses!", "stings!", "butts!", "kicks!", "touches you", "You are hit"),
+    "msg_killed": ("You kill", "You destroy"),
+    "msg_locked": ("This door is locked",),
+    # "WHAMM!!" is printed when a kick fails to open a door, so it is not here.
+    "msg_door_opened": ("The door opens", "crashes open", "shatters to pieces"),
+    "msg_prompt": ("[yn", "What do you want", "In what direction"),
+    "msg_hungry": (
+        "You are beginning to feel hungry",
+        "You only feel hungry now",
+        "You are beginning to feel weak",
+        "You feel weak now",
+        "You faint from lack of food",
+        "munchies",
+    ),
+    "msg_nothing_to_eat": ("You don't have anything to eat",),
+}
+_ENCODED_PATTERNS: dict[str, tuple[np.ndarray, ...]] = {
+    name: tuple(np.frombuffer(pattern.encode("ascii"), dtype=np.uint8) for pattern in patterns)
+    for name, patterns in _MESSAGE_PATTERNS.items()
+}
+
+# 3x3 neighbourhood offsets, row-major; index 4 is the player's own cell.
+_DY, _DX = (axis.ravel() for axis in np.meshgrid(np.arange(-1, 2), np.arange(-1, 2), indexing="ij"))
+_NEIGHBOURS = np.flatnonzero((_DY != 0) | (_DX != 0))
+# Doors cannot be entered or left diagonally, so door atoms only look at N, S, E and W.
+_ORTHOGONAL = np.flatnonzero(np.abs(_DY) + np.abs(_DX) == 1)
+
+_ILL_MASK = nethack.BL_MASK_FOODPOIS | nethack.BL_MASK_TERMILL
+# Stoning, sliming and strangulation kill within a few turns unless cured.
+_MORTAL_DANGER_MASK = nethack.BL_MASK_STONE | nethack.BL_MASK_SLIME | nethack.BL_MASK_STRNGL
+
+_PASSABLE = np.zeros(len(GlyphClass), dtype=bool)  # GlyphClass -> walkable
+_PASSABLE[list(PASSABLE_CLASSES)] = True
+
+
+def atom_index(name: str) -> int:
+    """Column of atom ``name`` in the output of :func:`extract_atoms`."""
+    try:
+        return ATOM_INDEX[name]
+    except KeyError:
+        raise ValueError(f"unknown atom {name!r}; expected one of ATOMS") from None
+
+
+def _as_numpy(value: Any) -> np.ndarray:
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def _validated_arrays(obs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    arrays: dict[str, np.ndarray] = {}
+    batch_size: int | None = None
+    for key, trailing in _TRAILING_SHAPES.items():
+        if key not in obs:
+            raise ValueError(f"obs is missing key {key!r}; extract_atoms needs the keys {OBSERVATION_KEYS}")
+        array = _as_numpy(obs[key])
+        expected = "(B, " + ", ".join(str(size) for size in trailing) + ")"
+        if array.shape[1:] != trailing or array.ndim != len(trailing) + 1:
+            hint = ""
+            if array.shape == trailing:
+                hint = "; extract_atoms requires batched observations, add a leading batch dimension"
+            raise ValueError(f"obs[{key!r}] must be {expected}, got shape {tuple(array.shape)}{hint}")
+        if batch_size is None:
+            batch_size = array.shape[0]
+        elif array.shape[0] != batch_size:
+            raise ValueError(
+                f"obs[{key!r}] has batch size {array.shape[0]}, but obs['glyphs'] has batch size {batch_size}"
+            )
+        arrays[key] = array
+    return arrays
+
+
+def _contains_any(message: np.ndarray, patterns: tuple[np.ndarray, ...]) -> np.ndarray:
+    """Whether each row of ``message`` ``(B, N)`` contains any of ``patterns``; returns ``(B,)`` bool."""
+    found = np.zeros(message.shape[0], dtype=bool)
+    width = message.shape[1]
+    for pattern in patterns:
+        length = len(pattern)
+        if length > width:
+            continue
+        # Narrow the candidate start positions one pattern byte at a time.
+        starts = message[:, : width - length + 1] == pattern[0]
+        for offset in range(1, length):
+            if not starts.any():
+                break
+            starts &= message[:, offset : width - length + 1 + offset] == pattern[offset]
+        found |= starts.any(axis=1)
+    return found
+
+
+def _class_counts(cell_class: np.ndarray) -> np.ndarray:
+    """Count each :class:`GlyphClass` per row of ``cell_class`` ``(B, N)``; returns ``(B, K)`` int64."""
+    num_classes = len(GlyphClass)
+    flat = cell_class + num_classes * np.arange(cell_class.shape[0])[:, None]
+    return np.bincount(flat.ravel(), minlength=num_classes * cell_class.shape[0]).reshape(-1, num_classes)
+
+
+def _message_atoms(message: np.ndarray) -> dict[str, np.ndarray]:
+    message = message.astype(np.uint8, copy=False)
+    nonblank = (message != 0) & (message != ord(" "))
+    has_text = nonblank.any(axis=1)
+    # Only scan up to the longest message in the batch; most messages are short or empty.
+    width = int(np.flatnonzero(nonblank.any(axis=0)).max(initial=-1)) + 1
+    text = message[:, :width]
+    atoms = {name: _contains_any(text, patterns) for name, patterns in _ENCODED_PATTERNS.items()}
+    if width:
+        last_nonblank = width - 1 - np.argmax(nonblank[:, width - 1 :: -1], axis=1)
+        atoms["msg_prompt"] |= has_text & (text[np.arange(len(text)), last_nonblank] == ord("?"))
+    atoms["msg_empty"] = ~has_text
+    return atoms
+
+
+def extract_atoms(obs: Mapping[str, Any]) -> np.ndarray:
+    """Compute the condition atoms of a batch of NetHack observations.
+
+    Every atom is a predicate of one observation, vectorised over the batch.
+    Neighbourhood atoms look at the 8 cells around the player (``*_adjacent``)
+    or at the 4 orthogonal ones (door atoms: NetHack forbids diagonal moves
+    through doorways). The player's own cell, at ``(blstats[NLE_BL_Y],
+    blstats[NLE_BL_X])``, is never a monster or an item, even though the player
+    is drawn with a monster glyph. On the death observation NLE zeroes
+    ``blstats``; then the hit-point, hunger and depth atoms are all 0.
+
+    Args:
+        obs: mapping with batched ``glyphs``, ``blstats``, ``message`` and
+            ``inv_oclasses`` (NumPy arrays or CPU tensors); other keys are ignored.
+
+    Returns:
+        ``(B, len(ATOMS))`` float32 array of 0/1 values, columns in :data:`ATOMS` order.
+
+    Raises:
+        ValueError: if a key is missing, an array is unbatched or has the wrong shape,
+            or the batch sizes differ.
+    """
+    arrays = _validated_arrays(obs)
+    blstats = arrays["blstats"].astype(np.int64, copy=False)
+    batch = np.arange(blstats.shape[0])
+    atoms: dict[str, np.ndarray] = {}
+
+    hp = blstats[:, nethack.NLE_BL_HP]
+    hp_max = blstats[:, nethack.NLE_BL_HPMAX]
+    alive = hp_max > 0
+    hp_fraction = hp / np.maximum(hp_max, 1)
+    atoms["hp_critical"] = alive & (hp_fraction < 0.25)
+    atoms["hp_low"] = alive & (hp_fraction >= 0.25) & (hp_fraction < 0.5)
+    atoms["hp_medium"] = alive & (hp_fraction >= 0.5) & (hp_fraction < 1.0)
+    atoms["hp_full"] = alive & (hp_fraction >= 1.0)
+
+    hunger = blstats[:, nethack.NLE_BL_HUNGER]
+    atoms["satiated"] = alive & (hunger == Hunger.SATIATED)
+    atoms["not_hungry"] = alive & (hunger == Hunger.NOT_HUNGRY)
+    atoms["hungry"] = alive & (hunger == Hunger.HUNGRY)
+    atoms["weak"] = alive & (hunger >= Hunger.WEAK)
+
+    condition = blstats[:, nethack.NLE_BL_CONDITION]
+    atoms["confused"] = (condition & nethack.BL_MASK_CONF) != 0
+    atoms["stunned"] = (condition & nethack.BL_MASK_STUN) != 0
+    atoms["blind"] = (condition & nethack.BL_MASK_BLIND) != 0
+    atoms["hallucinating"] = (condition & nethack.BL_MASK_HALLU) != 0
+    atoms["ill"] = (condition & _ILL_MASK) != 0
+    atoms["in_mortal_danger"] = (condition & _MORTAL_DANGER_MASK) != 0
+    atoms["levitating"] = (condition & nethack.BL_MASK_LEV) != 0
+
+    depth = blstats[:, nethack.NLE_BL_DEPTH]
+    atoms["depth_1"] = depth == 1
+    atoms["depth_2_4"] = (depth >= 2) & (depth <= 4)
+    atoms["depth_5_plus"] = depth >= 5
+
+    glyphs = arrays["glyphs"]
+    rows, cols = glyphs.shape[1:]
+    player_y = np.clip(blstats[:, nethack.NLE_BL_Y], 0, rows - 1)
+    player_x = np.clip(blstats[:, nethack.NLE_BL_X], 0, cols - 1)
+    # (B, 21, 79) classes, padded with STONE to (B, 23, 81) so the 3x3 gather never leaves the map.
+    cell_class = np.full((len(batch), rows + 2, cols + 2), GlyphClass.STONE, dtype=np.uint8)
+    cell_class[:, 1:-1, 1:-1] = GLYPH_CLASS[glyphs]
+    cell_class[batch, player_y + 1, player_x + 1] = GlyphClass.STONE
+    is_boulder = np.zeros(cell_class.shape, dtype=bool)
+    is_boulder[:, 1:-1, 1:-1] = glyphs == BOULDER_GLYPH
+    is_boulder[batch, player_y + 1, player_x + 1] = False
+
+    # (B, 9) neighbourhoods; the +1 undoes the padding.
+    around_y = player_y[:, None] + 1 + _DY
+    around_x = player_x[:, None] + 1 + _DX
+    window = cell_class[batch[:, None], around_y, around_x]
+    around = window[:, _NEIGHBOURS]  # (B, 8)
+    orthogonal = window[:, _ORTHOGONAL]  # (B, 4)
+    around_counts = _class_counts(around)  # (B, K) with K = len(GlyphClass)
+    map_counts = _class_counts(cell_class.reshape(len(batch), (rows + 2) * (cols + 2)))
+
+    def adjacent(*classes: GlyphClass) -> np.ndarray:
+        return around_counts[:, list(classes)].any(axis=1)
+
+    def visible(*classes: GlyphClass) -> np.ndarray:
+        return map_counts[:, list(classes)].any(axis=1)
+
+    monsters_around = around_counts[:, GlyphClass.MONSTER]
+    atoms["monster_adjacent"] = monsters_around >= 1
+    atoms["monster_visible"] = visible(GlyphClass.MONSTER)
+    atoms["no_monster_visible"] = ~atoms["monster_visible"]
+    atoms["pet_adjacent"] = adjacent(GlyphClass.PET)
+    atoms["multiple_monsters_adjacent"] = monsters_around >= 2
+
+    atoms["item_adjacent"] = adjacent(GlyphClass.OBJECT, GlyphClass.FOOD)
+    atoms["food_adjacent"] = adjacent(GlyphClass.FOOD)
+    atoms["item_visible"] = visible(GlyphClass.OBJECT, GlyphClass.FOOD)
+
+    atoms["stairs_down_adjacent"] = adjacent(GlyphClass.STAIRS_DOWN)
+    atoms["stairs_down_visible"] = visible(GlyphClass.STAIRS_DOWN)
+    atoms["stairs_up_adjacent"] = adjacent(GlyphClass.STAIRS_UP)
+
+    atoms["door_closed_adjacent"] = (orthogonal == GlyphClass.DOOR_CLOSED).any(axis=1)
+    open_passage = (orthogonal == GlyphClass.DOOR_OPEN) | (orthogonal == GlyphClass.DOORWAY)
+    atoms["door_open_adjacent"] = open_passage.any(axis=1)
+    atoms["in_room"] = adjacent(GlyphClass.FLOOR)
+    atoms["in_corridor"] = adjacent(GlyphClass.CORRIDOR) & ~atoms["in_room"]
+    atoms["dead_end"] = atoms["in_corridor"] & (_PASSABLE[around].sum(axis=1) == 1)
+    atoms["trap_adjacent"] = adjacent(GlyphClass.TRAP)
+    atoms["boulder_adjacent"] = is_boulder[batch[:, None], around_y, around_x][:, _NEIGHBOURS].any(axis=1)
+    atoms["wall_adjacent"] = adjacent(GlyphClass.WALL)
+
+    atoms["has_food"] = (arrays["inv_oclasses"] == nethack.FOOD_CLASS).any(axis=1)
+
+    atoms.update(_message_atoms(arrays["message"]))
+    return np.stack([atoms[name] for name in ATOMS], axis=1).astype(np.float32)

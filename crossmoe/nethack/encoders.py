@@ -1,0 +1,183 @@
+"""Visual tokens of a NetHack observation: an egocentric crop, coarse map patches, blstats and the message."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from nle import nethack
+from torch import Tensor, nn
+
+from crossmoe.encoders import obs_tensor
+from crossmoe.nethack.glyphs import GLYPH_CLASS, GlyphClass
+
+__all__ = ["NetHackVisualEncoder", "blstats_features"]
+
+_ROWS, _COLS = nethack.DUNGEON_SHAPE
+_CONDITION_MASKS = tuple(
+    getattr(nethack, name) for name in sorted(dir(nethack)) if name.startswith("BL_MASK_") and name != "BL_MASK_BITS"
+)
+_NUM_HUNGER_STATES = 7  # satiated .. starved: NetHack's u.uhs enum (hack.h), which nle does not export
+_HASH_MULTIPLIER = 2654435761  # Knuth's multiplicative hash constant
+
+
+def blstats_features(blstats: Tensor) -> Tensor:
+    r"""Normalised features of the bottom-line stats.
+
+    Every field is squashed with :math:`\operatorname{sign}(x)\log(1+|x|)`,
+    and the parts that are not magnitudes are added explicitly: the HP and
+    energy fractions, the hunger state one-hot and one bit per status
+    condition (``nle.nethack.BL_MASK_*``).
+
+    Shapes:
+        - blstats: ``(B, 27)``
+        - output: ``(B, 27 + 2 + 7 + 13)``
+    """
+    stats = blstats.to(torch.float32)
+    symlog = torch.sign(stats) * torch.log1p(stats.abs())
+
+    def fraction(value: int, maximum: int) -> Tensor:
+        return stats[:, value] / stats[:, maximum].clamp_min(1.0)
+
+    hunger = F.one_hot(blstats[:, nethack.NLE_BL_HUNGER].long().clamp(0, _NUM_HUNGER_STATES - 1), _NUM_HUNGER_STATES)
+    masks = torch.tensor(_CONDITION_MASKS, device=blstats.device)
+    conditions = (blstats[:, nethack.NLE_BL_CONDITION, None].long() & masks) != 0
+    ratios = torch.stack(
+        [fraction(nethack.NLE_BL_HP, nethack.NLE_BL_HPMAX), fraction(nethack.NLE_BL_ENE, nethack.NLE_BL_ENEMAX)], 1
+    )
+    return torch.cat([symlog, ratios, hunger.float(), conditions.float()], dim=1)
+
+
+class NetHackVisualEncoder(nn.Module):
+    r"""Visual tokens of a NetHack observation, with a key mask.
+
+    Four kinds of token, all of width ``dim``:
+
+    - **crop** (``crop_size**2`` tokens): the glyphs of an egocentric window
+      around the player, each the sum of a glyph-id embedding, a glyph-class
+      embedding (:class:`~crossmoe.nethack.glyphs.GlyphClass`) and a position
+      embedding. Cells beyond the map edge are masked out.
+    - **coarse** (one per ``patch`` of the 21x79 map, 24 by default): the
+      histogram of glyph classes in the patch (the player's cell is a class of
+      its own), projected linearly, plus a patch position embedding. A linear
+      map of a histogram equals a sum of learned class embeddings, computed
+      with one ``bincount`` instead of 1,659 embedding lookups per sample.
+    - **blstats** (1 token): :func:`blstats_features` projected linearly.
+    - **message** (1 token): the set of byte bigrams of the message, hashed
+      into ``message_buckets`` bins and projected linearly.
+
+    Args:
+        dim: Token width ``D``.
+        crop_size: Side of the egocentric window (odd).
+        patch: ``(rows, cols)`` of a coarse patch; the map is padded to a
+            multiple of it.
+        message_buckets: Hash bins for the message bigrams.
+
+    Shapes:
+        - obs["glyphs"]: ``(B, 21, 79)``, obs["blstats"]: ``(B, 27)``, obs["message"]: ``(B, 256)``
+        - output: ``(tokens (B, N, D), mask (B, N) bool)`` with
+          ``N = crop_size**2 + num_patches + 2``
+    """
+
+    def __init__(
+        self,
+        dim: int = 128,
+        *,
+        crop_size: int = 9,
+        patch: tuple[int, int] = (7, 10),
+        message_buckets: int = 1024,
+    ) -> None:
+        super().__init__()
+        if dim < 1:
+            raise ValueError(f"dim must be a positive integer, got {dim}")
+        if crop_size < 1 or crop_size % 2 == 0:
+            raise ValueError(f"crop_size must be a positive odd integer, got {crop_size}")
+        if len(patch) != 2 or min(patch) < 1:
+            raise ValueError(f"patch must be (rows, cols) of positive integers, got {patch}")
+        if message_buckets < 2 or message_buckets & (message_buckets - 1):
+            raise ValueError(f"message_buckets must be a power of two >= 2, got {message_buckets}")
+        self.dim, self.crop_size, self.patch, self.message_buckets = dim, crop_size, tuple(patch), message_buckets
+        num_classes = len(GlyphClass) + 1  # + the player's own cell
+        self.player_class = len(GlyphClass)
+        grid_rows, grid_cols = math.ceil(_ROWS / patch[0]), math.ceil(_COLS / patch[1])
+        self.num_patches = grid_rows * grid_cols
+        self.num_tokens = crop_size**2 + self.num_patches + 2
+
+        self.glyph_embedding = nn.Embedding(nethack.MAX_GLYPH + 1, dim)
+        self.class_embedding = nn.Embedding(num_classes, dim)
+        self.crop_position = nn.Parameter(torch.randn(crop_size**2, dim) * 0.02)
+        self.coarse_proj = nn.Linear(num_classes, dim)
+        self.coarse_position = nn.Parameter(torch.randn(self.num_patches, dim) * 0.02)
+        self.blstats_proj = nn.Linear(nethack.NLE_BLSTATS_SIZE + 2 + _NUM_HUNGER_STATES + len(_CONDITION_MASKS), dim)
+        self.message_proj = nn.Linear(message_buckets, dim)
+
+        self.register_buffer("glyph_class", torch.tensor(GLYPH_CLASS, dtype=torch.long), persistent=False)
+        rows = torch.arange(grid_rows * patch[0]) // patch[0]
+        cols = torch.arange(grid_cols * patch[1]) // patch[1]
+        patch_id = (rows[:, None] * grid_cols + cols[None, :])[:_ROWS, :_COLS]  # (21, 79) patch of each cell
+        self.register_buffer("patch_id", patch_id.contiguous(), persistent=False)
+        self.register_buffer("patch_area", torch.bincount(patch_id.flatten()).float(), persistent=False)
+
+    def forward(self, obs: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
+        device = self.crop_position.device
+        glyphs = obs_tensor(obs, "glyphs", device=device, dtype=torch.long, shape=(None, _ROWS, _COLS))
+        batch = glyphs.shape[0]
+        blstats = obs_tensor(obs, "blstats", device=device, dtype=torch.long, shape=(batch, nethack.NLE_BLSTATS_SIZE))
+        message = obs_tensor(obs, "message", device=device, dtype=torch.long, shape=(batch, *nethack.MESSAGE_SHAPE))
+        x = blstats[:, nethack.NLE_BL_X].clamp(0, _COLS - 1)
+        y = blstats[:, nethack.NLE_BL_Y].clamp(0, _ROWS - 1)
+        crop, crop_mask = self._crop_tokens(glyphs, x, y)
+        tokens = torch.cat(
+            [
+                crop,
+                self._coarse_tokens(glyphs, x, y),
+                self.blstats_proj(blstats_features(blstats)).unsqueeze(1),
+                self._message_token(message).unsqueeze(1),
+            ],
+            dim=1,
+        )
+        mask = torch.cat([crop_mask, crop_mask.new_ones(batch, self.num_patches + 2)], dim=1)
+        return tokens, mask
+
+    def _crop_tokens(self, glyphs: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        radius = self.crop_size // 2
+        off_map = nethack.MAX_GLYPH
+        padded = F.pad(glyphs, (radius, radius, radius, radius), value=off_map)  # (B, 21 + 2r, 79 + 2r)
+        window = torch.arange(self.crop_size, device=glyphs.device)
+        rows = (y[:, None] + window)[:, :, None]  # window row i covers map row y - r + i
+        cols = (x[:, None] + window)[:, None, :]
+        batch_index = torch.arange(glyphs.shape[0], device=glyphs.device)[:, None, None]
+        crop = padded[batch_index, rows, cols].flatten(1)  # (B, crop_size**2)
+        classes = self.glyph_class[crop]
+        classes[:, crop.shape[1] // 2] = self.player_class
+        tokens = self.glyph_embedding(crop) + self.class_embedding(classes) + self.crop_position
+        return tokens, crop != off_map
+
+    def _coarse_tokens(self, glyphs: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        batch = glyphs.shape[0]
+        num_classes = self.coarse_proj.in_features
+        classes = self.glyph_class[glyphs]
+        classes[torch.arange(batch, device=glyphs.device), y, x] = self.player_class
+        bins = (
+            torch.arange(batch, device=glyphs.device)[:, None, None] * self.num_patches + self.patch_id
+        ) * num_classes
+        counts = torch.bincount((bins + classes).flatten(), minlength=batch * self.num_patches * num_classes)
+        histogram = counts.view(batch, self.num_patches, num_classes).float() / self.patch_area[:, None]
+        return self.coarse_proj(histogram) + self.coarse_position
+
+    def _message_token(self, message: Tensor) -> Tensor:
+        bigrams = message[:, :-1] * 256 + message[:, 1:]
+        buckets = ((bigrams * _HASH_MULTIPLIER) & 0xFFFFFFFF) >> (32 - int(math.log2(self.message_buckets)))
+        buckets = buckets.masked_fill(message[:, 1:] == 0, self.message_buckets)  # padding goes to a spare bin
+        present = message.new_zeros(message.shape[0], self.message_buckets + 1, dtype=torch.float32)
+        present.scatter_(1, buckets, 1.0)
+        return self.message_proj(present[:, : self.message_buckets])
+
+    def extra_repr(self) -> str:
+        return (
+            f"dim={self.dim}, crop_size={self.crop_size}, patch={self.patch}, "
+            f"message_buckets={self.message_buckets}, num_tokens={self.num_tokens}"
+        )

@@ -1,0 +1,166 @@
+"""Reproducible NLE environments, single and vectorised.
+
+NLE 1.3.0 accepts ``reset(seed=...)`` but only seeds gymnasium's ``np_random``
+with it: NetHack's own RNGs stay random, so two resets with the same seed give
+different games. :func:`make_env` therefore wraps every environment in
+:class:`NetHackSeeding`, which turns the gymnasium seed into NetHack's ``core``
+and ``disp`` seeds (with NetHack's anti-automation reseeding off) before each
+reset. The same seed then gives the same dungeon and, for the same actions,
+the same trajectory.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.vector import AutoresetMode
+
+__all__ = ["DEFAULT_OBSERVATION_KEYS", "NetHackSeeding", "make_env", "make_vector_env"]
+
+DEFAULT_OBSERVATION_KEYS: tuple[str, ...] = ("glyphs", "blstats", "message", "inv_oclasses")
+"""What the atoms and encoders read. ``screen_descriptions`` is left out: it halves the step rate."""
+
+
+class NetHackSeeding(gym.Wrapper):
+    """Make ``reset(seed=...)`` seed NetHack itself.
+
+    A seeded reset starts a NumPy generator from ``seed``; every reset from then
+    on, seeded or not (autoresets included), draws NetHack's ``core`` and
+    ``disp`` seeds from it and sets them with ``reseed=False``. Consecutive
+    episodes therefore differ from each other but the whole sequence is
+    reproducible. Until the first seed is given, NetHack seeds itself randomly.
+
+    Args:
+        env: an NLE environment (anything whose ``unwrapped`` has NLE's ``seed(core, disp, reseed)``).
+        seed: optional seed used when ``reset`` is called without one before any seeded reset.
+    """
+
+    def __init__(self, env: gym.Env, seed: int | None = None) -> None:
+        super().__init__(env)
+        self._seed_rng = None if seed is None else np.random.default_rng(seed)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+        if seed is not None:
+            self._seed_rng = np.random.default_rng(seed)
+        if self._seed_rng is not None:
+            core, disp = (int(value) for value in self._seed_rng.integers(sys.maxsize, size=2))
+            self.env.unwrapped.seed(core, disp, False)
+        return self.env.reset(seed=seed, options=options)
+
+
+def _import_environments(env_id: str) -> None:
+    """Check ``env_id`` and import the package that registers it with gymnasium."""
+    if not isinstance(env_id, str) or not env_id:
+        raise ValueError(f"env_id must be a non-empty string, got {env_id!r}")
+    if env_id.startswith("MiniHack"):
+        try:
+            importlib.import_module("minihack")
+        except ImportError as error:
+            raise ImportError(
+                f'{env_id!r} needs MiniHack, which is not installed; install it with pip install "crossmoe[minihack]"'
+            ) from error
+    else:
+        importlib.import_module("nle")
+
+
+def make_env(
+    env_id: str = "NetHackScore-v0",
+    *,
+    observation_keys: Sequence[str] = DEFAULT_OBSERVATION_KEYS,
+    seed: int | None = None,
+    **kwargs: Any,
+) -> gym.Env:
+    """Create one NLE-family environment (``NetHack*`` or ``MiniHack*``) with reproducible seeding.
+
+    Args:
+        env_id: a registered NLE or MiniHack id. MiniHack is an optional dependency.
+        observation_keys: NLE observation keys to return.
+        seed: default seed for the first ``reset()`` when it is called without one;
+            ``reset(seed=s)`` always takes precedence. Also seeds ``action_space``.
+        **kwargs: passed to ``gym.make``. ``fix_moon_phase`` defaults to ``True`` so that
+            the moon phase and other clock effects come from the seed instead of today's date.
+
+    Returns:
+        The environment, wrapped in :class:`NetHackSeeding` (except ``NetHackChallenge``,
+        which forbids seeding NetHack).
+
+    Raises:
+        ValueError: if ``env_id`` is not a non-empty string.
+        ImportError: if ``env_id`` is a MiniHack id and MiniHack is not installed.
+    """
+    _import_environments(env_id)
+    kwargs.setdefault("fix_moon_phase", True)
+    env = gym.make(env_id, observation_keys=tuple(observation_keys), **kwargs)
+    if seed is not None:
+        env.action_space.seed(seed)
+    from nle.env.tasks import NetHackChallenge
+
+    if isinstance(env.unwrapped, NetHackChallenge):
+        # The challenge forbids changing NetHack's seeds; reset(seed=...) only seeds np_random there.
+        return env
+    return NetHackSeeding(env, seed=seed)
+
+
+def make_vector_env(
+    num_envs: int,
+    seed: int = 0,
+    env_id: str = "NetHackScore-v0",
+    *,
+    vectorization: str = "sync",
+    autoreset_mode: AutoresetMode | None = None,
+    observation_keys: Sequence[str] = DEFAULT_OBSERVATION_KEYS,
+    **env_kwargs: Any,
+) -> gym.vector.VectorEnv:
+    """Create ``num_envs`` seeded copies of an NLE-family environment.
+
+    Environment ``i`` is built with seed ``seed + i``, which is also what gymnasium
+    hands it on ``envs.reset(seed=seed)``. So ``envs.reset()`` and
+    ``envs.reset(seed=seed)`` start the same games, and every later episode
+    (autoresets included) is reproducible too; see :class:`NetHackSeeding`.
+
+    The autoreset mode decides what a PPO rollout has to do at episode ends:
+
+    - ``AutoresetMode.NEXT_STEP`` (gymnasium's default): the step after a done
+      is a reset step. Its action is ignored, its reward is 0 and its
+      observation is the first of the new episode. Mask these steps out of the
+      PPO data (losses and advantages).
+    - ``AutoresetMode.SAME_STEP``: the step that ends an episode already returns
+      the new episode's first observation, and ``infos["final_obs"]`` holds the
+      terminal one. NLE reuses its observation arrays, so ``final_obs`` can
+      already show the reset observation: copy observations before stepping, or
+      do not bootstrap from ``final_obs``.
+
+    Args:
+        num_envs: number of environments, at least 1.
+        seed: base seed; environment ``i`` gets ``seed + i``.
+        env_id: a registered NLE or MiniHack id.
+        vectorization: ``"sync"`` (one process) or ``"async"`` (one subprocess per environment).
+        autoreset_mode: a :class:`gymnasium.vector.AutoresetMode`; ``None`` means ``NEXT_STEP``.
+        observation_keys: NLE observation keys to return.
+        **env_kwargs: passed to :func:`make_env` and on to ``gym.make``.
+
+    Raises:
+        ValueError: if ``num_envs`` < 1 or ``vectorization`` is unknown.
+    """
+    if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
+        raise ValueError(f"num_envs must be an integer >= 1, got {num_envs!r}")
+    if vectorization not in ("sync", "async"):
+        raise ValueError(f"vectorization must be 'sync' or 'async', got {vectorization!r}")
+    if autoreset_mode is None:
+        autoreset_mode = AutoresetMode.NEXT_STEP
+    # Fail early, in this process, when the environment package is missing.
+    _import_environments(env_id)
+    env_fns = [
+        functools.partial(make_env, env_id, observation_keys=tuple(observation_keys), seed=seed + index, **env_kwargs)
+        for index in range(int(num_envs))
+    ]
+    vector_cls = gym.vector.SyncVectorEnv if vectorization == "sync" else gym.vector.AsyncVectorEnv
+    envs = vector_cls(env_fns, autoreset_mode=autoreset_mode)
+    envs.action_space.seed(seed)
+    return envs

@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+pytest.importorskip("nle")
+
+from gymnasium.vector import AutoresetMode
+
+from crossmoe.nethack.env import DEFAULT_OBSERVATION_KEYS, NetHackSeeding, make_env, make_vector_env
+
+
+def rollout(seed: int, steps: int = 200, num_envs: int = 2, reset_seed: int | None = None) -> np.ndarray:
+    envs = make_vector_env(num_envs, seed=seed)
+    obs, _ = envs.reset(seed=reset_seed)
+    actions = np.random.default_rng(0).integers(envs.single_action_space.n, size=(steps, num_envs))
+    glyphs = [obs["glyphs"].copy()]
+    for action in actions:
+        obs, *_ = envs.step(action)
+        glyphs.append(obs["glyphs"].copy())
+    envs.close()
+    return np.stack(glyphs)
+
+
+def test_make_env_returns_the_requested_keys():
+    env = make_env(seed=0)
+    obs, _ = env.reset()
+    assert isinstance(env, NetHackSeeding)
+    assert set(obs) == set(DEFAULT_OBSERVATION_KEYS) and "screen_descriptions" not in obs
+    assert env.action_space.n == 23
+    env.close()
+    env = make_env("NetHackScore-v0", observation_keys=("glyphs", "blstats"))
+    assert set(env.reset(seed=1)[0]) == {"glyphs", "blstats"}
+    env.close()
+
+
+def test_make_vector_env_shapes():
+    envs = make_vector_env(3, seed=0, autoreset_mode=AutoresetMode.SAME_STEP)
+    obs, _ = envs.reset(seed=0)
+    assert set(obs) == set(DEFAULT_OBSERVATION_KEYS)
+    assert obs["glyphs"].shape == (3, 21, 79) and obs["blstats"].shape == (3, 27)
+    assert envs.single_action_space.n == 23 and envs.num_envs == 3
+    assert envs.metadata["autoreset_mode"] == AutoresetMode.SAME_STEP
+    envs.close()
+
+
+def test_same_seed_reproduces_trajectories():
+    first = rollout(seed=7, reset_seed=7)
+    np.testing.assert_array_equal(first, rollout(seed=7, reset_seed=7))
+    # Environment i is seeded with seed + i whether or not reset gets the seed again.
+    np.testing.assert_array_equal(first, rollout(seed=7, reset_seed=None))
+    assert not np.array_equal(first, rollout(seed=8, reset_seed=8))
+    # The environments of one vector env play different games.
+    assert not np.array_equal(first[0, 0], first[0, 1])
+
+
+def test_single_env_reset_seed_reproduces_the_game():
+    env = make_env()
+    first = env.reset(seed=3)[0]["glyphs"].copy()
+    other = env.reset(seed=4)[0]["glyphs"].copy()
+    again = env.reset(seed=3)[0]["glyphs"].copy()
+    env.close()
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)
+
+
+@pytest.mark.parametrize("num_envs", [0, -1, 1.5, True])
+def test_bad_num_envs(num_envs):
+    with pytest.raises(ValueError, match="num_envs"):
+        make_vector_env(num_envs)
+
+
+def test_bad_vectorization_and_env_id():
+    with pytest.raises(ValueError, match="vectorization"):
+        make_vector_env(1, vectorization="threads")
+    with pytest.raises(ValueError, match="env_id"):
+        make_env("")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("minihack") is not None, reason="minihack is installed")
+def test_minihack_without_minihack_names_the_extra():
+    with pytest.raises(ImportError, match=r"crossmoe\[minihack\]"):
+        make_env("MiniHack-Room-5x5-v0")
+    with pytest.raises(ImportError, match=r"crossmoe\[minihack\]"):
+        make_vector_env(1, env_id="MiniHack-Room-5x5-v0")
