@@ -31,7 +31,7 @@ extensions = [
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 root_doc = "index"
-exclude_patterns = ["_build", "Thumbs.db", ".DS_Store"]
+exclude_patterns = ["_build", "_generated", "Thumbs.db", ".DS_Store"]
 
 # -- autodoc ------------------------------------------------------------------
 autodoc_member_order = "bysource"
@@ -57,3 +57,31 @@ myst_heading_anchors = 3
 # -- HTML ---------------------------------------------------------------------
 html_theme = "furo"
 html_title = f"crossmoe {release}"
+
+
+# -- generated NetHack tables -----------------------------------------------------
+def _write_nethack_tables() -> None:
+    """Render the shipped hypergraph's atoms and operators as Markdown tables for nethack.md."""
+    import collections
+    import json
+
+    graph = json.loads((Path(__file__).resolve().parents[1] / "crossmoe/nethack/hypergraph.json").read_text())
+    lines = ["| atom | holds when |", "|---|---|"]
+    lines += [f"| `{c['name']}` | {c['description']} |" for c in graph["conditions"]]
+    atoms, lines = lines, ["| operator | expert | requires | produces | actions |", "|---|---|---|---|---|"]
+    for op in graph["operators"]:
+        by_enum = collections.Counter(action.split(".")[0] for action in op["actions"])
+        actions = ", ".join(
+            f"{enum} ({count})" if count > 1 else next(a for a in op["actions"] if a.startswith(enum + "."))
+            for enum, count in by_enum.items()
+        )
+        requires = ", ".join(f"`{name}`" for name in op["requires"]) or "*(always)*"
+        produces = ", ".join(f"`{name}`" for name in op["produces"])
+        lines.append(f"| `{op['name']}` | {op['expert']} | {requires} | {produces} | {actions} |")
+    out = Path(__file__).resolve().parent / "_generated"
+    out.mkdir(exist_ok=True)
+    (out / "nethack_atoms.md").write_text("\n".join(atoms) + "\n")
+    (out / "nethack_operators.md").write_text("\n".join(lines) + "\n")
+
+
+_write_nethack_tables()
