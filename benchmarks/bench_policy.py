@@ -51,9 +51,11 @@ def fwd_bwd(policy: nn.Module, obs) -> callable:
     return step
 
 
-def bench_policy(obs, dim: int, rounds: int) -> None:
+def bench_policy(obs, dim: int, rounds: int, **policy_kwargs) -> None:
     torch.manual_seed(0)
-    policies = {fusion: make_policy(23, dim=dim, fusion=fusion) for fusion in ("cross_attention", "concat")}
+    policies = {
+        fusion: make_policy(23, dim=dim, fusion=fusion, **policy_kwargs) for fusion in ("cross_attention", "concat")
+    }
     train = time_interleaved({name: fwd_bwd(p, obs) for name, p in policies.items()}, rounds=rounds)
     with torch.inference_mode():
         infer = time_interleaved({name: (lambda p=p: p(obs)) for name, p in policies.items()}, rounds=rounds)
@@ -62,6 +64,7 @@ def bench_policy(obs, dim: int, rounds: int) -> None:
             {
                 "bench": "policy",
                 "fusion": name,
+                "config": policy_kwargs,
                 "shape": {
                     "B": BATCH,
                     "D": dim,
@@ -80,6 +83,7 @@ def bench_policy(obs, dim: int, rounds: int) -> None:
     emit(
         {
             "bench": "fusion_cost",
+            "config": policy_kwargs,
             "cross_attention_over_concat_fwd_bwd": round(train["cross_attention"] / train["concat"], 3),
             "cross_attention_over_concat_inference": round(infer["cross_attention"] / infer["concat"], 3),
             "target_ratio_max": 1.25,
@@ -164,10 +168,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--crop-patch", type=int, default=3, help="crop cells pooled per token side (1 or 3)")
+    parser.add_argument("--sparse-topk", type=float, default=0.3)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     obs = real_observations(BATCH)
-    bench_policy(obs, args.dim, args.rounds)
+    bench_policy(obs, args.dim, args.rounds, crop_patch=args.crop_patch, sparse_topk=args.sparse_topk)
     bench_graph_layout(obs, args.rounds)
 
 

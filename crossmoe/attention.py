@@ -26,11 +26,15 @@ class CausalGatedCrossAttention(nn.Module):
     .. math::
         \tilde q = \operatorname{LN}(q), \quad \tilde c = \operatorname{LN}(c) \\
         A = \operatorname{topk\text{-}softmax}\!\left(\frac{(\tilde q W_Q)(\tilde c W_K)^\top}{\sqrt{d_h}}\right) \\
-        \text{out} = q + \sigma(\tilde q W_G + b_G) \odot \big(A \, \tilde c W_V\big) W_O
+        \text{out} = q + \Big(\sigma(\tilde q W_G + b_G) \odot \big(A \, \tilde c W_V\big)\Big) W_O + b_O
 
     The gate is "causal" in the sense that the symbolic side decides whether
-    the visual evidence is used; it is initialised like any linear layer (not
-    at zero), so every parameter receives gradient from the first step.
+    the visual evidence is used. It acts elementwise on the concatenated head
+    outputs, before the output projection (the position that `Qiu et al., 2025
+    <https://arxiv.org/abs/2505.06708>`_ found best for gated attention), so it
+    costs ``dim x (num_heads * head_dim)`` rather than ``dim x dim``. It is
+    initialised like any linear layer (not at zero), so every parameter
+    receives gradient from the first step.
 
     Note:
         A row whose support is a single key (``sparse_topk * n_kept <= 1``,
@@ -104,7 +108,7 @@ class CausalGatedCrossAttention(nn.Module):
         # backward of that split costs a strided concatenation as large as both.
         self.to_k = nn.Linear(context_dim, inner, bias=False)
         self.to_v = nn.Linear(context_dim, inner, bias=False)
-        self.to_gate = nn.Linear(dim, dim)
+        self.to_gate = nn.Linear(dim, inner)
         self.to_out = nn.Linear(inner, dim)
 
     def extra_repr(self) -> str:
@@ -140,7 +144,7 @@ class CausalGatedCrossAttention(nn.Module):
         weights = F.dropout(attention, self.dropout, self.training) if self.dropout > 0 else attention
 
         attended = rearrange(torch.einsum("bhnm,bhmd->bhnd", weights, v), "b h n d -> b n (h d)")
-        out = query + torch.sigmoid(self.to_gate(query_normed)) * self.to_out(attended)
+        out = query + self.to_out(torch.sigmoid(self.to_gate(query_normed)) * attended)
         if vector_query:
             out = out.squeeze(1)
         return (out, attention) if return_attention else out

@@ -66,7 +66,8 @@ class CrossAttentionMoEPolicy(nn.Module):
         logits = Σ_e w_e · expert_logits_e
 
     The pool over operators weighs each fused operator token by
-    ``softmax(pool_score(token) + operator_score)``, so the logic encoder's
+    ``softmax(pool_score(token) + operator_score)`` and normalises the sum
+    with a LayerNorm, so the logic encoder's
     operator scores decide, with the visual evidence, which operators shape
     the context (and they learn from the policy loss). With
     ``fusion="concat"`` (the ablation) the cross-attention is replaced by
@@ -190,11 +191,10 @@ class CrossAttentionMoEPolicy(nn.Module):
             return context, None, logic
 
         fused, attention = self.attention(operator_tokens, visual_tokens, visual_mask, return_attention=True)
-        fused = self.pool_norm(fused)
         pool_logits = self.pool_score(fused).squeeze(-1)  # (B, O): learned attention pool over operators
         if operator_scores is not None:
             pool_logits = pool_logits + operator_scores
-        context = (torch.softmax(pool_logits, dim=1).unsqueeze(-1) * fused).sum(1)
+        context = self.pool_norm((torch.softmax(pool_logits, dim=1).unsqueeze(-1) * fused).sum(1))
         return context, attention, logic
 
     def forward(self, obs: Mapping[str, Any] | Tensor | np.ndarray) -> PolicyOutput:

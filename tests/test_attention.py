@@ -79,7 +79,7 @@ def _sdpa_reference(attn, query, context, mask):
     v = rearrange(attn.to_v(context_normed), "b m (h d) -> b h m d", h=attn.num_heads)
     attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
     attended = rearrange(attended, "b h n d -> b n (h d)")
-    return query + torch.sigmoid(attn.to_gate(query_normed)) * attn.to_out(attended)
+    return query + attn.to_out(torch.sigmoid(attn.to_gate(query_normed)) * attended)
 
 
 def test_dense_attention_matches_scaled_dot_product_attention():
@@ -141,12 +141,17 @@ def test_every_parameter_gets_a_finite_nonzero_gradient_at_init(topk):
 
 
 def test_gate_scales_the_attended_update():
-    attn = CausalGatedCrossAttention(16)
-    query, context = _inputs()
-    with torch.no_grad():
-        attn.to_gate.weight.zero_()
-        attn.to_gate.bias.fill_(-math.inf)
-    torch.testing.assert_close(attn(query, context), query)
+    attn = CausalGatedCrossAttention(16, head_dim=2).double()
+    query, context = _inputs(dtype=torch.float64)
+
+    def update(gate_bias: float) -> torch.Tensor:
+        with torch.no_grad():
+            attn.to_gate.weight.zero_()
+            attn.to_gate.bias.fill_(gate_bias)
+        return attn(query, context) - query - attn.to_out.bias
+
+    torch.testing.assert_close(update(-math.inf), torch.zeros_like(query))  # closed: nothing is added
+    torch.testing.assert_close(update(0.0), 0.5 * update(math.inf))  # the gate scales the attended values
 
 
 @pytest.mark.parametrize(

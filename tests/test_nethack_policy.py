@@ -82,8 +82,9 @@ def test_output_shapes_and_simplex(real_obs, fusion):
         assert out.attention is None and policy.attention is None
     else:
         num_tokens = policy.visual_encoder.num_tokens
-        assert out.attention.shape == (batch, 4, num_ops, num_tokens)
-        torch.testing.assert_close(out.attention.sum(-1), torch.ones(batch, 4, num_ops))
+        heads = policy.attention.num_heads
+        assert out.attention.shape == (batch, heads, num_ops, num_tokens)
+        torch.testing.assert_close(out.attention.sum(-1), torch.ones(batch, heads, num_ops))
 
 
 def test_applicable_is_the_symbolic_precondition_check(real_obs, policy):
@@ -106,6 +107,30 @@ def test_off_map_crop_cells_are_masked(real_obs):
     assert not bool(crop[0, :, :4].any()) and bool(crop[0, :, 4:].all())
     assert bool(mask[1].all())
     assert tokens.shape == (2, encoder.num_tokens, DIM)
+
+
+def test_crop_blocks_keep_cell_positions_and_mask_off_map_blocks(real_obs):
+    torch.manual_seed(0)
+    encoder = NetHackVisualEncoder(DIM, crop_patch=3)
+    assert encoder.num_tokens == 9 + encoder.num_patches + 2
+    obs = take(real_obs, slice(0, 2))
+    obs["blstats"] = obs["blstats"].copy()
+    obs["blstats"][:, nethack.NLE_BL_Y] = 10
+    obs["blstats"][0, nethack.NLE_BL_X] = 0  # crop columns 0-3 off the map: block column 0 masked, 1 kept
+    obs["blstats"][1, nethack.NLE_BL_X] = 40
+    tokens, mask = encoder(obs)
+    blocks = mask[:, :9].reshape(2, 3, 3)
+    assert not bool(blocks[0, :, 0].any()) and bool(blocks[0, :, 1:].all()) and bool(mask[1].all())
+    # swapping two cells inside the player's block changes that block's token: positions survive the pooling
+    glyphs = obs["glyphs"].copy()
+    x, y = 40, 10
+    glyphs[1, y - 1, x - 1], glyphs[1, y + 1, x + 1] = nethack.GLYPH_CMAP_OFF, nethack.GLYPH_MON_OFF
+    swapped = glyphs.copy()
+    swapped[1, y - 1, x - 1], swapped[1, y + 1, x + 1] = glyphs[1, y + 1, x + 1], glyphs[1, y - 1, x - 1]
+    first, _ = encoder({**obs, "glyphs": glyphs})
+    second, _ = encoder({**obs, "glyphs": swapped})
+    assert not torch.allclose(first[1, 4], second[1, 4])
+    torch.testing.assert_close(first[1, :4], second[1, :4])
 
 
 @pytest.mark.parametrize("fusion", ["cross_attention", "concat"])

@@ -41,6 +41,9 @@ def make_policy(
     graph_heads: int = 2,
     effect_passes: int = 1,
     crop_size: int = 9,
+    crop_patch: int = 3,
+    num_heads: int = 2,
+    head_dim: int | None = 16,
     **policy_kwargs: Any,
 ) -> CrossAttentionMoEPolicy:
     """Build the NetHack agent: atoms and hypergraph, visual tokens, fusion, router, experts and critic.
@@ -64,6 +67,14 @@ def make_policy(
         graph_heads: Attention heads of the graph encoder.
         effect_passes: Operator -> effect -> operator rounds in the graph encoder.
         crop_size: Side of the egocentric glyph window.
+        crop_patch: Side of the blocks of crop cells that form one token (see
+            :class:`~crossmoe.nethack.NetHackVisualEncoder`). The default 3
+            gives 9 crop tokens; ``1`` gives one token per cell (81), which
+            makes the attention maps per cell but the policy about 1.5x slower
+            (``benchmarks/bench_policy.py``).
+        num_heads: Heads of the cross-attention.
+        head_dim: Width of each head (narrower than ``dim // num_heads`` to keep
+            the key and value projections of the many map tokens cheap).
         **policy_kwargs: Passed to :class:`~crossmoe.policy.CrossAttentionMoEPolicy`
             (``num_heads``, ``sparse_topk``, ``alpha``, ...).
     """
@@ -82,7 +93,7 @@ def make_policy(
         heads=graph_heads,
         effect_passes=effect_passes,
     )
-    visual = NetHackVisualEncoder(dim, crop_size=crop_size)
+    visual = NetHackVisualEncoder(dim, crop_size=crop_size, crop_patch=crop_patch)
     return CrossAttentionMoEPolicy(
         visual,
         logic,
@@ -90,6 +101,8 @@ def make_policy(
         dim=dim,
         num_experts=len(hypergraph.experts),
         fusion=fusion,
+        num_heads=num_heads,
+        head_dim=head_dim,
         expert_names=hypergraph.experts,
         **policy_kwargs,
     )

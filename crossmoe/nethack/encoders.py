@@ -59,7 +59,11 @@ class NetHackVisualEncoder(nn.Module):
     - **crop** (``crop_size**2`` tokens): the glyphs of an egocentric window
       around the player, each the sum of a glyph-id embedding, a glyph-class
       embedding (:class:`~crossmoe.nethack.glyphs.GlyphClass`) and a position
-      embedding. Cells beyond the map edge are masked out.
+      embedding. Cells beyond the map edge are masked out. With
+      ``crop_patch=p > 1`` each ``p x p`` block of cells becomes one token
+      instead: the concatenated cell embeddings (width ``cell_dim``) are
+      projected linearly, as in a ViT patch embedding, so each cell's place in
+      its block is kept; a block is masked when all its cells are off the map.
     - **coarse** (one per ``patch`` of the 21x79 map, 24 by default): the
       histogram of glyph classes in the patch (the player's cell is a class of
       its own), projected linearly, plus a patch position embedding. A linear
@@ -72,6 +76,11 @@ class NetHackVisualEncoder(nn.Module):
     Args:
         dim: Token width ``D``.
         crop_size: Side of the egocentric window (odd).
+        crop_patch: Side of the blocks of crop cells that form one token: ``1``
+            gives one token per cell (81 for the 9x9 crop), ``3`` gives 9, the
+            middle one the player's 3x3 neighbourhood. Fewer tokens make the
+            cross-attention cheaper, at the price of attending to blocks.
+        cell_dim: Width of the cell embeddings when ``crop_patch > 1``.
         patch: ``(rows, cols)`` of a coarse patch; the map is padded to a
             multiple of it.
         message_buckets: Hash bins for the message bigrams.
@@ -79,7 +88,7 @@ class NetHackVisualEncoder(nn.Module):
     Shapes:
         - obs["glyphs"]: ``(B, 21, 79)``, obs["blstats"]: ``(B, 27)``, obs["message"]: ``(B, 256)``
         - output: ``(tokens (B, N, D), mask (B, N) bool)`` with
-          ``N = crop_size**2 + num_patches + 2``
+          ``N = (crop_size // crop_patch)**2 + num_patches + 2``
     """
 
     def __init__(
@@ -87,6 +96,8 @@ class NetHackVisualEncoder(nn.Module):
         dim: int = 128,
         *,
         crop_size: int = 9,
+        crop_patch: int = 1,
+        cell_dim: int = 32,
         patch: tuple[int, int] = (7, 10),
         message_buckets: int = 1024,
     ) -> None:
@@ -95,25 +106,40 @@ class NetHackVisualEncoder(nn.Module):
             raise ValueError(f"dim must be a positive integer, got {dim}")
         if crop_size < 1 or crop_size % 2 == 0:
             raise ValueError(f"crop_size must be a positive odd integer, got {crop_size}")
+        if crop_patch < 1 or crop_size % crop_patch:
+            raise ValueError(f"crop_patch must be a positive divisor of crop_size={crop_size}, got {crop_patch}")
         if len(patch) != 2 or min(patch) < 1:
             raise ValueError(f"patch must be (rows, cols) of positive integers, got {patch}")
         if message_buckets < 2 or message_buckets & (message_buckets - 1):
             raise ValueError(f"message_buckets must be a power of two >= 2, got {message_buckets}")
-        self.dim, self.crop_size, self.patch, self.message_buckets = dim, crop_size, tuple(patch), message_buckets
+        self.dim, self.crop_size, self.crop_patch = dim, crop_size, crop_patch
+        self.patch, self.message_buckets = tuple(patch), message_buckets
+        self.num_crop_tokens = (crop_size // crop_patch) ** 2
         num_classes = len(GlyphClass) + 1  # + the player's own cell
         self.player_class = len(GlyphClass)
         grid_rows, grid_cols = math.ceil(_ROWS / patch[0]), math.ceil(_COLS / patch[1])
         self.num_patches = grid_rows * grid_cols
-        self.num_tokens = crop_size**2 + self.num_patches + 2
+        self.num_tokens = self.num_crop_tokens + self.num_patches + 2
 
-        self.glyph_embedding = nn.Embedding(nethack.MAX_GLYPH + 1, dim)
-        self.class_embedding = nn.Embedding(num_classes, dim)
-        self.crop_position = nn.Parameter(torch.randn(crop_size**2, dim) * 0.02)
+        cell_dim = dim if crop_patch == 1 else cell_dim
+        self.glyph_embedding = nn.Embedding(nethack.MAX_GLYPH + 1, cell_dim)
+        self.class_embedding = nn.Embedding(num_classes, cell_dim)
+        self.crop_proj = None if crop_patch == 1 else nn.Linear(crop_patch**2 * cell_dim, dim)
+        self.crop_position = nn.Parameter(torch.randn(self.num_crop_tokens, dim) * 0.02)
         self.coarse_proj = nn.Linear(num_classes, dim)
         self.coarse_position = nn.Parameter(torch.randn(self.num_patches, dim) * 0.02)
         self.blstats_proj = nn.Linear(nethack.NLE_BLSTATS_SIZE + 2 + _NUM_HUNGER_STATES + len(_CONDITION_MASKS), dim)
         self.message_proj = nn.Linear(message_buckets, dim)
 
+        # Window offsets in block-major order, so each block's cells are contiguous.
+        side = crop_size // crop_patch
+        block_row, block_col, cell_row, cell_col = torch.meshgrid(
+            *(torch.arange(n) for n in (side, side, crop_patch, crop_patch)), indexing="ij"
+        )
+        rows, cols = (block_row * crop_patch + cell_row).flatten(), (block_col * crop_patch + cell_col).flatten()
+        self.register_buffer("crop_rows", rows, persistent=False)
+        self.register_buffer("crop_cols", cols, persistent=False)
+        self.player_cell = int(((rows == crop_size // 2) & (cols == crop_size // 2)).nonzero())
         self.register_buffer("glyph_class", torch.tensor(GLYPH_CLASS, dtype=torch.long), persistent=False)
         rows = torch.arange(grid_rows * patch[0]) // patch[0]
         cols = torch.arange(grid_cols * patch[1]) // patch[1]
@@ -146,15 +172,19 @@ class NetHackVisualEncoder(nn.Module):
         radius = self.crop_size // 2
         off_map = nethack.MAX_GLYPH
         padded = F.pad(glyphs, (radius, radius, radius, radius), value=off_map)  # (B, 21 + 2r, 79 + 2r)
-        window = torch.arange(self.crop_size, device=glyphs.device)
-        rows = (y[:, None] + window)[:, :, None]  # window row i covers map row y - r + i
-        cols = (x[:, None] + window)[:, None, :]
-        batch_index = torch.arange(glyphs.shape[0], device=glyphs.device)[:, None, None]
-        crop = padded[batch_index, rows, cols].flatten(1)  # (B, crop_size**2)
+        rows = y[:, None] + self.crop_rows  # window row i covers map row y - r + i
+        cols = x[:, None] + self.crop_cols
+        batch_index = torch.arange(glyphs.shape[0], device=glyphs.device)[:, None]
+        crop = padded[batch_index, rows, cols]  # (B, crop_size**2), block-major
         classes = self.glyph_class[crop]
-        classes[:, crop.shape[1] // 2] = self.player_class
-        tokens = self.glyph_embedding(crop) + self.class_embedding(classes) + self.crop_position
-        return tokens, crop != off_map
+        classes[:, self.player_cell] = self.player_class
+        cells = self.glyph_embedding(crop) + self.class_embedding(classes)
+        kept = crop != off_map
+        if self.crop_proj is None:
+            return cells + self.crop_position, kept
+        blocks = self.num_crop_tokens
+        tokens = self.crop_proj(cells.reshape(cells.shape[0], blocks, -1))  # b (n p) c -> b n (p c)
+        return tokens + self.crop_position, kept.view(kept.shape[0], blocks, -1).any(-1)
 
     def _coarse_tokens(self, glyphs: Tensor, x: Tensor, y: Tensor) -> Tensor:
         batch = glyphs.shape[0]
@@ -178,6 +208,6 @@ class NetHackVisualEncoder(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"dim={self.dim}, crop_size={self.crop_size}, patch={self.patch}, "
+            f"dim={self.dim}, crop_size={self.crop_size}, crop_patch={self.crop_patch}, patch={self.patch}, "
             f"message_buckets={self.message_buckets}, num_tokens={self.num_tokens}"
         )
