@@ -33,6 +33,7 @@ docs: venv
 
 bench: venv
 	$(BIN)/python benchmarks/bench_modules.py
+	$(BIN)/python benchmarks/bench_policy.py
 
 lint: venv
 	$(BIN)/ruff check crossmoe tests examples benchmarks docs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -134,8 +135,9 @@ class CrossAttentionMoEPolicy(nn.Module):
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
         for arg, value in (("action_dim", action_dim), ("dim", dim), ("num_experts", num_experts)):
-            if not isinstance(value, int) or value < 1:
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{arg} must be a positive integer, got {value!r}")
+        action_dim, dim = int(action_dim), int(dim)  # e.g. numpy integers from a gymnasium Discrete space
         self.visual_encoder = visual_encoder
         self.logic_encoder = logic_encoder
         self.action_dim, self.dim, self.fusion = action_dim, dim, fusion

@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_public_api_is_exported_by_name():
     for name in crossmoe.__all__:
         assert getattr(crossmoe, name) is not None, name
-    for module in ("functional", "losses", "diagnostics", "attention", "routing", "experts", "schedule"):
+    modules = ("functional", "losses", "diagnostics", "attention", "routing", "experts", "schedule", "graph", "policy")
+    for module in (*modules, "encoders"):
         mod = importlib.import_module(f"crossmoe.{module}")
         for name in mod.__all__:
             assert hasattr(mod, name), f"crossmoe.{module}.{name}"
@@ -31,8 +32,10 @@ def _python_blocks(path: Path) -> list[str]:
     return re.findall(r"```python\n(.*?)```", path.read_text(), flags=re.DOTALL)
 
 
-@pytest.mark.parametrize("doc", ["README.md", "docs/index.md"])
+@pytest.mark.parametrize("doc", ["README.md", "docs/index.md", "docs/nethack.md"])
 def test_documented_quickstarts_run(doc):
+    if doc == "docs/nethack.md":
+        pytest.importorskip("nle")
     blocks = _python_blocks(ROOT / doc)
     assert blocks, f"{doc} has no python example"
     for block in blocks:
