@@ -45,7 +45,7 @@ class CausalGatedCrossAttention(nn.Module):
 
     Args:
         dim: Width ``D`` of the query tokens and of the output.
-        num_heads: Number of heads ``H``; must divide ``dim``.
+        num_heads: Number of heads ``H``; must divide ``dim`` unless ``head_dim`` is given.
         sparse_topk: Fraction of the kept keys each attention row may use, in
             ``(0, 1]``. ``1.0`` is dense attention.
         dropout: Dropout on the attention weights (after sparsification).

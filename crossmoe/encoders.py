@@ -59,7 +59,7 @@ def obs_tensor(
 def batch_size(obs: Mapping[str, Any]) -> int:
     """Leading dimension of the first entry of ``obs``."""
     if not isinstance(obs, Mapping) or not obs:
-        raise ValueError("obs must be a non-empty dict of batched arrays or tensors")
+        raise ValueError(f"obs must be a non-empty dict of batched arrays or tensors, got {obs!r:.80}")
     first = next(iter(obs.values()))
     if np.ndim(first) == 0:
         raise ValueError(f"obs entries must be batched (B, ...) arrays, got a scalar for key {next(iter(obs))!r}")

@@ -154,6 +154,7 @@ class Hypergraph:
         self._precondition = torch.zeros(len(self.conditions), len(self.operators))
         for cond, op in requires:
             self._precondition[cond, op] = 1.0
+        self._precondition_on: dict[torch.device, Tensor] = {}
 
     # --- structure as tensors -------------------------------------------------------------------------
 
@@ -205,7 +206,10 @@ class Hypergraph:
                 f"activations must be (B, C) with C={self.num_conditions}, got shape {tuple(activations.shape)}"
             )
         unmet = (~(activations > threshold)).to(torch.float32)  # NaN never satisfies a precondition
-        required = self._precondition.to(activations.device)
+        if activations.device not in self._precondition_on:
+            with torch.inference_mode(False):  # cached across modes
+                self._precondition_on[activations.device] = self._precondition.to(activations.device)
+        required = self._precondition_on[activations.device]
         return (unmet @ required) == 0  # number of unmet preconditions per operator
 
     def action_mask(self, action_set: Sequence[Any]) -> Tensor:
@@ -348,6 +352,11 @@ class Hypergraph:
         expert comes from the action word its label starts with (``eat_...``
         is survival, ``melee_attack_...`` combat, ``move_...`` exploration,
         anything else general), unless ``operator_to_expert`` says otherwise.
+        Preconditions are conjunctive here as everywhere, so research graphs
+        that merged several observed contexts into one operator (the shipped
+        research fixture has operators requiring both ``has_gold`` and
+        ``no_gold``) contain operators that :meth:`applicable` never marks
+        applicable; their tokens are still learned from the messages.
 
         Args:
             path: The JSON file.
@@ -448,7 +457,7 @@ class HypergraphEncoder(nn.Module):
     is one disjoint union of ``B`` copies of the graph: the offset
     ``edge_index`` is built once per batch size and cached, and every pass is a
     single bipartite ``GATv2Conv`` call over ``(x_src, x_dst)``. This layout
-    measured 3-5x faster than :class:`~torch_geometric.nn.DenseGATConv` over
+    measured about 7x faster than :class:`~torch_geometric.nn.DenseGATConv` over
     the dense ``(B, N, F)`` graph (``benchmarks/bench_policy.py``). Samples
     never exchange messages, so each sample's output depends only on its own
     activations.
@@ -488,7 +497,7 @@ class HypergraphEncoder(nn.Module):
         if effect_passes < 0:
             raise ValueError(f"effect_passes must be >= 0, got {effect_passes}")
         if effect_passes and not hypergraph.produces:
-            raise ValueError("effect_passes must be 0 for a hypergraph without produces edges")
+            raise ValueError(f"effect_passes must be 0 for a hypergraph without produces edges, got {effect_passes}")
         self.hypergraph = hypergraph
         self.dim, self.hidden_dim, self.heads = dim, hidden_dim, heads
         self.effect_passes = effect_passes
@@ -515,25 +524,27 @@ class HypergraphEncoder(nn.Module):
         self._union_cache: dict[tuple[int, torch.device], tuple[Tensor, Tensor, Tensor]] = {}
 
     def _union_edges(self, batch: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-        """Edge indices of ``batch`` disjoint copies of the graph, cached per batch size."""
+        """Edge indices of ``batch`` disjoint copies of the graph, cached per batch size and device."""
         key = (batch, device)
         if key not in self._union_cache:
-            graph = self.hypergraph
-            offsets = torch.arange(batch, device=device)
-
-            def union(edges: Tensor, num_src: int, num_dst: int) -> Tensor:
-                src = (edges[0] + offsets[:, None] * num_src).reshape(-1)  # (B * R,)
-                dst = (edges[1] + offsets[:, None] * num_dst).reshape(-1)
-                return torch.stack([src, dst])
-
-            produces = self.produces_index.to(device)
             if len(self._union_cache) >= 8:  # bounded: batch sizes rarely vary beyond rollout and minibatch
                 self._union_cache.clear()
-            self._union_cache[key] = (
-                union(self.requires_index.to(device), graph.num_conditions, graph.num_operators),
-                union(produces, graph.num_operators, graph.num_effects),
-                union(produces.flip(0), graph.num_effects, graph.num_operators),
-            )
+            # Build outside inference mode: a cached inference tensor would break every later backward pass.
+            with torch.inference_mode(False):
+                offsets = torch.arange(batch, device=device)[:, None]
+
+                def union(edges: Tensor, num_src: int, num_dst: int) -> Tensor:
+                    src = (edges[0] + offsets * num_src).reshape(-1)  # (B * R,)
+                    dst = (edges[1] + offsets * num_dst).reshape(-1)
+                    return torch.stack([src, dst])
+
+                graph = self.hypergraph
+                requires, produces = self.requires_index.to(device), self.produces_index.to(device)
+                self._union_cache[key] = (
+                    union(requires, graph.num_conditions, graph.num_operators),
+                    union(produces, graph.num_operators, graph.num_effects),
+                    union(produces.flip(0), graph.num_effects, graph.num_operators),
+                )
         return self._union_cache[key]
 
     def forward(self, activations: Tensor) -> tuple[Tensor, Tensor]:
@@ -549,17 +560,17 @@ class HypergraphEncoder(nn.Module):
         typ = self.type_embedding.weight
         conditions = (node[:num_c] + typ[0]) + self.activation_proj(activations.to(dtype).unsqueeze(-1))  # b c h
         operators = (node[num_c : num_c + num_o] + typ[1]).expand(batch, num_o, -1)  # b o h
-        conditions = conditions.reshape(batch * num_c, -1)
-        operators = operators.reshape(batch * num_o, -1)
+        conditions = conditions.reshape(-1, self.hidden_dim)
+        operators = operators.reshape(-1, self.hidden_dim)
         operators = operators + self.condition_to_operator((conditions, operators), requires)
         if self.effect_passes:
             effects = (node[num_c + num_o : num_c + num_o + num_e] + typ[2]).expand(batch, num_e, -1)
-            effects = effects.reshape(batch * num_e, -1)
+            effects = effects.reshape(-1, self.hidden_dim)
             for to_effect, to_operator in zip(self.operator_to_effect, self.effect_to_operator, strict=True):
                 effects = effects + to_effect((operators, effects), produces)
                 operators = operators + to_operator((effects, operators), produced_by)
 
-        operators = self.norm(operators).reshape(batch, num_o, -1)
+        operators = self.norm(operators).reshape(batch, num_o, self.hidden_dim)
         return self.to_tokens(operators), self.to_scores(operators).squeeze(-1)
 
     def extra_repr(self) -> str:

@@ -719,3 +719,9 @@ def test_encoder_gradcheck_float64():
     activations = torch.rand(2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     activations.requires_grad_()
     assert torch.autograd.gradcheck(lambda a: encoder(a), (activations,))
+
+
+def test_empty_batch_gives_empty_outputs():
+    graph = Hypergraph(["a", "b"], [OperatorSpec("x", requires=("a",), produces=("e",))], ["e"])
+    tokens, scores = HypergraphEncoder(graph, 8)(torch.zeros(0, 2))
+    assert tokens.shape == (0, 1, 8) and scores.shape == (0, 1)

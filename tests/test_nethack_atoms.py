@@ -403,6 +403,35 @@ def test_random_agent_reaches_atoms(random_rollout):
     assert len(np.unique(atoms, axis=0)) > 100
 
 
+REACHED_IN_30000_RANDOM_STEPS = (
+    "hp_critical",
+    "hungry",
+    "weak",
+    "depth_2_4",
+    "food_adjacent",
+    "stairs_down_adjacent",
+    "stairs_down_visible",
+    "trap_adjacent",
+    "msg_killed",
+    "msg_locked",
+    "msg_hungry",
+)
+
+
+def test_random_agent_reaches_rarer_atoms_in_30000_steps():
+    num_envs, steps = 8, 3750
+    envs = make_vector_env(num_envs, seed=0)
+    obs, _ = envs.reset(seed=0)
+    rng = np.random.default_rng(0)
+    fired = np.zeros(len(ATOMS), dtype=bool)
+    for _ in range(steps):
+        fired |= extract_atoms(obs).astype(bool).any(axis=0)
+        obs, *_ = envs.step(rng.integers(envs.single_action_space.n, size=num_envs))
+    envs.close()
+    missing = [name for name in REACHED_IN_30000_RANDOM_STEPS if not fired[ATOMS.index(name)]]
+    assert missing == []
+
+
 def test_real_player_cell_holds_a_monster_glyph(random_rollout):
     _, obs = random_rollout
     blstats = obs["blstats"]

@@ -12,6 +12,7 @@ from nle import nethack
 
 from crossmoe.losses import AuxLossWeights, aux_loss
 from crossmoe.nethack import (
+    ATOMS,
     NetHackVisualEncoder,
     extract_atoms,
     load_hypergraph,
@@ -118,7 +119,7 @@ def test_crop_blocks_keep_cell_positions_and_mask_off_map_blocks(real_obs):
     obs["blstats"][:, nethack.NLE_BL_Y] = 10
     obs["blstats"][0, nethack.NLE_BL_X] = 0  # crop columns 0-3 off the map: block column 0 masked, 1 kept
     obs["blstats"][1, nethack.NLE_BL_X] = 40
-    tokens, mask = encoder(obs)
+    _, mask = encoder(obs)
     blocks = mask[:, :9].reshape(2, 3, 3)
     assert not bool(blocks[0, :, 0].any()) and bool(blocks[0, :, 1:].all()) and bool(mask[1].all())
     # swapping two cells inside the player's block changes that block's token: positions survive the pooling
@@ -184,6 +185,26 @@ def test_logic_stream_follows_the_atoms(real_obs, policy):
     one = policy({**real_obs, "atoms": single})
     assert not torch.allclose(one.context[0], base.context[0])
     torch.testing.assert_close(one.context[1:], base.context[1:])
+
+
+def test_every_atom_reaches_the_logic_stream(real_obs, policy):
+    atoms = extract_atoms(take(real_obs, slice(0, 1)))
+    batch = np.repeat(atoms, len(atoms[0]) + 1, axis=0)
+    batch[1:] = np.where(np.eye(len(atoms[0]), dtype=bool), 1.0 - batch[1:], batch[1:])  # row i + 1 flips atom i
+    tokens, *_ = policy.logic_encoder({"atoms": batch})
+    changed = (tokens[1:] - tokens[:1]).abs().amax(dim=(1, 2))
+    assert bool((changed > 0).all()), [name for name, c in zip(ATOMS, changed, strict=True) if c == 0]
+
+
+def test_inference_mode_rollout_then_training_update(real_obs):
+    # the graph encoder caches batched edge indices; a cache filled under inference_mode must not break backward
+    torch.manual_seed(0)
+    policy = make_policy(23, dim=DIM)
+    with torch.inference_mode():
+        policy(real_obs)
+    out = policy(real_obs)
+    (out.logits.sum() + out.value.sum()).backward()
+    assert policy.logic_encoder.graph_encoder.to_tokens.weight.grad is not None
 
 
 def test_get_action_and_value(real_obs, policy):

@@ -70,13 +70,13 @@ def make_policy(
         crop_patch: Side of the blocks of crop cells that form one token (see
             :class:`~crossmoe.nethack.NetHackVisualEncoder`). The default 3
             gives 9 crop tokens; ``1`` gives one token per cell (81), which
-            makes the attention maps per cell but the policy about 1.5x slower
+            makes the attention maps per cell but the policy about 1.6x slower
             (``benchmarks/bench_policy.py``).
         num_heads: Heads of the cross-attention.
         head_dim: Width of each head (narrower than ``dim // num_heads`` to keep
             the key and value projections of the many map tokens cheap).
         **policy_kwargs: Passed to :class:`~crossmoe.policy.CrossAttentionMoEPolicy`
-            (``num_heads``, ``sparse_topk``, ``alpha``, ...).
+            (``sparse_topk``, ``alpha``, ``temperature``, ...).
     """
     if action_dim is None:
         if env is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -24,6 +25,12 @@ _NUM_HUNGER_STATES = 7  # satiated .. starved: NetHack's u.uhs enum (hack.h), wh
 _HASH_MULTIPLIER = 2654435761  # Knuth's multiplicative hash constant
 
 
+@functools.lru_cache(maxsize=8)
+def _condition_masks(device: torch.device) -> Tensor:
+    with torch.inference_mode(False):  # cached across modes
+        return torch.tensor(_CONDITION_MASKS, device=device)
+
+
 def blstats_features(blstats: Tensor) -> Tensor:
     r"""Normalised features of the bottom-line stats.
 
@@ -43,7 +50,7 @@ def blstats_features(blstats: Tensor) -> Tensor:
         return stats[:, value] / stats[:, maximum].clamp_min(1.0)
 
     hunger = F.one_hot(blstats[:, nethack.NLE_BL_HUNGER].long().clamp(0, _NUM_HUNGER_STATES - 1), _NUM_HUNGER_STATES)
-    masks = torch.tensor(_CONDITION_MASKS, device=blstats.device)
+    masks = _condition_masks(blstats.device)
     conditions = (blstats[:, nethack.NLE_BL_CONDITION, None].long() & masks) != 0
     ratios = torch.stack(
         [fraction(nethack.NLE_BL_HP, nethack.NLE_BL_HPMAX), fraction(nethack.NLE_BL_ENE, nethack.NLE_BL_ENEMAX)], 1
@@ -76,7 +83,9 @@ class NetHackVisualEncoder(nn.Module):
     Args:
         dim: Token width ``D``.
         crop_size: Side of the egocentric window (odd).
-        crop_patch: Side of the blocks of crop cells that form one token: ``1``
+        crop_patch: Side of the blocks of crop cells that form one token (the
+            encoder defaults to ``1``; :func:`~crossmoe.nethack.make_policy`
+            uses ``3``): ``1``
             gives one token per cell (81 for the 9x9 crop), ``3`` gives 9, the
             middle one the player's 3x3 neighbourhood. Fewer tokens make the
             cross-attention cheaper, at the price of attending to blocks.
