@@ -457,7 +457,7 @@ class HypergraphEncoder(nn.Module):
     is one disjoint union of ``B`` copies of the graph: the offset
     ``edge_index`` is built once per batch size and cached, and every pass is a
     single bipartite ``GATv2Conv`` call over ``(x_src, x_dst)``. This layout
-    measured about 7x faster than :class:`~torch_geometric.nn.DenseGATConv` over
+    measured about 6x faster than :class:`~torch_geometric.nn.DenseGATConv` over
     the dense ``(B, N, F)`` graph (``benchmarks/bench_policy.py``). Samples
     never exchange messages, so each sample's output depends only on its own
     activations.
