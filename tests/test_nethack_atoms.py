@@ -403,11 +403,16 @@ def test_random_agent_reaches_atoms(random_rollout):
     assert len(np.unique(atoms, axis=0)) > 100
 
 
+# Together with REACHED_BY_RANDOM_AGENT this is every atom but stunned, hallucinating, ill,
+# in_mortal_danger and levitating (constructed cases only) and msg_nothing_to_eat (a scripted game).
 REACHED_IN_30000_RANDOM_STEPS = (
     "hp_critical",
     "hungry",
     "weak",
+    "confused",
+    "blind",
     "depth_2_4",
+    "depth_5_plus",
     "food_adjacent",
     "stairs_down_adjacent",
     "stairs_down_visible",
