@@ -207,6 +207,14 @@ def test_inference_mode_rollout_then_training_update(real_obs):
     assert policy.logic_encoder.graph_encoder.to_tokens.weight.grad is not None
 
 
+def test_state_dict_round_trip(real_obs, policy, tmp_path):
+    torch.save(policy.state_dict(), tmp_path / "policy.pt")
+    torch.manual_seed(123)  # a different initialisation, overwritten by the load
+    restored = make_policy(23, dim=DIM).eval()
+    restored.load_state_dict(torch.load(tmp_path / "policy.pt", weights_only=True))
+    torch.testing.assert_close(restored(real_obs).logits, policy(real_obs).logits)
+
+
 def test_get_action_and_value(real_obs, policy):
     action, log_prob, entropy, value = policy.get_action_and_value(real_obs)
     batch = len(real_obs["glyphs"])
