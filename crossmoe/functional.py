@@ -154,22 +154,28 @@ def sparse_topk_softmax(scores: Tensor, topk: float = 1.0, mask: Tensor | None =
         if not bool((n_kept > 0).all()):
             empty = (n_kept == 0).nonzero().tolist()[:5]
             raise ValueError(f"mask keeps no entry in rows {empty} (first 5 shown); every row needs a kept key")
-        scores = scores.masked_fill(~mask, -math.inf)
         k_row = topk_support_size(n_kept, topk)  # (...,) support size per row
         k_max = int(k_row.max())
         if int(k_row.min()) == k_max:  # one support size for every row: no ranking needed
             k_row = None
     if topk == 1.0 or k_max >= n:
-        return torch.softmax(scores, dim=-1)
+        return torch.softmax(scores if mask is None else scores.masked_fill(~mask, -math.inf), dim=-1)
 
-    # Softmax over the selected scores only, scattered back into zeros. With
-    # per-row sizes, the top-k_max are sorted and ranks below a row's k form its
-    # support; since k_row <= n_kept they are all kept keys, so no row is all -inf.
-    values, index = scores.topk(k_max, dim=-1, sorted=k_row is not None)
-    if k_row is not None:
-        in_support = torch.arange(k_max, device=scores.device) < k_row.unsqueeze(-1)
-        values = values.masked_fill(~in_support, -math.inf)
-    return torch.zeros_like(scores).scatter(-1, index, torch.softmax(values, dim=-1))
+    # Select the support without autograd and add a 0 / -inf bias: the backward is
+    # then one dense softmax backward instead of a chain of masks, gathers and
+    # scatters. With per-row sizes, the top-k_max are sorted and ranks below a
+    # row's k form its support; since k_row <= n_kept they are all kept keys, so no
+    # row is all -inf. Ties cannot enlarge the support: it is exactly the selected
+    # indices.
+    with torch.no_grad():
+        ranked = scores if mask is None or bool(mask.all()) else scores.masked_fill(~mask, -math.inf)
+        index = ranked.topk(k_max, dim=-1, sorted=k_row is not None).indices
+        in_support = torch.zeros((), dtype=scores.dtype, device=scores.device).expand(index.shape)
+        if k_row is not None:
+            ranks = torch.arange(k_max, device=scores.device)
+            in_support = torch.where(ranks < k_row.unsqueeze(-1), 0.0, -math.inf).to(scores.dtype).expand(index.shape)
+        bias = torch.full_like(scores, -math.inf).scatter_(-1, index, in_support)
+    return torch.softmax(scores + bias, dim=-1)
 
 
 def combine_experts(router_weights: Tensor, expert_outputs: Tensor) -> Tensor:

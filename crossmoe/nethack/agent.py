@@ -70,7 +70,7 @@ def make_policy(
         crop_patch: Side of the blocks of crop cells that form one token (see
             :class:`~crossmoe.nethack.NetHackVisualEncoder`). The default 3
             gives 9 crop tokens; ``1`` gives one token per cell (81), which
-            makes the attention maps per cell but the policy about 1.6x slower
+            makes the attention maps per cell but the policy 1.45-1.65x slower
             (``benchmarks/bench_policy.py``).
         num_heads: Heads of the cross-attention.
         head_dim: Width of each head (narrower than ``dim // num_heads`` to keep
