@@ -310,22 +310,16 @@ def extract_atoms(obs: Mapping[str, Any]) -> np.ndarray:
     rows, cols = glyphs.shape[1:]
     player_y = np.clip(blstats[:, nethack.NLE_BL_Y], 0, rows - 1)
     player_x = np.clip(blstats[:, nethack.NLE_BL_X], 0, cols - 1)
-    # (B, 21, 79) classes, padded with STONE to (B, 23, 81) so the 3x3 gather never leaves the map.
-    cell_class = np.full((len(batch), rows + 2, cols + 2), GlyphClass.STONE, dtype=np.uint8)
-    cell_class[:, 1:-1, 1:-1] = GLYPH_CLASS[glyphs]
-    cell_class[batch, player_y + 1, player_x + 1] = GlyphClass.STONE
-    is_boulder = np.zeros(cell_class.shape, dtype=bool)
-    is_boulder[:, 1:-1, 1:-1] = glyphs == BOULDER_GLYPH
-    is_boulder[batch, player_y + 1, player_x + 1] = False
-
-    # (B, 9) neighbourhoods; the +1 undoes the padding.
-    around_y = player_y[:, None] + 1 + _DY
-    around_x = player_x[:, None] + 1 + _DX
-    window = cell_class[batch[:, None], around_y, around_x]
-    around = window[:, _NEIGHBOURS]  # (B, 8)
+    # The 3x3 glyphs around the player, from a map padded with the no-glyph value (class STONE).
+    padded = np.pad(glyphs, ((0, 0), (1, 1), (1, 1)), constant_values=nethack.MAX_GLYPH)
+    window_glyphs = padded[batch[:, None], player_y[:, None] + 1 + _DY, player_x[:, None] + 1 + _DX]  # (B, 9)
+    window = GLYPH_CLASS[window_glyphs]
+    around = window[:, _NEIGHBOURS]  # (B, 8): the player's own cell is not among them
     orthogonal = window[:, _ORTHOGONAL]  # (B, 4)
     around_counts = _class_counts(around)  # (B, K) with K = len(GlyphClass)
-    map_counts = _class_counts(cell_class.reshape(len(batch), (rows + 2) * (cols + 2)))
+    cell_class = GLYPH_CLASS[glyphs]
+    cell_class[batch, player_y, player_x] = GlyphClass.STONE  # the player is drawn as a monster
+    map_counts = _class_counts(cell_class.reshape(len(batch), rows * cols))
 
     def adjacent(*classes: GlyphClass) -> np.ndarray:
         return around_counts[:, list(classes)].any(axis=1)
@@ -355,7 +349,7 @@ def extract_atoms(obs: Mapping[str, Any]) -> np.ndarray:
     atoms["in_corridor"] = adjacent(GlyphClass.CORRIDOR) & ~atoms["in_room"]
     atoms["dead_end"] = atoms["in_corridor"] & (_PASSABLE[around].sum(axis=1) == 1)
     atoms["trap_adjacent"] = adjacent(GlyphClass.TRAP)
-    atoms["boulder_adjacent"] = is_boulder[batch[:, None], around_y, around_x][:, _NEIGHBOURS].any(axis=1)
+    atoms["boulder_adjacent"] = (window_glyphs[:, _NEIGHBOURS] == BOULDER_GLYPH).any(axis=1)
     atoms["wall_adjacent"] = adjacent(GlyphClass.WALL)
 
     atoms["has_food"] = (arrays["inv_oclasses"] == nethack.FOOD_CLASS).any(axis=1)
