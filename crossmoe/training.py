@@ -1,0 +1,395 @@
+"""Machinery that keeps a training run alive: NaN guard, atomic checkpoints, metrics and reward scaling.
+
+The PPO loop itself lives in ``examples/ppo_nethack.py``, written out in one
+file; everything here is reusable by any PyTorch training loop:
+
+- :class:`NaNGuard` checks the loss and gradient norm before every optimizer
+  step and rolls the model and optimizer back to the last good snapshot on a
+  fault, lowering the learning rate.
+- :func:`save_checkpoint` writes atomically (temp file, ``fsync``,
+  ``os.replace``), so a crash or ``SIGKILL`` never leaves a torn file;
+  :func:`load_checkpoint` reads it back.
+- :func:`rng_state` / :func:`set_rng_state` capture Python, NumPy and torch RNGs.
+- :class:`MetricsLogger` appends one JSON row per update to ``metrics.jsonl``
+  (truncated to the checkpoint on resume) and mirrors scalars to TensorBoard.
+- :class:`RewardScaler` clips or scales rewards with checkpointable state.
+- :class:`GracefulExit` turns ``SIGINT``/``SIGTERM`` into a flag the loop polls.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import random
+import signal
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "GracefulExit",
+    "MetricsLogger",
+    "NaNGuard",
+    "NonFiniteTrainingError",
+    "RewardScaler",
+    "load_checkpoint",
+    "read_metrics",
+    "rng_state",
+    "save_checkpoint",
+    "set_rng_state",
+]
+
+
+class NonFiniteTrainingError(RuntimeError):
+    """Raised by :class:`NaNGuard` after too many consecutive non-finite steps."""
+
+
+class NaNGuard:
+    """Skip non-finite optimizer steps and roll back to the last good weights.
+
+    Call :meth:`check` after ``backward()`` (and after clipping, with the
+    gradient norm that ``clip_grad_norm_`` returns) and step the optimizer
+    only when it returns True. On a non-finite loss or gradient norm it:
+
+    1. restores the model and optimizer from the last :meth:`snapshot`
+       (taken at construction, then whenever the loop calls it);
+    2. multiplies every param group's ``lr`` and :attr:`lr_scale` by ``lr_factor``;
+    3. counts the fault in :attr:`total_faults`;
+    4. raises :class:`NonFiniteTrainingError` after ``max_consecutive`` faults
+       in a row.
+
+    A loop that sets the learning rate itself (annealing) must multiply it by
+    :attr:`lr_scale`, which the guard keeps in :meth:`state_dict`.
+
+    Args:
+        model: The module whose parameters are guarded.
+        optimizer: Its optimizer.
+        lr_factor: Learning-rate multiplier applied on each fault, in ``(0, 1]``.
+        max_consecutive: Faults in a row before giving up, ``>= 1``.
+
+    Example:
+        >>> model = nn.Linear(2, 1)
+        >>> optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        >>> guard = NaNGuard(model, optimizer)
+        >>> loss = model(torch.full((1, 2), float("nan"))).sum()
+        >>> loss.backward()
+        >>> guard.check(loss, nn.utils.clip_grad_norm_(model.parameters(), 1.0))
+        False
+        >>> guard.total_faults, optimizer.param_groups[0]["lr"]
+        (1, 0.0005)
+    """
+
+    def __init__(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, lr_factor: float = 0.5, max_consecutive: int = 5
+    ) -> None:
+        if not (0.0 < lr_factor <= 1.0):
+            raise ValueError(f"lr_factor must be in (0, 1], got {lr_factor!r}")
+        if isinstance(max_consecutive, bool) or not isinstance(max_consecutive, int) or max_consecutive < 1:
+            raise ValueError(f"max_consecutive must be an integer >= 1, got {max_consecutive!r}")
+        self.model, self.optimizer = model, optimizer
+        self.lr_factor, self.max_consecutive = lr_factor, max_consecutive
+        self.lr_scale = 1.0
+        self.total_faults = 0
+        self.consecutive_faults = 0
+        self._snapshot: tuple[dict[str, Any], dict[str, Any]] | None = None
+        self.snapshot()
+
+    def snapshot(self) -> None:
+        """Remember the current model and optimizer state as the last good one."""
+        self._snapshot = (
+            {key: value.detach().clone() for key, value in self.model.state_dict().items()},
+            copy.deepcopy(self.optimizer.state_dict()),
+        )
+
+    def check(self, loss: Tensor, grad_norm: Tensor | float | None = None) -> bool:
+        """True if the step may proceed; otherwise roll back, lower the LR and return False."""
+        finite = bool(torch.isfinite(loss.detach()).all())
+        if grad_norm is not None:
+            finite = finite and math.isfinite(float(grad_norm))
+        if finite:
+            self.consecutive_faults = 0
+            return True
+        self.total_faults += 1
+        self.consecutive_faults += 1
+        self.rollback()
+        if self.consecutive_faults >= self.max_consecutive:
+            raise NonFiniteTrainingError(
+                f"{self.consecutive_faults} consecutive non-finite losses or gradients "
+                f"(max_consecutive={self.max_consecutive}); the learning rate is already down to "
+                f"{self.lr_scale:g}x. Lower the learning rate or check the inputs for NaN/inf."
+            )
+        return False
+
+    def rollback(self) -> None:
+        """Restore the last snapshot, clear the gradients and lower the learning rate."""
+        model_state, optimizer_state = self._snapshot
+        self.model.load_state_dict(model_state)
+        self.optimizer.load_state_dict(optimizer_state)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.lr_scale *= self.lr_factor
+        for group in self.optimizer.param_groups:
+            group["lr"] *= self.lr_factor
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"lr_scale": self.lr_scale, "total_faults": self.total_faults}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.lr_scale = float(state["lr_scale"])
+        self.total_faults = int(state["total_faults"])
+        self.consecutive_faults = 0
+        self.snapshot()
+
+
+def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, Any]) -> Path:
+    """Write ``state`` with ``torch.save`` atomically.
+
+    The bytes go to a temporary file in the same directory, which is flushed,
+    ``fsync``-ed and then moved over ``path`` with ``os.replace``. A reader
+    therefore sees either the old checkpoint or the new one, never a torn file,
+    even if the process is killed mid-write.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            torch.save(dict(state), handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`.
+
+    Checkpoints hold RNG states and plain Python objects besides tensors, so
+    they are loaded with ``weights_only=False``: only load files you wrote.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {str(path)!r}")
+    return torch.load(path, map_location=map_location, weights_only=False)
+
+
+def rng_state() -> dict[str, Any]:
+    """The Python, NumPy and torch (CPU and CUDA) RNG states."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore RNG states captured by :func:`rng_state`."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class MetricsLogger:
+    """One JSON row per update in ``run_dir/metrics.jsonl``, optionally mirrored to TensorBoard.
+
+    Args:
+        run_dir: Directory of the run.
+        tensorboard: Also write every numeric value as a TensorBoard scalar
+            (``run_dir/tensorboard``), with ``step_key`` as the step.
+        resume_after: When resuming, the ``step_key`` value of the checkpoint.
+            Rows logged after it (by the run that was killed) are dropped, so
+            the file continues exactly where the checkpoint does. ``None``
+            starts a fresh file.
+        step_key: The row field used as the step.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | os.PathLike[str],
+        tensorboard: bool = False,
+        resume_after: int | None = None,
+        step_key: str = "global_step",
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.run_dir / "metrics.jsonl"
+        self.step_key = step_key
+        if resume_after is None:
+            self.path.write_text("")
+        else:
+            self._truncate(resume_after)
+        self._handle = self.path.open("a")
+        self._writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=resume_after)
+
+    def _truncate(self, last_step: int) -> None:
+        kept = []
+        if self.path.exists():
+            for line in self.path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:  # a line torn by the kill
+                    continue
+                if row.get(self.step_key, math.inf) <= last_step:
+                    kept.append(line)
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+    def log(self, row: Mapping[str, Any]) -> None:
+        """Append ``row``; NaN and infinities are written as ``null``."""
+        clean = {key: _jsonable(value) for key, value in row.items()}
+        self._handle.write(json.dumps(clean) + "\n")
+        self._handle.flush()
+        if self._writer is not None:
+            step = int(row[self.step_key])
+            for key, value in clean.items():
+                if key != self.step_key and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self._writer.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        self._handle.close()
+        if self._writer is not None:
+            self._writer.close()
+
+    def __enter__(self) -> MetricsLogger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        value = value.item() if value.numel() == 1 else value.tolist()
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The rows of a ``metrics.jsonl`` file, skipping a torn last line."""
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+class RewardScaler:
+    r"""Reward clipping or scaling for a vector of environments, with checkpointable state.
+
+    Modes:
+
+    - ``"none"``: rewards pass through.
+    - ``"clip"``: :math:`\operatorname{clip}(r, -c, c)`.
+    - ``"scale"``: divide by the running standard deviation of the discounted
+      return :math:`G_t = \gamma G_{t-1} + r_t` (reset at episode ends), then
+      clip to :math:`[-c, c]`. This keeps the value targets of NetHack's score
+      rewards, which range from 1 to hundreds, at unit scale without changing
+      which policy is optimal. The statistics are updated with every call.
+
+    Args:
+        num_envs: Number of parallel environments.
+        mode: ``"none"``, ``"clip"`` or ``"scale"``.
+        gamma: Discount of the return whose scale is tracked.
+        clip: Bound ``c``.
+        epsilon: Added to the variance before the square root.
+    """
+
+    MODES = ("none", "clip", "scale")
+
+    def __init__(
+        self, num_envs: int, mode: str = "scale", gamma: float = 0.99, clip: float = 10.0, epsilon: float = 1e-8
+    ) -> None:
+        if mode not in self.MODES:
+            raise ValueError(f"mode must be one of {self.MODES}, got {mode!r}")
+        if not clip > 0:
+            raise ValueError(f"clip must be > 0, got {clip!r}")
+        self.mode, self.gamma, self.clip, self.epsilon = mode, gamma, clip, epsilon
+        self.returns = np.zeros(num_envs, dtype=np.float64)
+        self.mean, self.var, self.count = 0.0, 1.0, 1e-4
+
+    def __call__(self, rewards: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        """Scaled rewards for one vector step; ``ends`` marks episodes that ended at this step."""
+        rewards = np.asarray(rewards, dtype=np.float64)
+        if self.mode == "none":
+            return rewards.astype(np.float32)
+        if self.mode == "clip":
+            return np.clip(rewards, -self.clip, self.clip).astype(np.float32)
+        self.returns = self.returns * self.gamma + rewards
+        self._update(self.returns)
+        self.returns[np.asarray(ends, dtype=bool)] = 0.0
+        return np.clip(rewards / math.sqrt(self.var + self.epsilon), -self.clip, self.clip).astype(np.float32)
+
+    def _update(self, batch: np.ndarray) -> None:
+        # Chan et al.'s parallel update of a running mean and variance.
+        batch_mean, batch_var, batch_count = float(batch.mean()), float(batch.var()), batch.size
+        delta, total = batch_mean - self.mean, self.count + batch_count
+        self.mean += delta * batch_count / total
+        m2 = self.var * self.count + batch_var * batch_count + delta**2 * self.count * batch_count / total
+        self.var, self.count = m2 / total, total
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "returns": self.returns.copy(),
+            "mean": self.mean,
+            "var": self.var,
+            "count": self.count,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state["mode"] != self.mode:
+            raise ValueError(f"state mode must match this scaler's {self.mode!r}, got {state['mode']!r}")
+        if len(state["returns"]) == len(self.returns):
+            self.returns = np.array(state["returns"], dtype=np.float64)
+        self.mean, self.var, self.count = float(state["mean"]), float(state["var"]), float(state["count"])
+
+
+class GracefulExit:
+    """Context manager that turns ``SIGINT`` and ``SIGTERM`` into a flag.
+
+    Inside the ``with`` block the first signal sets :attr:`requested` (the
+    loop saves a checkpoint and stops at its next safe point); a second one
+    raises ``KeyboardInterrupt`` as usual. The previous handlers come back on
+    exit. Outside the main thread it does nothing.
+    """
+
+    def __init__(self) -> None:
+        self.requested: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested is not None:
+            raise KeyboardInterrupt
+        self.requested = signum
+
+    def __enter__(self) -> GracefulExit:
+        try:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        except ValueError:  # not the main thread
+            pass
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()

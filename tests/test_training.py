@@ -1,0 +1,190 @@
+"""crossmoe.training: NaN guard, atomic checkpoints, RNG state, metrics, reward scaling, signals."""
+
+import json
+import os
+import random
+import signal
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from crossmoe.training import (
+    GracefulExit,
+    MetricsLogger,
+    NaNGuard,
+    NonFiniteTrainingError,
+    RewardScaler,
+    load_checkpoint,
+    read_metrics,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+
+
+def _train_step(model, optimizer, guard, x):
+    optimizer.zero_grad()
+    loss = model(x).square().mean()
+    loss.backward()
+    ok = guard.check(loss, nn.utils.clip_grad_norm_(model.parameters(), 1.0))
+    if ok:
+        optimizer.step()
+    return ok
+
+
+def test_nan_guard_rolls_back_to_snapshot_and_lowers_lr():
+    model = nn.Linear(3, 2)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    guard = NaNGuard(model, optimizer, lr_factor=0.25, max_consecutive=3)
+    x = torch.randn(8, 3)
+    assert _train_step(model, optimizer, guard, x)
+    guard.snapshot()
+    good_weights = {k: v.clone() for k, v in model.state_dict().items()}
+    good_adam_step = optimizer.state_dict()["state"][0]["step"].clone()
+    assert _train_step(model, optimizer, guard, x)  # moves away from the snapshot
+
+    assert not _train_step(model, optimizer, guard, torch.full((8, 3), float("nan")))
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, good_weights[key], rtol=0, atol=0)
+    assert torch.equal(optimizer.state_dict()["state"][0]["step"], good_adam_step)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.025)
+    assert guard.lr_scale == pytest.approx(0.25) and guard.total_faults == 1
+    assert all(p.grad is None for p in model.parameters())
+    # A good step afterwards resets the consecutive count and trains on.
+    assert _train_step(model, optimizer, guard, x)
+    assert guard.consecutive_faults == 0 and guard.total_faults == 1
+
+
+def test_nan_guard_catches_infinite_gradients_with_finite_loss():
+    model = nn.Linear(1, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    guard = NaNGuard(model, optimizer)
+    loss = model(torch.ones(1, 1)).sum()
+    loss.backward()
+    model.weight.grad.fill_(float("inf"))
+    assert not guard.check(loss, nn.utils.clip_grad_norm_(model.parameters(), 1.0))
+
+
+def test_nan_guard_gives_up_after_max_consecutive_faults():
+    model = nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    guard = NaNGuard(model, optimizer, max_consecutive=2)
+    bad = torch.full((1, 2), float("nan"))
+    assert not _train_step(model, optimizer, guard, bad)
+    with pytest.raises(NonFiniteTrainingError, match="2 consecutive"):
+        _train_step(model, optimizer, guard, bad)
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [({"lr_factor": 0.0}, "lr_factor"), ({"max_consecutive": 0}, "max_cons")])
+def test_nan_guard_rejects_bad_arguments(kwargs, match):
+    model = nn.Linear(1, 1)
+    with pytest.raises(ValueError, match=match):
+        NaNGuard(model, torch.optim.SGD(model.parameters(), lr=0.1), **kwargs)
+
+
+def test_save_checkpoint_round_trips(tmp_path):
+    path = save_checkpoint(tmp_path / "sub" / "last.pt", {"step": 3, "w": torch.arange(4)})
+    state = load_checkpoint(path)
+    assert state["step"] == 3 and torch.equal(state["w"], torch.arange(4))
+    assert os.listdir(tmp_path / "sub") == ["last.pt"]  # no temp file left behind
+
+
+def test_save_checkpoint_failure_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = save_checkpoint(tmp_path / "last.pt", {"step": 1})
+
+    def torn_save(obj, handle):
+        handle.write(b"partial bytes")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", torn_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, {"step": 2})
+    monkeypatch.undo()
+    assert load_checkpoint(path)["step"] == 1
+    assert os.listdir(tmp_path) == ["last.pt"]
+
+
+def test_load_checkpoint_names_a_missing_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_rng_state_round_trips():
+    state = rng_state()
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    set_rng_state(state)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+def test_metrics_logger_writes_rows_and_truncates_on_resume(tmp_path):
+    with MetricsLogger(tmp_path) as logger:
+        for step in (10, 20, 30):
+            logger.log({"global_step": step, "loss": torch.tensor(0.5), "nan": float("nan"), "n": np.int64(2)})
+    with open(tmp_path / "metrics.jsonl", "a") as handle:
+        handle.write('{"global_step": 40, "lo')  # torn by a kill
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    assert [row["global_step"] for row in rows] == [10, 20, 30]
+    assert rows[0] == {"global_step": 10, "loss": 0.5, "nan": None, "n": 2}
+
+    with MetricsLogger(tmp_path, resume_after=20) as logger:  # the checkpoint was at step 20
+        logger.log({"global_step": 30, "loss": 0.25})
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["global_step"] for line in lines] == [10, 20, 30]
+    assert json.loads(lines[-1])["loss"] == 0.25
+
+    MetricsLogger(tmp_path).close()  # a fresh run starts an empty file
+    assert read_metrics(tmp_path / "metrics.jsonl") == []
+
+
+def test_metrics_logger_mirrors_scalars_to_tensorboard(tmp_path):
+    pytest.importorskip("tensorboard")
+    with MetricsLogger(tmp_path, tensorboard=True) as logger:
+        logger.log({"global_step": 5, "loss": 1.5, "phase": "warmup"})
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "tensorboard"))
+
+
+def test_reward_scaler_divides_by_the_running_std_of_discounted_returns():
+    rng = np.random.default_rng(0)
+    scaler = RewardScaler(num_envs=3, mode="scale", gamma=0.9, clip=100.0)
+    rewards = rng.normal(2.0, 3.0, size=(50, 3))
+    ends = rng.random((50, 3)) < 0.1
+    returns, history, scaled = np.zeros(3), [], None
+    for reward, end in zip(rewards, ends, strict=True):
+        returns = returns * 0.9 + reward
+        history.append(returns.copy())
+        returns[end] = 0.0
+        scaled = scaler(reward, end)
+    std = np.concatenate(history).std()
+    # The running estimate starts from a tiny prior, so it matches the batch std closely.
+    np.testing.assert_allclose(scaled, rewards[-1] / std, rtol=1e-3)
+    assert scaled.dtype == np.float32
+
+
+def test_reward_scaler_clip_none_and_state_round_trip():
+    clip = RewardScaler(2, mode="clip", clip=1.0)
+    np.testing.assert_array_equal(clip(np.array([5.0, -0.5]), np.array([False, False])), [1.0, -0.5])
+    np.testing.assert_array_equal(RewardScaler(2, mode="none")(np.array([5.0, -7.0]), np.zeros(2, bool)), [5, -7])
+    scaler = RewardScaler(2)
+    for _ in range(5):
+        scaler(np.array([1.0, 3.0]), np.array([False, True]))
+    restored = RewardScaler(2)
+    restored.load_state_dict(scaler.state_dict())
+    reward, end = np.array([2.0, -1.0]), np.array([False, False])
+    np.testing.assert_array_equal(restored(reward, end), scaler(reward, end))
+    with pytest.raises(ValueError, match="mode"):
+        RewardScaler(2, mode="clip").load_state_dict(scaler.state_dict())
+    with pytest.raises(ValueError, match="mode must be one of"):
+        RewardScaler(2, mode="normalize")
+
+
+def test_graceful_exit_turns_sigterm_into_a_flag_and_restores_handlers():
+    before = signal.getsignal(signal.SIGTERM)
+    with GracefulExit() as stopper:
+        assert stopper.requested is None
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stopper.requested == signal.SIGTERM
+        with pytest.raises(KeyboardInterrupt):  # a second signal interrupts for real
+            os.kill(os.getpid(), signal.SIGTERM)
+    assert signal.getsignal(signal.SIGTERM) is before
