@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -19,7 +19,31 @@ from torch import Tensor, nn
 
 from crossmoe.graph import Hypergraph, HypergraphEncoder
 
-__all__ = ["BoxEncoder", "HypergraphLogicEncoder", "LearnedQueries", "batch_size", "obs_tensor"]
+__all__ = ["BoxEncoder", "HypergraphLogicEncoder", "LearnedQueries", "LogicOutput", "batch_size", "obs_tensor"]
+
+
+class LogicOutput(NamedTuple):
+    """What a logic encoder returns to :class:`~crossmoe.CrossAttentionMoEPolicy`.
+
+    A plain tuple ``(tokens, scores)`` or ``(tokens, scores, applicable)`` works
+    too; the ``index`` field lets an encoder return each distinct token set once.
+
+    Attributes:
+        tokens: ``(B, O, D)`` operator tokens, or ``(U, O, D)`` distinct rows when ``index`` is set.
+        scores: ``(B, O)`` operator scores, or None.
+        applicable: ``(B, O)`` bool applicability, or None.
+        index: ``(B,)`` long: sample ``b`` uses ``tokens[index[b]]``; None when ``tokens`` is per sample.
+    """
+
+    tokens: Tensor
+    scores: Tensor | None = None
+    applicable: Tensor | None = None
+    index: Tensor | None = None
+
+    def per_sample_tokens(self) -> Tensor:
+        """The ``(B, O, D)`` tokens, gathered through ``index`` when it is set."""
+        # index_select rather than tokens[index]: its backward (index_add) is far faster on the CPU.
+        return self.tokens if self.index is None else self.tokens.index_select(0, self.index)
 
 
 def obs_tensor(
@@ -135,10 +159,17 @@ class HypergraphLogicEncoder(nn.Module):
         atoms: Function from the observation dict to ``(B, C)`` activations
             (numpy or torch), in the order of ``hypergraph.conditions``.
         key: Observation key holding precomputed activations.
+        deduplicate: Run the graph encoder once per distinct activation row
+            and return those rows with an ``index`` (see :class:`LogicOutput`).
+            The tokens depend on the activations only, and a batch of game
+            states repeats few distinct atom sets (tens to a few hundred per
+            thousand), so this is exact and several times cheaper; the policy's
+            attention then also computes its query side once per distinct row.
         **encoder_kwargs: Passed to :class:`~crossmoe.graph.HypergraphEncoder`.
 
     Shapes:
-        - output: ``(operator_tokens (B, O, D), operator_scores (B, O), applicable (B, O) bool)``
+        - output: :class:`LogicOutput` with ``tokens (B, O, D)`` (``(U, O, D)`` and
+          ``index (B,)`` when deduplicating), ``scores (B, O)`` and ``applicable (B, O)`` bool
     """
 
     def __init__(
@@ -147,10 +178,11 @@ class HypergraphLogicEncoder(nn.Module):
         dim: int,
         atoms: Callable[[Mapping[str, Any]], Any] | None = None,
         key: str = "atoms",
+        deduplicate: bool = True,
         **encoder_kwargs: Any,
     ) -> None:
         super().__init__()
-        self.dim, self.key, self.atoms = dim, key, atoms
+        self.dim, self.key, self.atoms, self.deduplicate = dim, key, atoms, deduplicate
         self.graph_encoder = HypergraphEncoder(hypergraph, dim, **encoder_kwargs)
         self.register_buffer("operator_to_expert", hypergraph.operator_to_expert, persistent=False)
 
@@ -174,7 +206,11 @@ class HypergraphLogicEncoder(nn.Module):
             )
         return values
 
-    def forward(self, obs: Mapping[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, obs: Mapping[str, Any]) -> LogicOutput:
         activations = self.activations(obs)
-        tokens, scores = self.graph_encoder(activations)
-        return tokens, scores, self.hypergraph.applicable(activations)
+        applicable = self.hypergraph.applicable(activations)
+        if not self.deduplicate:
+            return LogicOutput(*self.graph_encoder(activations), applicable)
+        distinct, index = torch.unique(activations, dim=0, return_inverse=True)
+        tokens, scores = self.graph_encoder(distinct)
+        return LogicOutput(tokens, scores.index_select(0, index), applicable, index)

@@ -12,11 +12,12 @@ from torch import Tensor, nn
 from torch.distributions import Categorical
 
 from crossmoe.attention import CausalGatedCrossAttention
+from crossmoe.encoders import LogicOutput
 from crossmoe.experts import DEFAULT_EXPERT_NAMES, SemanticExpertBank
 from crossmoe.functional import combine_experts
 from crossmoe.routing import SparsemaxRouter
 
-__all__ = ["FUSIONS", "CrossAttentionMoEPolicy", "PolicyOutput"]
+__all__ = ["FUSIONS", "ActorCritic", "ActorCriticOutput", "CrossAttentionMoEPolicy", "PolicyOutput"]
 
 FUSIONS = ("cross_attention", "concat")
 
@@ -78,8 +79,11 @@ class CrossAttentionMoEPolicy(nn.Module):
 
     The encoders own their observation keys. A visual encoder returns
     ``(tokens (B, N, D), mask (B, N) or None)``; a logic encoder returns
-    ``(tokens (B, O, D), scores (B, O) or None)`` and optionally a third
-    element, the ``(B, O)`` bool applicability mask. See
+    ``(tokens (B, O, D), scores (B, O) or None)``, optionally followed by
+    the ``(B, O)`` bool applicability mask and an ``index``: a
+    :class:`~crossmoe.encoders.LogicOutput` whose tokens are the distinct
+    rows ``(U, O, D)`` and whose ``(B,)`` index maps samples to them, so the
+    token side of the fusion runs once per distinct row. See
     :mod:`crossmoe.encoders` for generic ones and :func:`crossmoe.nethack.make_policy`
     for the NetHack agent. Routing has no capacity limit and no noise, so a
     sample's output never depends on the rest of its batch.
@@ -163,21 +167,23 @@ class CrossAttentionMoEPolicy(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def encode(self, obs: Mapping[str, Any] | Tensor | np.ndarray) -> tuple[Tensor, Tensor | None, tuple[Any, ...]]:
+    def encode(self, obs: Mapping[str, Any] | Tensor | np.ndarray) -> tuple[Tensor, Tensor | None, LogicOutput]:
         """Fuse the two streams: ``(context (B, D), attention or None, logic encoder output)``."""
         if not isinstance(obs, Mapping):
             obs = {"obs": obs}
         visual_tokens, visual_mask = self.visual_encoder(obs)
-        logic = tuple(self.logic_encoder(obs))
-        operator_tokens = logic[0]
-        operator_scores = logic[1] if len(logic) > 1 else None
+        logic = LogicOutput(*self.logic_encoder(obs))
+        operator_tokens, operator_scores, _, index = logic
         batch = visual_tokens.shape[0]
-        for name, tokens in (("visual", visual_tokens), ("logic", operator_tokens)):
-            if tokens.dim() != 3 or tokens.shape[0] != batch or tokens.shape[-1] != self.dim:
+        logic_batch = batch if index is None else operator_tokens.shape[0]
+        for name, tokens, rows in (("visual", visual_tokens, batch), ("logic", operator_tokens, logic_batch)):
+            if tokens.dim() != 3 or tokens.shape[0] != rows or tokens.shape[-1] != self.dim:
                 raise ValueError(
-                    f"the {name} encoder must return tokens of shape (B, N, {self.dim}) with B={batch}, "
+                    f"the {name} encoder must return tokens of shape (B, N, {self.dim}) with B={rows}, "
                     f"got {tuple(tokens.shape)}"
                 )
+        if index is not None and tuple(index.shape) != (batch,):
+            raise ValueError(f"the logic encoder's index must have shape (B,)=({batch},), got {tuple(index.shape)}")
 
         if self.attention is None:
             if visual_mask is None:
@@ -185,18 +191,30 @@ class CrossAttentionMoEPolicy(nn.Module):
             else:
                 keep = visual_mask.unsqueeze(-1).to(visual_tokens.dtype)
                 visual_summary = (visual_tokens * keep).sum(1) / keep.sum(1).clamp_min(1.0)
+            per_sample = logic.per_sample_tokens()
             if operator_scores is None:
-                logic_summary = operator_tokens.mean(1)
+                logic_summary = per_sample.mean(1)
             else:
-                logic_summary = (torch.softmax(operator_scores, dim=1).unsqueeze(-1) * operator_tokens).sum(1)
+                logic_summary = torch.einsum("bo,bod->bd", torch.softmax(operator_scores, dim=1), per_sample)
             context = self.concat_proj(torch.cat([logic_summary, visual_summary], dim=-1))
             return context, None, logic
 
-        fused, attention = self.attention(operator_tokens, visual_tokens, visual_mask, return_attention=True)
-        pool_logits = self.pool_score(fused).squeeze(-1)  # (B, O): learned attention pool over operators
+        # fused_o = token_o + to_out(gated_o); context = LN(sum_o p_o fused_o) with p = softmax(pool logits).
+        # to_out and pool_score are affine and sum_o p_o = 1, so the pool is taken before to_out: the
+        # (B, O, D) fused tokens are never formed, and the token side runs once per distinct token set.
+        gated, attention = self.attention.attend(operator_tokens, visual_tokens, visual_mask, query_index=index)
+        token_score = self.pool_score(operator_tokens).squeeze(-1)  # (U or B, O)
+        if index is not None:
+            token_score = token_score.index_select(0, index)
+        gated_score_weight = self.attention.to_out.weight.t() @ self.pool_score.weight.squeeze(0)  # (H * head_dim,)
+        # pool_score(to_out(g)) = g . (W_out^T w) + w . b_out; the constant cancels in the softmax.
+        pool_logits = token_score + gated @ gated_score_weight
         if operator_scores is not None:
             pool_logits = pool_logits + operator_scores
-        context = self.pool_norm((torch.softmax(pool_logits, dim=1).unsqueeze(-1) * fused).sum(1))
+        pool = torch.softmax(pool_logits, dim=1)  # (B, O)
+        pooled_tokens = torch.einsum("bo,bod->bd", pool, logic.per_sample_tokens())
+        pooled_gated = torch.einsum("bo,boc->bc", pool, gated)
+        context = self.pool_norm(pooled_tokens + self.attention.to_out(pooled_gated))
         return context, attention, logic
 
     def forward(self, obs: Mapping[str, Any] | Tensor | np.ndarray) -> PolicyOutput:
@@ -213,8 +231,8 @@ class CrossAttentionMoEPolicy(nn.Module):
             expert_features=expert_features,
             context=context,
             attention=attention,
-            operator_scores=logic[1] if len(logic) > 1 else None,
-            applicable=logic[2] if len(logic) > 2 else None,
+            operator_scores=logic.scores,
+            applicable=logic.applicable,
             operator_to_expert=getattr(self.logic_encoder, "operator_to_expert", None),
         )
 
@@ -254,3 +272,87 @@ class CrossAttentionMoEPolicy(nn.Module):
 
     def extra_repr(self) -> str:
         return f"action_dim={self.action_dim}, dim={self.dim}, fusion={self.fusion!r}"
+
+
+class ActorCriticOutput(NamedTuple):
+    """One forward pass of :class:`ActorCritic`: ``logits (B, A)``, ``value (B,)``, ``context (B, H)``."""
+
+    logits: Tensor
+    value: Tensor
+    context: Tensor
+
+
+class ActorCritic(nn.Module):
+    """Plain actor-critic on a token encoder: the no-MoE, no-logic baseline.
+
+    The encoder's ``(B, N, D)`` tokens (masked tokens zeroed) are flattened and
+    mapped by ``Linear -> ReLU`` to a ``hidden_dim`` trunk shared by a linear
+    actor and a linear critic. Flattening, rather than pooling, keeps which
+    token sits where, so the baseline sees everything the encoder does. It has
+    the same ``get_action_and_value`` / ``get_value`` interface as
+    :class:`CrossAttentionMoEPolicy`, so a training loop can swap one for the
+    other.
+
+    Args:
+        encoder: Module mapping observations to ``(tokens (B, N, D), mask (B, N) or None)``.
+        action_dim: Number of discrete actions.
+        num_tokens: ``N``; defaults to ``encoder.num_tokens``.
+        dim: ``D``; defaults to ``encoder.dim``.
+        hidden_dim: Width of the trunk.
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        action_dim: int,
+        num_tokens: int | None = None,
+        dim: int | None = None,
+        hidden_dim: int = 256,
+    ) -> None:
+        super().__init__()
+        num_tokens = getattr(encoder, "num_tokens", None) if num_tokens is None else num_tokens
+        dim = getattr(encoder, "dim", None) if dim is None else dim
+        for name, value in (("num_tokens", num_tokens), ("dim", dim), ("action_dim", action_dim)):
+            if value is None or isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(
+                    f"{name} must be a positive integer (pass it, or give the encoder that attribute), got {value!r}"
+                )
+        self.encoder = encoder
+        self.action_dim, self.num_tokens, self.dim = int(action_dim), int(num_tokens), int(dim)
+        self.trunk = nn.Sequential(nn.Linear(self.num_tokens * self.dim, hidden_dim), nn.ReLU())
+        self.actor = nn.Linear(hidden_dim, self.action_dim)
+        self.critic = nn.Linear(hidden_dim, 1)
+        with torch.no_grad():
+            nn.init.orthogonal_(self.actor.weight, 0.01)
+            nn.init.orthogonal_(self.critic.weight, 1.0)
+            self.actor.bias.zero_()
+            self.critic.bias.zero_()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def encode(self, obs: Mapping[str, Any] | Tensor | np.ndarray) -> Tensor:
+        if not isinstance(obs, Mapping):
+            obs = {"obs": obs}
+        tokens, mask = self.encoder(obs)
+        if tokens.dim() != 3 or tokens.shape[1:] != (self.num_tokens, self.dim):
+            raise ValueError(
+                f"the encoder must return tokens of shape (B, {self.num_tokens}, {self.dim}), got {tuple(tokens.shape)}"
+            )
+        if mask is not None:
+            tokens = tokens * mask.unsqueeze(-1).to(tokens.dtype)
+        return self.trunk(tokens.flatten(1))
+
+    def forward(self, obs: Mapping[str, Any] | Tensor | np.ndarray) -> ActorCriticOutput:
+        hidden = self.encode(obs)
+        return ActorCriticOutput(self.actor(hidden), self.critic(hidden).squeeze(-1), hidden)
+
+    def get_value(self, obs: Mapping[str, Any] | Tensor | np.ndarray) -> Tensor:
+        """Critic value ``(B,)``."""
+        return self.critic(self.encode(obs)).squeeze(-1)
+
+    get_action_and_value = CrossAttentionMoEPolicy.get_action_and_value
+
+    def extra_repr(self) -> str:
+        return f"action_dim={self.action_dim}, num_tokens={self.num_tokens}, dim={self.dim}"

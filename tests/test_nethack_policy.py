@@ -159,6 +159,37 @@ def test_precomputed_atoms_match(real_obs, policy):
     torch.testing.assert_close(with_atoms.logits, policy(real_obs).logits)
 
 
+@pytest.mark.parametrize("fusion", ["cross_attention", "concat"])
+def test_deduplicated_logic_stream_matches_the_per_sample_path(real_obs, fusion):
+    """Running the graph once per distinct atom set (and the attention's query side once per set) is exact."""
+    torch.manual_seed(0)
+    policy = make_policy(23, dim=DIM, fusion=fusion, alpha=1.5)
+    obs = {**real_obs, "atoms": extract_atoms(real_obs)}
+    logic = policy.logic_encoder(obs)
+    assert logic.index is not None and logic.tokens.shape[0] < len(obs["atoms"])  # random play repeats atom sets
+    fast = policy(obs)
+    fast_grads = torch.autograd.grad(fast.logits.square().sum() + fast.value.sum(), list(policy.parameters()))
+    policy.logic_encoder.deduplicate = False
+    slow = policy(obs)
+    assert policy.logic_encoder(obs).index is None
+    slow_grads = torch.autograd.grad(slow.logits.square().sum() + slow.value.sum(), list(policy.parameters()))
+    for name in ("logits", "value", "context", "router_weights", "operator_scores"):
+        torch.testing.assert_close(getattr(fast, name), getattr(slow, name), rtol=1e-4, atol=1e-5)
+    for fast_grad, slow_grad in zip(fast_grads, slow_grads, strict=True):
+        torch.testing.assert_close(fast_grad, slow_grad, rtol=1e-3, atol=1e-5)
+
+
+def test_context_is_the_layer_norm_of_the_pooled_fused_tokens(real_obs, policy):
+    """The policy pools before the attention's output projection; check it against the direct definition."""
+    obs = {**real_obs, "atoms": extract_atoms(real_obs)}
+    logic = policy.logic_encoder(obs)
+    visual, mask = policy.visual_encoder(obs)
+    fused = policy.attention(logic.per_sample_tokens(), visual, mask)  # (B, O, D)
+    pool = torch.softmax(policy.pool_score(fused).squeeze(-1) + logic.scores, dim=1)
+    expected = policy.pool_norm((pool.unsqueeze(-1) * fused).sum(1))
+    torch.testing.assert_close(policy(obs).context, expected, rtol=1e-4, atol=1e-5)
+
+
 def test_every_parameter_gets_a_finite_gradient(real_obs):
     torch.manual_seed(0)
     policy = make_policy(23, dim=DIM, alpha=1.5)
@@ -191,7 +222,7 @@ def test_every_atom_reaches_the_logic_stream(real_obs, policy):
     atoms = extract_atoms(take(real_obs, slice(0, 1)))
     batch = np.repeat(atoms, len(atoms[0]) + 1, axis=0)
     batch[1:] = np.where(np.eye(len(atoms[0]), dtype=bool), 1.0 - batch[1:], batch[1:])  # row i + 1 flips atom i
-    tokens, *_ = policy.logic_encoder({"atoms": batch})
+    tokens = policy.logic_encoder({"atoms": batch}).per_sample_tokens()
     changed = (tokens[1:] - tokens[:1]).abs().amax(dim=(1, 2))
     assert bool((changed > 0).all()), [name for name, c in zip(ATOMS, changed, strict=True) if c == 0]
 
