@@ -5,13 +5,14 @@ from crossmoe.attention import CausalGatedCrossAttention
 from crossmoe.experts import SemanticExpertBank
 from crossmoe.graph import Hypergraph, HypergraphEncoder, OperatorSpec
 from crossmoe.losses import AuxLossWeights, aux_loss
-from crossmoe.policy import CrossAttentionMoEPolicy, PolicyOutput
+from crossmoe.policy import ActorCritic, CrossAttentionMoEPolicy, PolicyOutput
 from crossmoe.routing import RouterOutput, SparsemaxRouter
 from crossmoe.schedule import RoutingState, TemperatureAnnealingScheduler
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ActorCritic",
     "AuxLossWeights",
     "CausalGatedCrossAttention",
     "CrossAttentionMoEPolicy",

@@ -4,7 +4,7 @@ Requires the ``nethack`` extra (``pip install "crossmoe[nethack]"``), which
 installs the NetHack Learning Environment.
 """
 
-from crossmoe.nethack.agent import load_hypergraph, make_policy
+from crossmoe.nethack.agent import load_hypergraph, make_baseline_policy, make_policy
 from crossmoe.nethack.atoms import ATOMS, extract_atoms
 from crossmoe.nethack.encoders import NetHackVisualEncoder, blstats_features
 from crossmoe.nethack.env import DEFAULT_OBSERVATION_KEYS, make_env, make_vector_env
@@ -20,6 +20,7 @@ __all__ = [
     "extract_atoms",
     "glyph_class",
     "load_hypergraph",
+    "make_baseline_policy",
     "make_env",
     "make_policy",
     "make_vector_env",

@@ -9,9 +9,9 @@ from crossmoe.encoders import HypergraphLogicEncoder
 from crossmoe.graph import Hypergraph
 from crossmoe.nethack.atoms import extract_atoms
 from crossmoe.nethack.encoders import NetHackVisualEncoder
-from crossmoe.policy import CrossAttentionMoEPolicy
+from crossmoe.policy import ActorCritic, CrossAttentionMoEPolicy
 
-__all__ = ["load_hypergraph", "make_policy"]
+__all__ = ["load_hypergraph", "make_baseline_policy", "make_policy"]
 
 
 def load_hypergraph() -> Hypergraph:
@@ -106,3 +106,27 @@ def make_policy(
         expert_names=hypergraph.experts,
         **policy_kwargs,
     )
+
+
+def make_baseline_policy(
+    action_dim: int | None = None,
+    *,
+    env: Any = None,
+    dim: int = 128,
+    hidden_dim: int = 256,
+    crop_size: int = 9,
+    crop_patch: int = 3,
+) -> ActorCritic:
+    """The no-MoE baseline: the agent's visual encoder under a plain :class:`~crossmoe.policy.ActorCritic`.
+
+    It has no logic stream, no fusion, no router and no experts, so comparing
+    it with :func:`make_policy` (same visual encoder settings) isolates what
+    the neuro-symbolic MoE adds. Arguments as in :func:`make_policy`;
+    ``hidden_dim`` is the width of the shared trunk.
+    """
+    if action_dim is None:
+        if env is None:
+            raise ValueError("make_baseline_policy needs action_dim or env to know the number of actions, got neither")
+        action_dim = _num_actions(env)
+    visual = NetHackVisualEncoder(dim, crop_size=crop_size, crop_patch=crop_patch)
+    return ActorCritic(visual, action_dim, hidden_dim=hidden_dim)

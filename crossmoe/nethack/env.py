@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import importlib
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -60,7 +61,9 @@ def _import_environments(env_id: str) -> None:
         raise ValueError(f"env_id must be a non-empty string, got {env_id!r}")
     if env_id.startswith("MiniHack"):
         try:
-            importlib.import_module("minihack")
+            with warnings.catch_warnings():  # minihack 1.0.2 imports the deprecated pkg_resources
+                warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+                importlib.import_module("minihack")
         except ImportError as error:
             raise ImportError(
                 f'{env_id!r} needs MiniHack, which is not installed; install it with pip install "crossmoe[minihack]"'
