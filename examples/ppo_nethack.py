@@ -1,0 +1,551 @@
+"""PPO for the crossmoe NetHack agent, in one file (CleanRL style).
+
+    python examples/ppo_nethack.py --total-timesteps 100000
+    python examples/ppo_nethack.py --env-id MiniHack-Room-5x5-v0 --total-timesteps 500000
+    python examples/ppo_nethack.py --policy mlp                 # the no-MoE baseline
+    python examples/ppo_nethack.py --fusion concat              # the fusion ablation
+    python examples/ppo_nethack.py --run-dir runs/x --resume    # continue a killed run
+
+What it does, in order:
+
+- Vector envs from :func:`crossmoe.nethack.make_vector_env` in gymnasium's
+  ``NEXT_STEP`` autoreset mode. The step after an episode end is a reset step:
+  its action is ignored, so it is masked out of every PPO loss. Its observation
+  is still the last one of the old episode, and its value is the bootstrap for
+  an episode that was truncated (NLE reports its step cap as terminated *and*
+  truncated, because it quits the game; truncated wins here).
+- The rollout buffer is ``(T, N)``. The atoms are extracted once per step and
+  stored, so the update reuses them. GAE runs backwards in time below.
+- The routing schedule (softmax warm-up, annealing, sparsemax fine-tune) sets
+  the router's alpha and temperature before each rollout, so the rollout and
+  the update see the same policy and the first minibatch has ratio 1.
+- Minibatches are whole env columns ``(T, N / num_minibatches)``, so the
+  temporal-consistency loss sees each trajectory in time order.
+- The auxiliary MoE losses enter the loss with ``AuxLossWeights`` (``--aux.*``).
+- :class:`crossmoe.training.NaNGuard` rolls back non-finite steps,
+  ``checkpoints/last.pt`` is written atomically every ``--checkpoint-every``
+  updates and on SIGINT/SIGTERM, and ``--resume`` continues from it.
+- ``metrics.jsonl`` gets one row per update; ``summary.json`` and the plots are
+  written at the end.
+
+Rewards: ``--reward-mode scale`` (default) divides rewards by the running
+standard deviation of the discounted return and clips at ``--reward-clip``;
+``clip`` only clips; ``none`` leaves them. The scaler's statistics are part
+of the checkpoint. Logged returns are always the raw env returns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import sys
+import time
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import tyro
+from nle import nethack
+from tqdm import tqdm
+
+from crossmoe import AuxLossWeights, TemperatureAnnealingScheduler, aux_loss
+from crossmoe.diagnostics import moe_diagnostics
+from crossmoe.nethack import extract_atoms, make_baseline_policy, make_policy, make_vector_env
+from crossmoe.training import (
+    GracefulExit,
+    MetricsLogger,
+    NaNGuard,
+    RewardScaler,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+
+
+@dataclass
+class Args:
+    env_id: str = "NetHackScore-v0"
+    """NLE or MiniHack environment id (MiniHack needs the ``minihack`` extra)."""
+    total_timesteps: int = 1_000_000
+    """Env steps to train for (all ``N`` envs together, reset steps included)."""
+    max_episode_steps: int | None = None
+    """Cut episodes after this many steps (a truncation, bootstrapped); ``None`` keeps the env's own limit."""
+    num_envs: int = 16
+    """Parallel environments ``N``."""
+    num_steps: int = 128
+    """Steps per env per rollout ``T``."""
+    seed: int = 1
+    """Seed of torch, NumPy, Python and the environments."""
+    run_dir: str | None = None
+    """Where metrics, checkpoints, plots and the summary go (default ``runs/<env>__<policy>__<seed>__<time>``)."""
+    resume: bool = False
+    """Continue the run in ``--run-dir`` from ``checkpoints/last.pt``, with the arguments it started with
+    (only the total timesteps, device, logging, plotting and NaN-injection flags may change)."""
+    policy: Literal["moe", "mlp"] = "moe"
+    """``moe``: the crossmoe agent; ``mlp``: a plain actor-critic on the same visual encoder."""
+    fusion: Literal["cross_attention", "concat"] = "cross_attention"
+    """Fusion of the logic and visual streams (``concat`` is the ablation); ``moe`` only."""
+    device: str = "cpu"
+    """Torch device."""
+    vectorization: Literal["sync", "async"] = "sync"
+    """``sync`` steps the envs in this process; ``async`` in one subprocess each (slower on 2 cores)."""
+    torch_threads: int = 0
+    """Intra-op threads for torch; 0 keeps torch's default."""
+
+    learning_rate: float = 3e-4
+    """Adam learning rate."""
+    anneal_lr: bool = True
+    """Anneal the learning rate linearly to 0."""
+    gamma: float = 0.99
+    """Discount factor."""
+    gae_lambda: float = 0.95
+    """GAE lambda."""
+    num_minibatches: int = 4
+    """Minibatches per epoch; each holds ``num_envs / num_minibatches`` whole env columns."""
+    update_epochs: int = 4
+    """Epochs over each rollout."""
+    clip_coef: float = 0.2
+    """PPO surrogate clipping."""
+    clip_vloss: bool = True
+    """Clip the value loss as in PPO2."""
+    ent_coef: float = 0.01
+    """Entropy bonus coefficient."""
+    vf_coef: float = 0.5
+    """Value loss coefficient."""
+    max_grad_norm: float = 0.5
+    """Gradient clipping norm."""
+    target_kl: float | None = None
+    """Stop the epochs of an update early when approx-KL exceeds it."""
+    reward_mode: Literal["scale", "clip", "none"] = "scale"
+    """Reward handling; see the module docstring."""
+    reward_clip: float = 10.0
+    """Bound of the clipped (or scaled) reward."""
+
+    dim: int = 128
+    """Token and context width."""
+    aux: AuxLossWeights = field(default_factory=AuxLossWeights)
+    """Coefficients of the MoE auxiliary losses (``moe`` only)."""
+    schedule_unit: Literal["env_steps", "episodes", "updates"] = "env_steps"
+    """What the routing schedule counts."""
+    schedule_warmup: float | None = None
+    """End of the softmax warm-up, in ``schedule_unit``; default 20% of the run (1000 for episodes)."""
+    schedule_transition: float | None = None
+    """End of the annealing to sparsemax; default 60% of the run (3000 for episodes)."""
+    schedule_total: float | None = None
+    """Planned schedule length; default the run's length (5000 for episodes)."""
+
+    checkpoint_every: int = 10
+    """Write ``checkpoints/last.pt`` every this many updates."""
+    best_window: int = 100
+    """``best.pt`` tracks the best mean return over this many recent episodes."""
+    nan_lr_factor: float = 0.5
+    """Learning-rate factor applied on each non-finite step."""
+    nan_max_consecutive: int = 5
+    """Give up after this many non-finite steps in a row."""
+    inject_nan_at_update: int | None = None
+    """Make the first minibatch loss of this update NaN (exercises the NaN guard)."""
+
+    track_tensorboard: bool = False
+    """Also write TensorBoard logs to ``run_dir/tensorboard``."""
+    progress: bool = True
+    """Show a tqdm progress bar."""
+    plots: bool = True
+    """Write the learning-curve and routing plots at the end."""
+
+
+SCHEDULE_COUNTER = {"env_steps": "global_step", "updates": "update", "episodes": "episodes"}
+RESUMABLE = ("total_timesteps", "device", "progress", "plots", "track_tensorboard", "inject_nan_at_update", "run_dir")
+
+
+def compute_gae(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    next_value: torch.Tensor,
+    terminal: torch.Tensor,
+    ends: torch.Tensor,
+    gamma: float,
+    gae_lambda: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over a ``(T, N)`` rollout, in time order.
+
+    ``values[t + 1]`` (``next_value`` after the last step) is the value of the
+    observation that followed step ``t``. In ``NEXT_STEP`` autoreset mode that
+    is the final observation of an episode that ended at ``t``, which is the
+    bootstrap a truncated episode needs. ``terminal[t]`` (a true terminal
+    state) cuts the bootstrap; ``ends[t]`` (terminal or truncated) cuts the
+    recursion, so no advantage leaks across episodes.
+
+    Returns:
+        ``(advantages, returns)``, both ``(T, N)``.
+    """
+    advantages = torch.zeros_like(rewards)
+    last_gae = torch.zeros_like(next_value)
+    for t in reversed(range(rewards.shape[0])):
+        next_values = next_value if t == rewards.shape[0] - 1 else values[t + 1]
+        delta = rewards[t] + gamma * next_values * (1.0 - terminal[t]) - values[t]
+        last_gae = delta + gamma * gae_lambda * (1.0 - ends[t]) * last_gae
+        advantages[t] = last_gae
+    return advantages, advantages + values
+
+
+def make_scheduler(args: Args, num_iterations: int) -> TemperatureAnnealingScheduler:
+    """The routing schedule in ``args.schedule_unit``: the recipe for episodes, scaled to the run otherwise."""
+    length = {"env_steps": num_iterations * args.num_envs * args.num_steps, "updates": num_iterations}
+    total = args.schedule_total or length.get(args.schedule_unit, 5000)
+    recipe = args.schedule_unit == "episodes"
+    warmup = args.schedule_warmup if args.schedule_warmup is not None else (1000 if recipe else 0.2 * total)
+    transition = args.schedule_transition if args.schedule_transition is not None else (3000 if recipe else 0.6 * total)
+    return TemperatureAnnealingScheduler(round(warmup), round(transition), round(total), args.schedule_unit)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (x * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def main(args: Args) -> dict:
+    if args.run_dir is None:
+        args.run_dir = f"runs/{args.env_id}__{args.policy}__{args.seed}__{int(time.time())}"
+    run_dir = Path(args.run_dir)
+    checkpoint = None
+    if args.resume:
+        if not (run_dir / "checkpoints" / "last.pt").is_file():
+            raise ValueError(f"--resume needs the --run-dir of a run with checkpoints/last.pt, got {str(run_dir)!r}")
+        checkpoint = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+        saved = checkpoint["args"]
+        saved.update({name: getattr(args, name) for name in RESUMABLE})
+        saved["aux"] = AuxLossWeights(**saved["aux"])
+        args = Args(**saved)
+    if args.num_envs % args.num_minibatches:
+        raise ValueError(
+            f"num_minibatches must divide num_envs={args.num_envs} (minibatches are env columns), "
+            f"got {args.num_minibatches}"
+        )
+    batch_size = args.num_envs * args.num_steps
+    num_iterations = args.total_timesteps // batch_size
+    if num_iterations < 1:
+        raise ValueError(f"total_timesteps must be >= num_envs * num_steps = {batch_size}, got {args.total_timesteps}")
+    envs_per_minibatch = args.num_envs // args.num_minibatches
+    if args.torch_threads > 0:
+        torch.set_num_threads(args.torch_threads)
+
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    device = torch.device(args.device)
+
+    env_kwargs = {} if args.max_episode_steps is None else {"max_episode_steps": args.max_episode_steps}
+    envs = make_vector_env(args.num_envs, args.seed, args.env_id, vectorization=args.vectorization, **env_kwargs)
+    envs = gym.wrappers.vector.RecordEpisodeStatistics(envs)
+    moe = args.policy == "moe"
+    if moe:
+        agent = make_policy(env=envs, dim=args.dim, fusion=args.fusion).to(device)
+    else:
+        agent = make_baseline_policy(env=envs, dim=args.dim).to(device)
+    optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
+    scheduler = make_scheduler(args, num_iterations)
+    reward_scaler = RewardScaler(args.num_envs, args.reward_mode, args.gamma, args.reward_clip)
+    counters = {"global_step": 0, "update": 0, "episodes": 0}
+    recent_returns: deque[float] = deque(maxlen=args.best_window)
+    best_return = -math.inf
+    guard = NaNGuard(agent, optimizer, args.nan_lr_factor, args.nan_max_consecutive)
+    if checkpoint is not None:
+        agent.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        reward_scaler.load_state_dict(checkpoint["reward_scaler"])
+        guard.load_state_dict(checkpoint["nan_guard"])
+        counters.update(checkpoint["counters"])
+        recent_returns.extend(checkpoint["recent_returns"])
+        best_return = checkpoint["best_return"]
+        set_rng_state(checkpoint["rng"])
+    logger = MetricsLogger(
+        run_dir, args.track_tensorboard, resume_after=counters["global_step"] if checkpoint is not None else None
+    )
+    (run_dir / "args.json").write_text(json.dumps(dataclasses.asdict(args), indent=2))
+
+    def save(name: str) -> None:
+        save_checkpoint(
+            run_dir / "checkpoints" / name,
+            {
+                "model": agent.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "reward_scaler": reward_scaler.state_dict(),
+                "nan_guard": guard.state_dict(),
+                "counters": dict(counters),
+                "recent_returns": list(recent_returns),
+                "best_return": best_return,
+                "rng": rng_state(),
+                "args": dataclasses.asdict(args),
+            },
+        )
+
+    # Rollout storage, (T, N, ...) per observation key; atoms are stored so the update reuses them.
+    obs_space = envs.single_observation_space
+    keys = list(obs_space.spaces)
+    obs_buf = {
+        key: torch.zeros(
+            (args.num_steps, args.num_envs, *obs_space[key].shape),
+            dtype=torch.from_numpy(np.zeros((), obs_space[key].dtype)).dtype,
+        )
+        for key in keys
+    }
+    if moe:
+        num_atoms = agent.logic_encoder.hypergraph.num_conditions
+        obs_buf["atoms"] = torch.zeros((args.num_steps, args.num_envs, num_atoms))
+    actions = torch.zeros((args.num_steps, args.num_envs), dtype=torch.long)
+    logprobs = torch.zeros((args.num_steps, args.num_envs))
+    rewards = torch.zeros((args.num_steps, args.num_envs))
+    terminal = torch.zeros((args.num_steps, args.num_envs))
+    ends = torch.zeros((args.num_steps, args.num_envs))
+    valid = torch.zeros((args.num_steps, args.num_envs))
+    values = torch.zeros((args.num_steps, args.num_envs))
+
+    # Each (re)start begins fresh episodes from a seed no earlier start used.
+    next_obs, _ = envs.reset(seed=args.seed + counters["update"] * args.num_envs)
+    next_valid = np.ones(args.num_envs, dtype=bool)
+    episode_score = np.zeros(args.num_envs)
+    score_index = nethack.NLE_BL_SCORE
+
+    start_time = time.time()
+    start_step = counters["global_step"]
+    bar = tqdm(
+        total=num_iterations * batch_size,
+        initial=counters["global_step"],
+        unit="step",
+        disable=not args.progress,
+        dynamic_ncols=True,
+    )
+    with GracefulExit() as stopper:  # SIGINT/SIGTERM: stop at the next step, save last.pt
+        while counters["update"] < num_iterations and stopper.requested is None:
+            update_start, update_step = time.time(), counters["global_step"]
+            lr_frac = 1.0 - counters["update"] / num_iterations if args.anneal_lr else 1.0
+            for group in optimizer.param_groups:
+                group["lr"] = lr_frac * args.learning_rate * guard.lr_scale
+            routing = scheduler(counters[SCHEDULE_COUNTER[args.schedule_unit]])
+            routing.apply(agent)
+            aux_weights = args.aux.scaled(routing.coefficients)
+            finished = {"return": [], "length": [], "score": []}
+
+            # ---- rollout --------------------------------------------------------------------------------
+            for step in range(args.num_steps):
+                for key in keys:
+                    obs_buf[key][step] = torch.from_numpy(next_obs[key])
+                step_obs = {key: buffer[step] for key, buffer in obs_buf.items()}
+                if moe:
+                    step_obs["atoms"].copy_(torch.from_numpy(extract_atoms(next_obs)))
+                valid[step] = torch.from_numpy(next_valid)
+                with torch.inference_mode():  # same network mode as the update; no autograd bookkeeping
+                    action, logprob, _, value = agent.get_action_and_value(
+                        {key: tensor.to(device) for key, tensor in step_obs.items()}
+                    )
+                actions[step], logprobs[step], values[step] = action.cpu(), logprob.cpu(), value.cpu()
+
+                next_obs, reward, terminated, truncated, info = envs.step(action.cpu().numpy())
+                done = terminated | truncated
+                rewards[step] = torch.from_numpy(reward_scaler(reward, done))
+                terminal[step] = torch.from_numpy(terminated & ~truncated)
+                ends[step] = torch.from_numpy(done)
+                episode_score = np.where(next_valid, np.maximum(episode_score, next_obs["blstats"][:, score_index]), 0)
+                next_valid = ~done
+                counters["global_step"] += args.num_envs
+                if "_episode" in info:
+                    for index in np.flatnonzero(info["_episode"]):
+                        finished["return"].append(float(info["episode"]["r"][index]))
+                        finished["length"].append(int(info["episode"]["l"][index]))
+                        finished["score"].append(float(episode_score[index]))
+                    counters["episodes"] += int(info["_episode"].sum())
+                if stopper.requested is not None:
+                    break
+            if stopper.requested is not None:
+                counters["global_step"] = update_step  # the partial rollout is dropped
+                break
+            recent_returns.extend(finished["return"])
+
+            rollout_time = time.time() - update_start
+
+            # ---- advantages -------------------------------------------------------------------------------
+            with torch.inference_mode():
+                next_step_obs = {key: torch.from_numpy(next_obs[key]).to(device) for key in keys}
+                if moe:
+                    next_step_obs["atoms"] = torch.from_numpy(extract_atoms(next_obs)).to(device)
+                next_value = agent.get_value(next_step_obs).cpu()
+            advantages, returns = compute_gae(rewards, values, next_value, terminal, ends, args.gamma, args.gae_lambda)
+            # Pair (t-1, t) of a trajectory crosses an episode boundary when t-1 ended one or was a reset step.
+            boundary = torch.zeros_like(ends, dtype=torch.bool)
+            boundary[1:] = (ends[:-1] > 0) | (valid[:-1] == 0)
+
+            # ---- update -----------------------------------------------------------------------------------
+            stats: defaultdict[str, list[float]] = defaultdict(list)
+            env_ids = np.arange(args.num_envs)
+            first_ratio_error = None
+            for epoch in range(args.update_epochs):
+                np.random.shuffle(env_ids)
+                for start in range(0, args.num_envs, envs_per_minibatch):
+                    cols = torch.from_numpy(env_ids[start : start + envs_per_minibatch])
+                    mb_obs = {key: buffer[:, cols].flatten(0, 1).to(device) for key, buffer in obs_buf.items()}
+                    mask = valid[:, cols].flatten().to(device)
+                    _, new_logprob, entropy, new_value, output = agent.get_action_and_value(
+                        mb_obs, actions[:, cols].flatten().to(device), return_output=True
+                    )
+                    log_ratio = new_logprob - logprobs[:, cols].flatten().to(device)
+                    ratio = log_ratio.exp()
+                    with torch.no_grad():
+                        if first_ratio_error is None:
+                            first_ratio_error = float(((ratio - 1).abs() * mask).max())
+                        stats["approx_kl"].append(masked_mean((ratio - 1) - log_ratio, mask))
+                        stats["clipfrac"].append(masked_mean(((ratio - 1).abs() > args.clip_coef).float(), mask))
+
+                    mb_adv = advantages[:, cols].flatten().to(device)
+                    adv_mean = masked_mean(mb_adv, mask)
+                    adv_std = masked_mean((mb_adv - adv_mean) ** 2, mask).sqrt()
+                    mb_adv = (mb_adv - adv_mean) / (adv_std + 1e-8)
+                    pg_loss = masked_mean(
+                        torch.max(-mb_adv * ratio, -mb_adv * ratio.clamp(1 - args.clip_coef, 1 + args.clip_coef)),
+                        mask,
+                    )
+                    mb_returns = returns[:, cols].flatten().to(device)
+                    mb_values = values[:, cols].flatten().to(device)
+                    if args.clip_vloss:
+                        clipped = mb_values + (new_value - mb_values).clamp(-args.clip_coef, args.clip_coef)
+                        v_loss = 0.5 * masked_mean(
+                            torch.max((new_value - mb_returns) ** 2, (clipped - mb_returns) ** 2), mask
+                        )
+                    else:
+                        v_loss = 0.5 * masked_mean((new_value - mb_returns) ** 2, mask)
+                    entropy_loss = masked_mean(entropy, mask)
+                    loss = pg_loss - args.ent_coef * entropy_loss + args.vf_coef * v_loss
+
+                    if moe:
+                        # The aux losses see the minibatch as (T, n, ...) so the temporal term runs along T.
+                        shaped = {
+                            name: getattr(output, name).unflatten(0, (args.num_steps, envs_per_minibatch))
+                            for name in (
+                                "router_logits",
+                                "router_weights",
+                                "expert_logits",
+                                "expert_features",
+                                "operator_scores",
+                                "applicable",
+                            )
+                            if getattr(output, name) is not None
+                        }
+                        shaped["operator_to_expert"] = output.operator_to_expert
+                        total_aux, parts = aux_loss(shaped, aux_weights, dones=boundary[:, cols].to(device))
+                        loss = loss + total_aux
+                        for name, value in parts.items():
+                            stats[f"aux/{name}"].append(value)
+                        if epoch == 0:
+                            for name, value in moe_diagnostics(
+                                output.router_weights, output.attention, output.context, names=agent.experts.names
+                            ).items():
+                                stats[name].append(value)
+                    if args.inject_nan_at_update == counters["update"] and epoch == 0 and start == 0:
+                        loss = loss * float("nan")
+
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    grad_norm = nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+                    if guard.check(loss, grad_norm):
+                        optimizer.step()
+                        stats["grad_norm"].append(grad_norm)
+                    stats["pg_loss"].append(pg_loss.detach())
+                    stats["v_loss"].append(v_loss.detach())
+                    stats["entropy"].append(entropy_loss.detach())
+                if args.target_kl is not None and np.mean([float(kl) for kl in stats["approx_kl"]]) > args.target_kl:
+                    break
+            guard.snapshot()
+            counters["update"] += 1
+
+            # ---- log -------------------------------------------------------------------------------------
+            with torch.no_grad():
+                valid_mask = valid > 0
+                y_pred, y_true = values[valid_mask], returns[valid_mask]
+                explained = float(1 - (y_true - y_pred).var() / y_true.var()) if y_true.var() > 0 else float("nan")
+            now = time.time()
+            row = {
+                "global_step": counters["global_step"],
+                "update": counters["update"],
+                "episodes": counters["episodes"],
+                "sps": (counters["global_step"] - update_step) / max(now - update_start, 1e-9),
+                "rollout_time": rollout_time,
+                "update_time": now - update_start - rollout_time,
+                "sps_run": (counters["global_step"] - start_step) / max(now - start_time, 1e-9),
+                "episodic_return": float(np.mean(finished["return"])) if finished["return"] else None,
+                "episodic_length": float(np.mean(finished["length"])) if finished["length"] else None,
+                "score": float(np.mean(finished["score"])) if finished["score"] else None,
+                "episodes_finished": len(finished["return"]),
+                "reset_steps": int((valid == 0).sum()),
+                "rolling_return": float(np.mean(recent_returns)) if recent_returns else None,
+                "phase": routing.phase,
+                "alpha": routing.alpha,
+                "temperature": routing.temperature,
+                "learning_rate": optimizer.param_groups[0]["lr"],
+                "explained_variance": explained,
+                "first_minibatch_ratio_error": first_ratio_error,
+                "nan_rollbacks": guard.total_faults,
+                **{name: float(np.mean([float(value) for value in series])) for name, series in stats.items()},
+            }
+            logger.log(row)
+            if len(recent_returns) >= min(args.best_window, 10) and np.mean(recent_returns) > best_return:
+                best_return = float(np.mean(recent_returns))
+                save("best.pt")
+            if counters["update"] % args.checkpoint_every == 0:
+                save("last.pt")
+            bar.update(counters["global_step"] - bar.n)
+            bar.set_postfix(
+                sps=f"{row['sps']:.0f}",
+                ret="-" if row["rolling_return"] is None else f"{row['rolling_return']:.2f}",
+                phase=routing.phase,
+                alpha=f"{routing.alpha:.2f}",
+                H="-" if "routing_entropy" not in row else f"{row['routing_entropy']:.2f}",
+            )
+        save("last.pt")  # the end of the run, or a SIGINT/SIGTERM
+    bar.close()
+    envs.close()
+    logger.close()
+
+    interrupted = stopper.requested is not None
+    summary = {
+        "env_id": args.env_id,
+        "policy": args.policy,
+        "fusion": args.fusion if moe else None,
+        "seed": args.seed,
+        "global_step": counters["global_step"],
+        "updates": counters["update"],
+        "episodes": counters["episodes"],
+        "rolling_return": float(np.mean(recent_returns)) if recent_returns else None,
+        "best_rolling_return": None if best_return == -math.inf else best_return,
+        "sps": (counters["global_step"] - start_step) / max(time.time() - start_time, 1e-9),
+        "nan_rollbacks": guard.total_faults,
+        "interrupted": interrupted,
+        "run_dir": str(run_dir),
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    if args.plots and not interrupted:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from plots import plot_run
+
+        plot_run(run_dir)
+    print(
+        f"{'stopped by signal' if interrupted else 'finished'}: {counters['global_step']} env steps, "
+        f"{counters['episodes']} episodes, rolling return {summary['rolling_return']}, "
+        f"{summary['sps']:.0f} steps/s"
+    )
+    print(
+        f"run dir: {run_dir}  (metrics.jsonl, summary.json, checkpoints/, *.png"
+        f"{', tensorboard/' if args.track_tensorboard else ''})"
+    )
+    return summary
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

@@ -1,0 +1,266 @@
+"""examples/ppo_nethack.py: GAE, autoreset masking, the schedule, NaN recovery, checkpoints and resume."""
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("nle")
+pytest.importorskip("tyro")
+
+from crossmoe.routing import SparsemaxRouter
+from crossmoe.schedule import TemperatureAnnealingScheduler
+from crossmoe.training import load_checkpoint, read_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "ppo_nethack.py"
+
+
+def _load_example():
+    spec = importlib.util.spec_from_file_location("ppo_nethack", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look the module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+ppo = _load_example()
+# Tiny NetHack runs: 2 envs x 32 steps = 64 env steps per update.
+TINY = {"num_envs": 2, "num_steps": 32, "num_minibatches": 2, "update_epochs": 2, "dim": 32, "progress": False}
+
+
+def _run(tmp_path, **overrides):
+    args = ppo.Args(**{**TINY, "run_dir": str(tmp_path / "run"), "plots": False, **overrides})
+    summary = ppo.main(args)
+    return summary, read_metrics(tmp_path / "run" / "metrics.jsonl")
+
+
+def test_gae_matches_a_hand_computed_example():
+    # gamma 0.9, lambda 0.8, no episode end: delta_t = r_t + 0.9 V_{t+1} - V_t, A_t = delta_t + 0.72 A_{t+1}.
+    rewards = torch.tensor([[1.0], [0.0], [2.0], [0.0]])
+    values = torch.tensor([[0.5], [0.4], [0.3], [0.2]])
+    zeros = torch.zeros(4, 1)
+    advantages, returns = ppo.compute_gae(rewards, values, torch.tensor([0.1]), zeros, zeros, 0.9, 0.8)
+    # deltas: -0.11, 1.88, -0.13, 0.86 (t = 3, 2, 1, 0)
+    expected = torch.tensor([[1.69993472], [1.166576], [1.8008], [-0.11]])
+    torch.testing.assert_close(advantages, expected)
+    torch.testing.assert_close(returns, expected + values)
+
+
+def test_gae_cuts_at_episode_ends_and_bootstraps_truncations_from_the_final_observation():
+    # Both columns end an episode at t=1; t=2 is the autoreset step, whose value is V(final observation).
+    # Column 0 terminates (no bootstrap), column 1 is truncated (bootstraps from values[2]).
+    rewards = torch.tensor([[1.0, 1.0], [1.0, 1.0], [0.0, 0.0], [1.0, 1.0]])
+    values = torch.tensor([[0.5, 0.5], [0.6, 0.6], [0.7, 0.7], [0.8, 0.8]])
+    terminal = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
+    ends = torch.tensor([[0.0, 0.0], [1.0, 1.0], [0.0, 0.0], [0.0, 0.0]])
+    advantages, _ = ppo.compute_gae(rewards, values, torch.tensor([0.9, 0.9]), terminal, ends, 0.9, 0.8)
+    # t=3: 1 + 0.81 - 0.8 = 1.01 in both columns (the new episode).
+    torch.testing.assert_close(advantages[3], torch.tensor([1.01, 1.01]))
+    # t=1: terminated 1 - 0.6 = 0.4; truncated 1 + 0.9 * 0.7 - 0.6 = 1.03; nothing from t >= 2 leaks in.
+    torch.testing.assert_close(advantages[1], torch.tensor([0.4, 1.03]))
+    # t=0: 1 + 0.54 - 0.5 = 1.04, plus 0.72 A_1.
+    torch.testing.assert_close(advantages[0], torch.tensor([1.04 + 0.72 * 0.4, 1.04 + 0.72 * 1.03]))
+
+
+def test_next_step_autoreset_contract_the_loop_masks():
+    """After an episode ends, the next step ignores its action, gives reward 0 and starts the new episode."""
+    from crossmoe.nethack import make_vector_env
+
+    observations = []
+    for reset_action in (0, 5):
+        envs = make_vector_env(1, seed=3, max_episode_steps=4)
+        envs.reset(seed=3)
+        for _ in range(3):
+            _, _, terminated, truncated, _ = envs.step(np.array([1]))
+            assert not (terminated | truncated).any()
+        _, _, terminated, truncated, _ = envs.step(np.array([1]))
+        assert truncated.all() and not terminated.any()
+        obs, reward, terminated, truncated, _ = envs.step(np.array([reset_action]))
+        assert reward[0] == 0 and not (terminated | truncated).any()
+        observations.append(obs["glyphs"].copy())
+        envs.close()
+    np.testing.assert_array_equal(observations[0], observations[1])  # the action at the reset step is ignored
+
+
+def test_loop_masks_exactly_the_reset_steps(tmp_path):
+    # Episodes are cut at 10 steps, so each env runs 10 valid steps then 1 reset step:
+    # 128 steps per env contain floor(128 / 11) = 11 reset steps.
+    summary, rows = _run(tmp_path, total_timesteps=256, max_episode_steps=10)
+    assert summary["global_step"] == 256
+    assert sum(row["reset_steps"] for row in rows) == 11 * TINY["num_envs"]
+    lengths = [row["episodic_length"] for row in rows if row["episodic_length"] is not None]
+    assert lengths and all(length == 10 for length in lengths)
+    # Rollout and update share the network mode and the routing, so the first minibatch has ratio 1.
+    assert all(row["first_minibatch_ratio_error"] < 1e-5 for row in rows)
+
+
+def test_schedule_drives_the_router(tmp_path, monkeypatch):
+    seen = []
+    forward = SparsemaxRouter.forward
+
+    def spy(self, x):
+        seen.append((self.alpha, self.temperature))
+        return forward(self, x)
+
+    monkeypatch.setattr(SparsemaxRouter, "forward", spy)
+    _, rows = _run(tmp_path, total_timesteps=256, update_epochs=1)
+    schedule = TemperatureAnnealingScheduler.from_fractions(256)
+    expected = [schedule(row["global_step"] - 64) for row in rows]  # set at the start of each update
+    assert [row["phase"] for row in rows] == [state.phase for state in expected]
+    assert [row["phase"] for row in rows] == ["warmup", "transition", "transition", "finetune"]
+    np.testing.assert_allclose([row["alpha"] for row in rows], [state.alpha for state in expected])
+    # Each update runs 32 rollout forwards (+1 bootstrap value, which skips the router) and 2 minibatches.
+    per_update = 32 + 2
+    assert len(seen) == per_update * len(rows)
+    for index, state in enumerate(expected):
+        calls = seen[index * per_update : (index + 1) * per_update]
+        assert all(call == (state.alpha, state.temperature) for call in calls)
+
+
+def test_recipe_schedule_counts_episodes():
+    args = ppo.Args(schedule_unit="episodes")
+    schedule = ppo.make_scheduler(args, num_iterations=10)
+    assert (schedule.warmup, schedule.transition, schedule.total, schedule.unit) == (1000, 3000, 5000, "episodes")
+    scaled = ppo.make_scheduler(ppo.Args(num_envs=4, num_steps=10), num_iterations=100)
+    assert (scaled.warmup, scaled.transition, scaled.total) == (800, 2400, 4000)
+
+
+def test_nan_injection_rolls_back_and_training_recovers(tmp_path):
+    summary, rows = _run(tmp_path, total_timesteps=256, inject_nan_at_update=1, anneal_lr=False)
+    assert summary["nan_rollbacks"] == 1 and summary["global_step"] == 256
+    assert [row["nan_rollbacks"] for row in rows] == [0, 1, 1, 1]
+    assert [row["learning_rate"] for row in rows] == pytest.approx([3e-4, 1.5e-4, 1.5e-4, 1.5e-4])
+    for row in rows[1:]:
+        assert all(np.isfinite(row[key]) for key in ("pg_loss", "v_loss", "entropy", "grad_norm"))
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert all(torch.isfinite(value).all() for value in state["model"].values() if value.is_floating_point())
+
+
+def test_invalid_minibatch_split_is_rejected(tmp_path):
+    with pytest.raises(ValueError, match="num_minibatches must divide num_envs=2"):
+        _run(tmp_path, num_minibatches=4)
+
+
+@pytest.mark.parametrize("options", [{"fusion": "concat"}, {"policy": "mlp"}])
+def test_ablations_train(tmp_path, options):
+    summary, rows = _run(tmp_path, total_timesteps=128, **options)
+    assert summary["global_step"] == 128 and len(rows) == 2
+    assert all(np.isfinite(row["v_loss"]) for row in rows)
+    assert ("routing_entropy" in rows[0]) == (options.get("policy", "moe") == "moe")
+
+
+def _command(run_dir, *extra):
+    flags = [f"--{key.replace('_', '-')}={value}" for key, value in TINY.items() if key != "progress"]
+    return [sys.executable, str(EXAMPLE), *flags, "--no-progress", f"--run-dir={run_dir}", *extra]
+
+
+def test_example_runs_as_a_script_and_writes_its_outputs(tmp_path):
+    run_dir = tmp_path / "run"
+    result = subprocess.run(
+        _command(run_dir, "--total-timesteps=128", "--checkpoint-every=1", "--track-tensorboard"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "finished: 128 env steps" in result.stdout
+    outputs = ("metrics.jsonl", "summary.json", "args.json", "checkpoints/last.pt", "learning_curve.png", "routing.png")
+    for name in outputs:
+        assert (run_dir / name).is_file(), name
+    assert any((run_dir / "tensorboard").iterdir())
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    assert [row["global_step"] for row in rows] == [64, 128]
+    expected_keys = {
+        "sps", "episodic_return", "episodic_length", "score", "phase", "alpha", "temperature", "routing_entropy",
+        "attention_sparsity", "context_norm", "grad_norm", "approx_kl", "clipfrac", "nan_rollbacks",
+        "aux/load_balance", "aux/router_z", "aux/diversity", "aux/orthogonality", "aux/alignment", "aux/temporal",
+        "aux/overlap", "pg_loss", "v_loss", "entropy", "usage/survival",
+    }  # fmt: skip
+    assert expected_keys <= set(rows[-1])
+    assert json.loads((run_dir / "summary.json").read_text())["global_step"] == 128
+
+
+def _wait_for(predicate, process, timeout=240.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if process.poll() is not None:
+            raise AssertionError(f"training exited early:\n{process.stderr.read()[-3000:]}")
+        time.sleep(0.2)
+    raise AssertionError("timed out waiting for the training run")
+
+
+def test_resume_after_sigkill_continues_counters_schedule_and_metrics(tmp_path):
+    run_dir = tmp_path / "run"
+    last = run_dir / "checkpoints" / "last.pt"
+    process = subprocess.Popen(
+        _command(run_dir, "--total-timesteps=64000", "--checkpoint-every=2"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_for(lambda: last.exists() and len(read_metrics(run_dir / "metrics.jsonl")) >= 3, process)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    state = load_checkpoint(last)
+    assert {"model", "optimizer", "scheduler", "reward_scaler", "counters", "rng", "args", "nan_guard"} <= set(state)
+    step, update = state["counters"]["global_step"], state["counters"]["update"]
+    assert step == 64 * update and update % 2 == 0 and update >= 2
+
+    result = subprocess.run(
+        _command(run_dir, "--resume", f"--total-timesteps={step + 128}", "--no-plots"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    steps = [row["global_step"] for row in rows]
+    assert steps == [64 * (index + 1) for index in range(update + 2)]  # rows after the checkpoint were replaced
+    assert [row["update"] for row in rows] == list(range(1, update + 3))
+    # The schedule keeps the original run's scale (64000 steps), so the resumed rows are still in warm-up.
+    schedule = TemperatureAnnealingScheduler(**state["scheduler"])
+    assert schedule.total == 64000
+    assert [row["phase"] for row in rows[-2:]] == [schedule(step).phase, schedule(step + 64).phase]
+    assert rows[-1]["episodes"] >= state["counters"]["episodes"]
+    assert load_checkpoint(last)["counters"]["global_step"] == step + 128
+
+
+def test_sigterm_saves_a_checkpoint_before_exit(tmp_path):
+    run_dir = tmp_path / "run"
+    process = subprocess.Popen(
+        _command(run_dir, "--total-timesteps=64000", "--checkpoint-every=1000"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        metrics = run_dir / "metrics.jsonl"
+        _wait_for(lambda: metrics.exists() and len(read_metrics(metrics)) >= 1, process)
+        process.send_signal(signal.SIGTERM)
+        stdout, _ = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0
+    assert "stopped by signal" in stdout
+    state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    assert state["counters"]["global_step"] == rows[-1]["global_step"]
+    assert json.loads((run_dir / "summary.json").read_text())["interrupted"] is True
