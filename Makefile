@@ -7,11 +7,13 @@ BIN := $(VENV)/bin
 # The CPU build of torch is installed first so that nothing pulls a CUDA build.
 # Override for another build, e.g. `make TORCH_SPEC="torch==2.6.0" test`.
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= nethack,examples,test,docs,dev
+EXTRAS ?= nethack,minihack,examples,test,docs,dev
+# `make demo`: a short PPO run on NetHack (about 3-5 minutes on 2 CPU cores).
+DEMO_ARGS ?= --total-timesteps 100000 --run-dir runs/demo
 PYTEST_ARGS ?=
 SPHINX := $(BIN)/python -m sphinx -W --keep-going -b html docs docs/_build/html
 
-.PHONY: venv test demo docs bench lint format clean
+.PHONY: venv test demo quickstart docs bench lint format clean
 
 venv: $(VENV)/.installed
 
@@ -26,6 +28,9 @@ test: venv
 	$(SPHINX) -q
 
 demo: venv
+	$(BIN)/python examples/ppo_nethack.py $(DEMO_ARGS)
+
+quickstart: venv
 	$(BIN)/python examples/quickstart.py
 
 docs: venv
@@ -34,6 +39,7 @@ docs: venv
 bench: venv
 	$(BIN)/python benchmarks/bench_modules.py
 	$(BIN)/python benchmarks/bench_policy.py
+	$(BIN)/python benchmarks/bench_training.py
 
 lint: venv
 	$(BIN)/ruff check crossmoe tests examples benchmarks docs

@@ -1,0 +1,113 @@
+"""End-to-end PPO throughput and memory of ``examples/ppo_nethack.py`` with the demo settings.
+
+Each run is a fresh subprocess (so its peak RSS is its own) that trains for a
+few updates on ``NetHackScore-v0`` with 16 envs x 128 steps, and reports:
+
+* ``sps``: the median over updates (the first, warm-up update excluded) of
+  env steps per second, rollout and PPO update together;
+* ``peak_rss_mb``: the peak resident memory of the process.
+
+The MoE agent and the ``--policy mlp`` baseline run alternately, ``--rounds``
+times each, and the JSON line gives the medians and the median of the
+per-round ratio. Targets on 2 cores: MoE >= 500 steps/s, MoE/mlp >= 0.7,
+peak RSS <= 4 GB.
+
+Usage: ``python benchmarks/bench_training.py [--rounds 3] [--updates 6] [--env-id NetHackScore-v0]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGETS = {"moe_sps_min": 500, "moe_over_mlp_min": 0.7, "peak_rss_mb_max": 4096}
+
+
+def worker(policy: str, env_id: str, updates: int, run_dir: str) -> None:
+    sys.path.insert(0, str(ROOT / "examples"))
+    import ppo_nethack
+    import torch
+
+    from crossmoe.training import read_metrics
+
+    args = ppo_nethack.Args(
+        env_id=env_id,
+        policy=policy,
+        total_timesteps=updates * 16 * 128,
+        run_dir=run_dir,
+        progress=False,
+        plots=False,
+        checkpoint_every=10**9,
+    )
+    ppo_nethack.main(args)
+    rows = read_metrics(Path(run_dir) / "metrics.jsonl")
+    record = {
+        "sps": statistics.median(row["sps"] for row in rows[1:]),
+        "rollout_s": statistics.median(row["rollout_time"] for row in rows[1:]),
+        "update_s": statistics.median(row["update_time"] for row in rows[1:]),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "threads": torch.get_num_threads(),
+    }
+    print("RESULT " + json.dumps(record), flush=True)
+
+
+def run(policy: str, env_id: str, updates: int) -> dict:
+    with tempfile.TemporaryDirectory() as run_dir:
+        command = [sys.executable, __file__, "--worker", policy, "--env-id", env_id, "--updates", str(updates)]
+        result = subprocess.run([*command, "--run-dir", run_dir], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"{policy} run failed:\n{result.stderr[-3000:]}")
+    line = next(line for line in result.stdout.splitlines() if line.startswith("RESULT "))
+    return json.loads(line.removeprefix("RESULT "))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--updates", type=int, default=6, help="updates of 16 x 128 env steps per run")
+    parser.add_argument("--env-id", default="NetHackScore-v0")
+    parser.add_argument("--worker", choices=("moe", "mlp"), help=argparse.SUPPRESS)
+    parser.add_argument("--run-dir", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args.worker, args.env_id, args.updates, args.run_dir)
+        return
+
+    results: dict[str, list[dict]] = {"moe": [], "mlp": []}
+    for _ in range(args.rounds):
+        for policy in results:
+            results[policy].append(run(policy, args.env_id, args.updates))
+    keys = ("sps", "rollout_s", "update_s", "peak_rss_mb")
+    median = {name: {key: statistics.median(r[key] for r in rs) for key in keys} for name, rs in results.items()}
+    ratio = statistics.median(m["sps"] / b["sps"] for m, b in zip(results["moe"], results["mlp"], strict=True))
+    record = {
+        "bench": "training",
+        "env_id": args.env_id,
+        "num_envs": 16,
+        "num_steps": 128,
+        "updates": args.updates,
+        "rounds": args.rounds,
+        "moe_sps": round(median["moe"]["sps"], 1),
+        "mlp_sps": round(median["mlp"]["sps"], 1),
+        "moe_over_mlp": round(ratio, 3),
+        "moe_rollout_s": round(median["moe"]["rollout_s"], 3),
+        "moe_update_s": round(median["moe"]["update_s"], 3),
+        "mlp_rollout_s": round(median["mlp"]["rollout_s"], 3),
+        "mlp_update_s": round(median["mlp"]["update_s"], 3),
+        "moe_peak_rss_mb": round(median["moe"]["peak_rss_mb"]),
+        "mlp_peak_rss_mb": round(median["mlp"]["peak_rss_mb"]),
+        "threads": results["moe"][0]["threads"],
+        **TARGETS,
+    }
+    print(json.dumps(record), flush=True)
+
+
+if __name__ == "__main__":
+    main()
