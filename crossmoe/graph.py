@@ -521,31 +521,45 @@ class HypergraphEncoder(nn.Module):
 
         self.register_buffer("requires_index", hypergraph.requires_index, persistent=False)
         self.register_buffer("produces_index", hypergraph.produces_index, persistent=False)
-        self._union_cache: dict[tuple[int, torch.device], tuple[Tensor, Tensor, Tensor]] = {}
+        self._union_cache: dict[torch.device, tuple[int, Tensor, Tensor, Tensor]] = {}
 
     def _union_edges(self, batch: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-        """Edge indices of ``batch`` disjoint copies of the graph, cached per batch size and device."""
-        key = (batch, device)
-        if key not in self._union_cache:
-            if len(self._union_cache) >= 8:  # bounded: batch sizes rarely vary beyond rollout and minibatch
-                self._union_cache.clear()
+        """Edge indices of ``batch`` disjoint copies of the graph.
+
+        The edges are sample-major, so the union for ``batch`` copies is a
+        prefix of the union for any larger batch: one union per device is
+        cached, grown by doubling, and sliced. Batch sizes vary a lot once the
+        logic encoder deduplicates its input, so a cache keyed by batch size
+        would be rebuilt on almost every call.
+        """
+        cached = self._union_cache.get(device)
+        if cached is None or cached[0] < batch:
+            capacity = max(batch, 2 * cached[0] if cached is not None else 64)
             # Build outside inference mode: a cached inference tensor would break every later backward pass.
             with torch.inference_mode(False):
-                offsets = torch.arange(batch, device=device)[:, None]
+                offsets = torch.arange(capacity, device=device)[:, None]
 
                 def union(edges: Tensor, num_src: int, num_dst: int) -> Tensor:
-                    src = (edges[0] + offsets * num_src).reshape(-1)  # (B * R,)
+                    src = (edges[0] + offsets * num_src).reshape(-1)  # (capacity * R,)
                     dst = (edges[1] + offsets * num_dst).reshape(-1)
                     return torch.stack([src, dst])
 
                 graph = self.hypergraph
                 requires, produces = self.requires_index.to(device), self.produces_index.to(device)
-                self._union_cache[key] = (
+                cached = (
+                    capacity,
                     union(requires, graph.num_conditions, graph.num_operators),
                     union(produces, graph.num_operators, graph.num_effects),
                     union(produces.flip(0), graph.num_effects, graph.num_operators),
                 )
-        return self._union_cache[key]
+            self._union_cache[device] = cached
+        num_requires, num_produces = self.requires_index.shape[1], self.produces_index.shape[1]
+        _, requires, produces, produced_by = cached
+        return (
+            requires[:, : batch * num_requires],
+            produces[:, : batch * num_produces],
+            produced_by[:, : batch * num_produces],
+        )
 
     def forward(self, activations: Tensor) -> tuple[Tensor, Tensor]:
         graph = self.hypergraph

@@ -592,6 +592,18 @@ def test_encoder_batch_independence():
     torch.testing.assert_close(shuffled_scores, scores[permutation])
 
 
+def test_encoder_is_exact_whatever_batch_sizes_came_before():
+    """The cached disjoint-union edges grow and are sliced; every batch size must still see its own graph."""
+    encoder = HypergraphEncoder(_encoder_graph(), 16, effect_passes=1).eval()
+    activations = torch.rand(70, 6, generator=torch.Generator().manual_seed(5))
+    alone = [encoder(activations[i : i + 1]) for i in range(3)]
+    for batch in (3, 70, 2, 65, 3):  # grows past the initial capacity, then shrinks
+        tokens, scores = encoder(activations[:batch])
+        for i in range(min(batch, 3)):
+            torch.testing.assert_close(tokens[i], alone[i][0][0])
+            torch.testing.assert_close(scores[i], alone[i][1][0])
+
+
 def _reachable(condition, effect_passes):
     """Operators whose output can depend on ``condition``, walked by hand over ENCODER_OPERATORS."""
     reached = {op for op, (requires, _) in ENCODER_OPERATORS.items() if condition in requires}
