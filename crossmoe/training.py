@@ -59,9 +59,10 @@ class NaNGuard:
     gradient norm that ``clip_grad_norm_`` returns) and step the optimizer
     only when it returns True. On a non-finite loss or gradient norm it:
 
-    1. restores the model and optimizer from the last :meth:`snapshot`
-       (taken at construction, then whenever the loop calls it);
-    2. multiplies every param group's ``lr`` and :attr:`lr_scale` by ``lr_factor``;
+    1. restores the model and optimizer state (weights, moments, step counts)
+       from the last :meth:`snapshot` (taken at construction, then whenever
+       the loop calls it);
+    2. multiplies every param group's current ``lr``, and :attr:`lr_scale`, by ``lr_factor``;
     3. counts the fault in :attr:`total_faults`;
     4. raises :class:`NonFiniteTrainingError` after ``max_consecutive`` faults
        in a row.
@@ -131,12 +132,14 @@ class NaNGuard:
     def rollback(self) -> None:
         """Restore the last snapshot, clear the gradients and lower the learning rate."""
         model_state, optimizer_state = self._snapshot
+        # The snapshot's learning rates may be stale (a loop that anneals sets them every update).
+        current_lrs = [group["lr"] for group in self.optimizer.param_groups]
         self.model.load_state_dict(model_state)
         self.optimizer.load_state_dict(optimizer_state)
         self.optimizer.zero_grad(set_to_none=True)
         self.lr_scale *= self.lr_factor
-        for group in self.optimizer.param_groups:
-            group["lr"] *= self.lr_factor
+        for group, lr in zip(self.optimizer.param_groups, current_lrs, strict=True):
+            group["lr"] = lr * self.lr_factor
 
     def state_dict(self) -> dict[str, Any]:
         return {"lr_scale": self.lr_scale, "total_faults": self.total_faults}
@@ -168,6 +171,14 @@ def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, Any]) -> P
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+    try:  # make the rename itself durable
+        directory = os.open(path.parent, os.O_RDONLY)
+    except OSError:  # platforms that cannot open a directory
+        return path
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
     return path
 
 
@@ -234,7 +245,9 @@ class MetricsLogger:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=resume_after)
+            # Events after the checkpoint's step were logged by the killed run and are logged again.
+            purge = None if resume_after is None else resume_after + 1
+            self._writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge)
 
     def _truncate(self, last_step: int) -> None:
         kept = []

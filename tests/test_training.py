@@ -44,12 +44,13 @@ def test_nan_guard_rolls_back_to_snapshot_and_lowers_lr():
     good_weights = {k: v.clone() for k, v in model.state_dict().items()}
     good_adam_step = optimizer.state_dict()["state"][0]["step"].clone()
     assert _train_step(model, optimizer, guard, x)  # moves away from the snapshot
+    optimizer.param_groups[0]["lr"] = 0.08  # e.g. LR annealing since the snapshot
 
     assert not _train_step(model, optimizer, guard, torch.full((8, 3), float("nan")))
     for key, value in model.state_dict().items():
         torch.testing.assert_close(value, good_weights[key], rtol=0, atol=0)
     assert torch.equal(optimizer.state_dict()["state"][0]["step"], good_adam_step)
-    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.025)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.02)  # the current LR, not the snapshot's, x 0.25
     assert guard.lr_scale == pytest.approx(0.25) and guard.total_faults == 1
     assert all(p.grad is None for p in model.parameters())
     # A good step afterwards resets the consecutive count and trains on.
@@ -140,9 +141,15 @@ def test_metrics_logger_writes_rows_and_truncates_on_resume(tmp_path):
 
 def test_metrics_logger_mirrors_scalars_to_tensorboard(tmp_path):
     pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     with MetricsLogger(tmp_path, tensorboard=True) as logger:
         logger.log({"global_step": 5, "loss": 1.5, "phase": "warmup"})
-    assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "tensorboard"))
+        logger.log({"global_step": 10, "loss": 0.5, "phase": "warmup"})
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert events.Tags()["scalars"] == ["loss"]  # strings are not scalars
+    assert [(e.step, e.value) for e in events.Scalars("loss")] == [(5, 1.5), (10, 0.5)]
 
 
 def test_reward_scaler_divides_by_the_running_std_of_discounted_returns():
