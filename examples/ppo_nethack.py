@@ -12,8 +12,12 @@ What it does, in order:
   ``NEXT_STEP`` autoreset mode. The step after an episode end is a reset step:
   its action is ignored, so it is masked out of every PPO loss. Its observation
   is still the last one of the old episode, and its value is the bootstrap for
-  an episode that was truncated (NLE reports its step cap as terminated *and*
-  truncated, because it quits the game; truncated wins here).
+  an episode that was truncated by a time limit.
+- NLE (and MiniHack) end an episode at their own step cap by quitting the
+  game: ``terminated`` is True, ``truncated`` False and ``info["end_status"]``
+  is ``ABORTED``, and the final observation is blanked by the quit. Such an
+  episode is not terminal; it bootstraps from the value of its last real
+  observation (:func:`split_episode_ends`).
 - The rollout buffer is ``(T, N)``. The atoms are extracted once per step and
   stored, so the update reuses them. GAE runs backwards in time below.
 - The routing schedule (softmax warm-up, annealing, sparsemax fine-tune) sets
@@ -53,6 +57,7 @@ import torch
 import torch.nn as nn
 import tyro
 from nle import nethack
+from nle.env.base import NLE
 from tqdm import tqdm
 
 from crossmoe import AuxLossWeights, TemperatureAnnealingScheduler, aux_loss
@@ -165,10 +170,27 @@ SCHEDULE_COUNTER = {"env_steps": "global_step", "updates": "update", "episodes":
 RESUMABLE = ("total_timesteps", "device", "progress", "plots", "track_tensorboard", "inject_nan_at_update", "run_dir")
 
 
+def split_episode_ends(
+    terminated: np.ndarray, truncated: np.ndarray, info: dict
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(terminal, ends, aborted)`` of one vector step, all ``(N,)`` bool.
+
+    ``aborted`` marks episodes NLE quit at its own step cap (``end_status`` is
+    ``ABORTED``, reported as ``terminated``): they are cut off, not terminal,
+    and their final observation is blank. A death on the last step of a
+    gymnasium time limit is terminal.
+    """
+    aborted = np.zeros_like(terminated)
+    if "end_status" in info:
+        status = np.asarray(info["end_status"]).astype(np.int64)
+        aborted = (status == int(NLE.StepStatus.ABORTED)) & info["_end_status"]
+    return terminated & ~aborted, terminated | truncated, aborted
+
+
 def compute_gae(
     rewards: torch.Tensor,
     values: torch.Tensor,
-    next_value: torch.Tensor,
+    next_values: torch.Tensor,
     terminal: torch.Tensor,
     ends: torch.Tensor,
     gamma: float,
@@ -176,21 +198,20 @@ def compute_gae(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalised advantage estimation over a ``(T, N)`` rollout, in time order.
 
-    ``values[t + 1]`` (``next_value`` after the last step) is the value of the
-    observation that followed step ``t``. In ``NEXT_STEP`` autoreset mode that
-    is the final observation of an episode that ended at ``t``, which is the
-    bootstrap a truncated episode needs. ``terminal[t]`` (a true terminal
-    state) cuts the bootstrap; ``ends[t]`` (terminal or truncated) cuts the
-    recursion, so no advantage leaks across episodes.
+    ``next_values[t]`` is the value of the state after step ``t``: usually
+    ``values[t + 1]``, which in ``NEXT_STEP`` autoreset mode is the value of
+    the final observation when an episode ended at ``t`` (the bootstrap a
+    truncated episode needs). ``terminal[t]`` (a true terminal state) cuts the
+    bootstrap; ``ends[t]`` (any episode end) cuts the recursion, so no
+    advantage leaks across episodes.
 
     Returns:
         ``(advantages, returns)``, both ``(T, N)``.
     """
     advantages = torch.zeros_like(rewards)
-    last_gae = torch.zeros_like(next_value)
+    last_gae = torch.zeros_like(rewards[0])
     for t in reversed(range(rewards.shape[0])):
-        next_values = next_value if t == rewards.shape[0] - 1 else values[t + 1]
-        delta = rewards[t] + gamma * next_values * (1.0 - terminal[t]) - values[t]
+        delta = rewards[t] + gamma * next_values[t] * (1.0 - terminal[t]) - values[t]
         last_gae = delta + gamma * gae_lambda * (1.0 - ends[t]) * last_gae
         advantages[t] = last_gae
     return advantages, advantages + values
@@ -261,6 +282,7 @@ def main(args: Args) -> dict:
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         reward_scaler.load_state_dict(checkpoint["reward_scaler"])
+        reward_scaler.returns[:] = 0.0  # the environments start fresh episodes
         guard.load_state_dict(checkpoint["nan_guard"])
         counters.update(checkpoint["counters"])
         recent_returns.extend(checkpoint["recent_returns"])
@@ -306,6 +328,7 @@ def main(args: Args) -> dict:
     rewards = torch.zeros((args.num_steps, args.num_envs))
     terminal = torch.zeros((args.num_steps, args.num_envs))
     ends = torch.zeros((args.num_steps, args.num_envs))
+    aborted = torch.zeros((args.num_steps, args.num_envs), dtype=torch.bool)
     valid = torch.zeros((args.num_steps, args.num_envs))
     values = torch.zeros((args.num_steps, args.num_envs))
 
@@ -327,6 +350,8 @@ def main(args: Args) -> dict:
     with GracefulExit() as stopper:  # SIGINT/SIGTERM: stop at the next step, save last.pt
         while counters["update"] < num_iterations and stopper.requested is None:
             update_start, update_step = time.time(), counters["global_step"]
+            # What a stop in the middle of the rollout must put back: the partial rollout is dropped.
+            counters_at_start, scaler_at_start = dict(counters), reward_scaler.state_dict()
             lr_frac = 1.0 - counters["update"] / num_iterations if args.anneal_lr else 1.0
             for group in optimizer.param_groups:
                 group["lr"] = lr_frac * args.learning_rate * guard.lr_scale
@@ -350,10 +375,11 @@ def main(args: Args) -> dict:
                 actions[step], logprobs[step], values[step] = action.cpu(), logprob.cpu(), value.cpu()
 
                 next_obs, reward, terminated, truncated, info = envs.step(action.cpu().numpy())
-                done = terminated | truncated
+                is_terminal, done, is_aborted = split_episode_ends(terminated, truncated, info)
                 rewards[step] = torch.from_numpy(reward_scaler(reward, done))
-                terminal[step] = torch.from_numpy(terminated & ~truncated)
+                terminal[step] = torch.from_numpy(is_terminal)
                 ends[step] = torch.from_numpy(done)
+                aborted[step] = torch.from_numpy(is_aborted)
                 episode_score = np.where(next_valid, np.maximum(episode_score, next_obs["blstats"][:, score_index]), 0)
                 next_valid = ~done
                 counters["global_step"] += args.num_envs
@@ -366,7 +392,8 @@ def main(args: Args) -> dict:
                 if stopper.requested is not None:
                     break
             if stopper.requested is not None:
-                counters["global_step"] = update_step  # the partial rollout is dropped
+                counters.update(counters_at_start)
+                reward_scaler.load_state_dict(scaler_at_start)
                 break
             recent_returns.extend(finished["return"])
 
@@ -378,7 +405,9 @@ def main(args: Args) -> dict:
                 if moe:
                     next_step_obs["atoms"] = torch.from_numpy(extract_atoms(next_obs)).to(device)
                 next_value = agent.get_value(next_step_obs).cpu()
-            advantages, returns = compute_gae(rewards, values, next_value, terminal, ends, args.gamma, args.gae_lambda)
+            next_values = torch.cat([values[1:], next_value.unsqueeze(0)])
+            next_values[aborted] = values[aborted]  # the quit blanked the final observation: use the last real one
+            advantages, returns = compute_gae(rewards, values, next_values, terminal, ends, args.gamma, args.gae_lambda)
             # Pair (t-1, t) of a trajectory crosses an episode boundary when t-1 ended one or was a reset step.
             boundary = torch.zeros_like(ends, dtype=torch.bool)
             boundary[1:] = (ends[:-1] > 0) | (valid[:-1] == 0)
@@ -460,7 +489,7 @@ def main(args: Args) -> dict:
                     stats["pg_loss"].append(pg_loss.detach())
                     stats["v_loss"].append(v_loss.detach())
                     stats["entropy"].append(entropy_loss.detach())
-                if args.target_kl is not None and np.mean([float(kl) for kl in stats["approx_kl"]]) > args.target_kl:
+                if args.target_kl is not None and float(stats["approx_kl"][-1]) > args.target_kl:
                     break
             guard.snapshot()
             counters["update"] += 1

@@ -86,3 +86,12 @@ def test_minihack_without_minihack_names_the_extra(monkeypatch):
         make_env("MiniHack-Room-5x5-v0")
     with pytest.raises(ImportError, match=r"crossmoe\[minihack\]"):
         make_vector_env(1, env_id="MiniHack-Room-5x5-v0")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("minihack") is None, reason="needs the minihack extra")
+def test_minihack_env_has_the_nle_observations_and_its_own_actions():
+    envs = make_vector_env(2, seed=1, env_id="MiniHack-Room-5x5-v0")
+    obs, _ = envs.reset(seed=1)
+    assert envs.single_action_space.n == 8  # compass moves
+    assert obs["glyphs"].shape == (2, 21, 79) and obs["blstats"].shape == (2, 27)
+    envs.close()

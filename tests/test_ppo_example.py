@@ -48,7 +48,8 @@ def test_gae_matches_a_hand_computed_example():
     rewards = torch.tensor([[1.0], [0.0], [2.0], [0.0]])
     values = torch.tensor([[0.5], [0.4], [0.3], [0.2]])
     zeros = torch.zeros(4, 1)
-    advantages, returns = ppo.compute_gae(rewards, values, torch.tensor([0.1]), zeros, zeros, 0.9, 0.8)
+    next_values = torch.tensor([[0.4], [0.3], [0.2], [0.1]])
+    advantages, returns = ppo.compute_gae(rewards, values, next_values, zeros, zeros, 0.9, 0.8)
     # deltas: -0.11, 1.88, -0.13, 0.86 (t = 3, 2, 1, 0)
     expected = torch.tensor([[1.69993472], [1.166576], [1.8008], [-0.11]])
     torch.testing.assert_close(advantages, expected)
@@ -62,13 +63,42 @@ def test_gae_cuts_at_episode_ends_and_bootstraps_truncations_from_the_final_obse
     values = torch.tensor([[0.5, 0.5], [0.6, 0.6], [0.7, 0.7], [0.8, 0.8]])
     terminal = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
     ends = torch.tensor([[0.0, 0.0], [1.0, 1.0], [0.0, 0.0], [0.0, 0.0]])
-    advantages, _ = ppo.compute_gae(rewards, values, torch.tensor([0.9, 0.9]), terminal, ends, 0.9, 0.8)
+    next_values = torch.cat([values[1:], torch.tensor([[0.9, 0.9]])])
+    advantages, _ = ppo.compute_gae(rewards, values, next_values, terminal, ends, 0.9, 0.8)
     # t=3: 1 + 0.81 - 0.8 = 1.01 in both columns (the new episode).
     torch.testing.assert_close(advantages[3], torch.tensor([1.01, 1.01]))
     # t=1: terminated 1 - 0.6 = 0.4; truncated 1 + 0.9 * 0.7 - 0.6 = 1.03; nothing from t >= 2 leaks in.
     torch.testing.assert_close(advantages[1], torch.tensor([0.4, 1.03]))
     # t=0: 1 + 0.54 - 0.5 = 1.04, plus 0.72 A_1.
     torch.testing.assert_close(advantages[0], torch.tensor([1.04 + 0.72 * 0.4, 1.04 + 0.72 * 1.03]))
+
+
+def test_nle_step_cap_is_an_abort_not_a_terminal_state():
+    """NLE quits the game at its own step cap: terminated=True, end_status ABORTED, blank final observation."""
+    from crossmoe.nethack import make_vector_env
+
+    envs = make_vector_env(2, seed=0, max_episode_steps=50)  # a gymnasium TimeLimit, beyond NLE's cap below
+    for env in envs.envs:
+        env.unwrapped._max_episode_steps = 3  # NLE's own cap (5000 by default)
+    envs.reset(seed=0)
+    for _ in range(2):
+        _, _, terminated, truncated, info = envs.step(np.array([1, 1]))
+        terminal, ends, aborted = ppo.split_episode_ends(terminated, truncated, info)
+        assert not (terminal | ends | aborted).any()
+    obs, _, terminated, truncated, info = envs.step(np.array([1, 1]))
+    assert terminated.all() and not truncated.any()
+    assert not obs["blstats"].any()  # why the bootstrap uses the last real observation instead
+    terminal, ends, aborted = ppo.split_episode_ends(terminated, truncated, info)
+    assert aborted.all() and ends.all() and not terminal.any()
+    envs.close()
+
+
+def test_split_episode_ends_without_end_status():
+    terminated, truncated = np.array([True, False, True]), np.array([False, True, True])
+    terminal, ends, aborted = ppo.split_episode_ends(terminated, truncated, {})
+    np.testing.assert_array_equal(terminal, [True, False, True])  # a death on the time-limit step is terminal
+    np.testing.assert_array_equal(ends, [True, True, True])
+    assert not aborted.any()
 
 
 def test_next_step_autoreset_contract_the_loop_masks():
@@ -135,10 +165,11 @@ def test_recipe_schedule_counts_episodes():
 
 
 def test_nan_injection_rolls_back_and_training_recovers(tmp_path):
-    summary, rows = _run(tmp_path, total_timesteps=256, inject_nan_at_update=1, anneal_lr=False)
+    summary, rows = _run(tmp_path, total_timesteps=256, inject_nan_at_update=1)
     assert summary["nan_rollbacks"] == 1 and summary["global_step"] == 256
     assert [row["nan_rollbacks"] for row in rows] == [0, 1, 1, 1]
-    assert [row["learning_rate"] for row in rows] == pytest.approx([3e-4, 1.5e-4, 1.5e-4, 1.5e-4])
+    # Linear annealing over 4 updates (1, 0.75, 0.5, 0.25) x 3e-4, halved from the fault on.
+    assert [row["learning_rate"] for row in rows] == pytest.approx([3e-4, 1.125e-4, 7.5e-5, 3.75e-5])
     for row in rows[1:]:
         assert all(np.isfinite(row[key]) for key in ("pg_loss", "v_loss", "entropy", "grad_norm"))
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
@@ -238,7 +269,8 @@ def test_resume_after_sigkill_continues_counters_schedule_and_metrics(tmp_path):
     schedule = TemperatureAnnealingScheduler(**state["scheduler"])
     assert schedule.total == 64000
     assert [row["phase"] for row in rows[-2:]] == [schedule(step).phase, schedule(step + 64).phase]
-    assert rows[-1]["episodes"] >= state["counters"]["episodes"]
+    resumed = rows[update]  # the first row of the resumed run
+    assert resumed["episodes"] == state["counters"]["episodes"] + resumed["episodes_finished"]
     assert load_checkpoint(last)["counters"]["global_step"] == step + 128
 
 
@@ -262,5 +294,8 @@ def test_sigterm_saves_a_checkpoint_before_exit(tmp_path):
     assert "stopped by signal" in stdout
     state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     rows = read_metrics(run_dir / "metrics.jsonl")
+    # The partial rollout was dropped: every counter is the one of the last finished update.
     assert state["counters"]["global_step"] == rows[-1]["global_step"]
+    assert state["counters"]["episodes"] == rows[-1]["episodes"]
+    assert state["counters"]["update"] == rows[-1]["update"]
     assert json.loads((run_dir / "summary.json").read_text())["interrupted"] is True
