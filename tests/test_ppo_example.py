@@ -299,3 +299,33 @@ def test_sigterm_saves_a_checkpoint_before_exit(tmp_path):
     assert state["counters"]["episodes"] == rows[-1]["episodes"]
     assert state["counters"]["update"] == rows[-1]["update"]
     assert json.loads((run_dir / "summary.json").read_text())["interrupted"] is True
+
+
+def test_evaluate_a_checkpoint(tmp_path):
+    spec = importlib.util.spec_from_file_location("evaluate", ROOT / "examples" / "evaluate.py")
+    evaluate = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = evaluate
+    spec.loader.exec_module(evaluate)
+    _run(tmp_path, total_timesteps=128, max_episode_steps=10)
+    checkpoint = str(tmp_path / "run" / "checkpoints" / "last.pt")
+    out = tmp_path / "eval.json"
+    result = evaluate.evaluate(evaluate.Args(checkpoint, episodes=3, num_envs=2, out=str(out)))
+    assert result["episodes"] == 3 and result["length_mean"] == 10  # the training run's time limit
+    assert result["global_step"] == 128
+    assert set(result["expert_usage"]) == {"survival", "combat", "exploration", "general"}
+    assert sum(result["expert_usage"].values()) == pytest.approx(1.0)
+    assert json.loads(out.read_text()) == result
+
+
+@pytest.mark.slow
+def test_learns_minihack_room_5x5(tmp_path):
+    """The issue's learning check, on a fifth of its budget: random play scores about 0.44, the bar is 0.8."""
+    pytest.importorskip("minihack")
+    args = ppo.Args(
+        env_id="MiniHack-Room-5x5-v0", seed=1, total_timesteps=102_400, run_dir=str(tmp_path / "run"), progress=False
+    )
+    summary = ppo.main(args)
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert rows[0]["rolling_return"] < 0.8  # it starts near random play
+    assert summary["rolling_return"] >= 0.8, [row["rolling_return"] for row in rows[::10]]
+    assert (tmp_path / "run" / "learning_curve.png").is_file()
