@@ -94,12 +94,12 @@ def bench_policy(obs, dim: int, rounds: int, **policy_kwargs) -> None:
     atoms = extract_atoms(obs)
     obs_with_atoms = {**obs, "atoms": atoms}
     tokens, mask = policy.visual_encoder(obs)
-    operator_tokens, *_ = policy.logic_encoder(obs_with_atoms)
+    logic = policy.logic_encoder(obs_with_atoms)  # distinct token rows and the index of each sample
     parts = {
         "atoms": lambda: extract_atoms(obs),
         "visual_encoder": lambda: policy.visual_encoder(obs),
         "logic_encoder": lambda: policy.logic_encoder(obs_with_atoms),
-        "attention": lambda: policy.attention(operator_tokens, tokens, mask),
+        "attention": lambda: policy.attention(logic.tokens, tokens, mask, query_index=logic.index),
         "policy_precomputed_atoms": lambda: policy(obs_with_atoms),
     }
     with torch.inference_mode():

@@ -28,11 +28,11 @@ class LogicOutput(NamedTuple):
     A plain tuple ``(tokens, scores)`` or ``(tokens, scores, applicable)`` works
     too; the ``index`` field lets an encoder return each distinct token set once.
 
-    Attributes:
-        tokens: ``(B, O, D)`` operator tokens, or ``(U, O, D)`` distinct rows when ``index`` is set.
-        scores: ``(B, O)`` operator scores, or None.
-        applicable: ``(B, O)`` bool applicability, or None.
-        index: ``(B,)`` long: sample ``b`` uses ``tokens[index[b]]``; None when ``tokens`` is per sample.
+    Shapes:
+        - tokens: ``(B, O, D)`` operator tokens, or ``(U, O, D)`` distinct rows when ``index`` is set
+        - scores: ``(B, O)`` operator scores, or None
+        - applicable: ``(B, O)`` bool applicability, or None
+        - index: ``(B,)`` long, sample ``b`` uses ``tokens[index[b]]``; None when ``tokens`` is per sample
     """
 
     tokens: Tensor
