@@ -146,6 +146,8 @@ class Args:
     """End of the annealing to sparsemax; default 60% of the run (3000 for episodes)."""
     schedule_total: float | None = None
     """Planned schedule length; default the run's length (5000 for episodes)."""
+    schedule_coefficients: str = ""
+    """Per-phase multipliers of the aux-loss weights, as JSON, e.g. ``'{"finetune": {"load_balance": 2}}'``."""
 
     checkpoint_every: int = 10
     """Write ``checkpoints/last.pt`` every this many updates."""
@@ -224,7 +226,10 @@ def make_scheduler(args: Args, num_iterations: int) -> TemperatureAnnealingSched
     recipe = args.schedule_unit == "episodes"
     warmup = args.schedule_warmup if args.schedule_warmup is not None else (1000 if recipe else 0.2 * total)
     transition = args.schedule_transition if args.schedule_transition is not None else (3000 if recipe else 0.6 * total)
-    return TemperatureAnnealingScheduler(round(warmup), round(transition), round(total), args.schedule_unit)
+    coefficients = json.loads(args.schedule_coefficients) if args.schedule_coefficients else None
+    return TemperatureAnnealingScheduler(
+        round(warmup), round(transition), round(total), args.schedule_unit, coefficients=coefficients
+    )
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

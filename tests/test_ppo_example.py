@@ -162,6 +162,8 @@ def test_recipe_schedule_counts_episodes():
     assert (schedule.warmup, schedule.transition, schedule.total, schedule.unit) == (1000, 3000, 5000, "episodes")
     scaled = ppo.make_scheduler(ppo.Args(num_envs=4, num_steps=10), num_iterations=100)
     assert (scaled.warmup, scaled.transition, scaled.total) == (800, 2400, 4000)
+    weighted = ppo.make_scheduler(ppo.Args(schedule_coefficients='{"finetune": {"load_balance": 2}}'), 10)
+    assert weighted(10**9).coefficients == {"load_balance": 2.0} and weighted(0).coefficients == {}
 
 
 def test_nan_injection_rolls_back_and_training_recovers(tmp_path):
