@@ -101,7 +101,7 @@ def plot_run(run_dir: str | Path) -> list[Path]:
 
 @dataclass
 class Args:
-    run_dirs: tuple[str, ...] = field(default_factory=tuple)
+    run_dirs: tyro.conf.Positional[tuple[str, ...]] = field(default_factory=tuple)
     """Run directories (each with a ``metrics.jsonl``)."""
     out: str | None = None
     """With several runs: where to write the comparison of their learning curves."""

@@ -303,6 +303,19 @@ def test_sigterm_saves_a_checkpoint_before_exit(tmp_path):
     assert json.loads((run_dir / "summary.json").read_text())["interrupted"] is True
 
 
+def test_plots_cli_redraws_a_run_and_compares_runs(tmp_path):
+    _run(tmp_path, total_timesteps=128)
+    run_dir, out = tmp_path / "run", tmp_path / "comparison.png"
+    plots = ROOT / "examples" / "plots.py"
+    for command in ([str(run_dir)], [str(run_dir), str(run_dir), "--out", str(out)]):
+        result = subprocess.run(
+            [sys.executable, str(plots), *command], capture_output=True, text=True, timeout=120, check=False
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+    assert (run_dir / "learning_curve.png").is_file() and (run_dir / "routing.png").is_file()
+    assert out.is_file()
+
+
 def test_evaluate_a_checkpoint(tmp_path):
     spec = importlib.util.spec_from_file_location("evaluate", ROOT / "examples" / "evaluate.py")
     evaluate = importlib.util.module_from_spec(spec)
