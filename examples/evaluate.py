@@ -24,13 +24,13 @@ import tyro
 from nle import nethack
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ppo_nethack import SCHEDULE_COUNTER, split_episode_ends
+from ppo_nethack import SCHEDULE_COUNTER, make_agent, split_episode_ends
 from ppo_nethack import Args as TrainArgs
 
 from crossmoe import TemperatureAnnealingScheduler
 from crossmoe.diagnostics import expert_usage
 from crossmoe.losses import AuxLossWeights
-from crossmoe.nethack import extract_atoms, make_baseline_policy, make_policy, make_vector_env
+from crossmoe.nethack import extract_atoms, make_vector_env
 from crossmoe.training import load_checkpoint
 
 
@@ -60,10 +60,7 @@ def evaluate(args: Args) -> dict:
     env_kwargs = {} if train.max_episode_steps is None else {"max_episode_steps": train.max_episode_steps}
     envs = make_vector_env(args.num_envs, args.seed, train.env_id, **env_kwargs)
     moe = train.policy == "moe"
-    if moe:
-        agent = make_policy(env=envs, dim=train.dim, fusion=train.fusion)
-    else:
-        agent = make_baseline_policy(env=envs, dim=train.dim)
+    agent = make_agent(train, envs)
     agent.load_state_dict(state["model"])
     agent.to(args.device)
     if moe:

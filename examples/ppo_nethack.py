@@ -232,6 +232,13 @@ def make_scheduler(args: Args, num_iterations: int) -> TemperatureAnnealingSched
     )
 
 
+def make_agent(args: Args, envs: gym.vector.VectorEnv) -> nn.Module:
+    """The MoE agent (``--policy moe``) or the no-MoE baseline, with the action count of ``envs``."""
+    if args.policy == "moe":
+        return make_policy(env=envs, dim=args.dim, fusion=args.fusion)
+    return make_baseline_policy(env=envs, dim=args.dim)
+
+
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum() / mask.sum().clamp_min(1.0)
 
@@ -271,10 +278,7 @@ def main(args: Args) -> dict:
     envs = make_vector_env(args.num_envs, args.seed, args.env_id, vectorization=args.vectorization, **env_kwargs)
     envs = gym.wrappers.vector.RecordEpisodeStatistics(envs)
     moe = args.policy == "moe"
-    if moe:
-        agent = make_policy(env=envs, dim=args.dim, fusion=args.fusion).to(device)
-    else:
-        agent = make_baseline_policy(env=envs, dim=args.dim).to(device)
+    agent = make_agent(args, envs).to(device)
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
     scheduler = make_scheduler(args, num_iterations)
     reward_scaler = RewardScaler(args.num_envs, args.reward_mode, args.gamma, args.reward_clip)

@@ -1,5 +1,6 @@
 """examples/ppo_nethack.py: GAE, autoreset masking, the schedule, NaN recovery, checkpoints and resume."""
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -223,6 +224,19 @@ def test_example_runs_as_a_script_and_writes_its_outputs(tmp_path):
     assert json.loads((run_dir / "summary.json").read_text())["global_step"] == 128
 
 
+@contextlib.contextmanager
+def _training(run_dir, *extra, stdout):
+    """A long training run in a subprocess, killed on the way out if it is still running."""
+    process = subprocess.Popen(
+        _command(run_dir, "--total-timesteps=64000", *extra), stdout=stdout, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
 def _wait_for(predicate, process, timeout=240.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -237,19 +251,10 @@ def _wait_for(predicate, process, timeout=240.0):
 def test_resume_after_sigkill_continues_counters_schedule_and_metrics(tmp_path):
     run_dir = tmp_path / "run"
     last = run_dir / "checkpoints" / "last.pt"
-    process = subprocess.Popen(
-        _command(run_dir, "--total-timesteps=64000", "--checkpoint-every=2"),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    with _training(run_dir, "--checkpoint-every=2", stdout=subprocess.DEVNULL) as process:
         _wait_for(lambda: last.exists() and len(read_metrics(run_dir / "metrics.jsonl")) >= 3, process)
         os.kill(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
     state = load_checkpoint(last)
     assert {"model", "optimizer", "scheduler", "reward_scaler", "counters", "rng", "args", "nan_guard"} <= set(state)
     step, update = state["counters"]["global_step"], state["counters"]["update"]
@@ -278,20 +283,11 @@ def test_resume_after_sigkill_continues_counters_schedule_and_metrics(tmp_path):
 
 def test_sigterm_saves_a_checkpoint_before_exit(tmp_path):
     run_dir = tmp_path / "run"
-    process = subprocess.Popen(
-        _command(run_dir, "--total-timesteps=64000", "--checkpoint-every=1000"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    with _training(run_dir, "--checkpoint-every=1000", stdout=subprocess.PIPE) as process:
         metrics = run_dir / "metrics.jsonl"
         _wait_for(lambda: metrics.exists() and len(read_metrics(metrics)) >= 1, process)
         process.send_signal(signal.SIGTERM)
         stdout, _ = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            process.kill()
     assert process.returncode == 0
     assert "stopped by signal" in stdout
     state = load_checkpoint(run_dir / "checkpoints" / "last.pt")

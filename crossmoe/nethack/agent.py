@@ -30,6 +30,17 @@ def _num_actions(env: Any) -> int:
     return int(space.n)
 
 
+def _action_dim(action_dim: int | None, env: Any, caller: str) -> int:
+    """``action_dim``, or the env's action count; both given must agree."""
+    if action_dim is None:
+        if env is None:
+            raise ValueError(f"{caller} needs action_dim or env to know the number of actions, got neither")
+        return _num_actions(env)
+    if env is not None and _num_actions(env) != action_dim:
+        raise ValueError(f"action_dim must match the env's {_num_actions(env)} actions, got {action_dim}")
+    return action_dim
+
+
 def make_policy(
     action_dim: int | None = None,
     *,
@@ -78,12 +89,7 @@ def make_policy(
         **policy_kwargs: Passed to :class:`~crossmoe.policy.CrossAttentionMoEPolicy`
             (``sparse_topk``, ``alpha``, ``temperature``, ...).
     """
-    if action_dim is None:
-        if env is None:
-            raise ValueError("make_policy needs action_dim or env to know the number of actions, got neither")
-        action_dim = _num_actions(env)
-    elif env is not None and _num_actions(env) != action_dim:
-        raise ValueError(f"action_dim must match the env's {_num_actions(env)} actions, got {action_dim}")
+    action_dim = _action_dim(action_dim, env, "make_policy")
     hypergraph = load_hypergraph() if hypergraph is None else hypergraph
     logic = HypergraphLogicEncoder(
         hypergraph,
@@ -124,9 +130,6 @@ def make_baseline_policy(
     the neuro-symbolic MoE adds. Arguments as in :func:`make_policy`;
     ``hidden_dim`` is the width of the shared trunk.
     """
-    if action_dim is None:
-        if env is None:
-            raise ValueError("make_baseline_policy needs action_dim or env to know the number of actions, got neither")
-        action_dim = _num_actions(env)
+    action_dim = _action_dim(action_dim, env, "make_baseline_policy")
     visual = NetHackVisualEncoder(dim, crop_size=crop_size, crop_patch=crop_patch)
     return ActorCritic(visual, action_dim, hidden_dim=hidden_dim)
