@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from crossmoe.functional import sparse_topk_softmax
+from crossmoe.functional import check_mask_keeps_a_key, sparse_topk_softmax
 
 __all__ = ["CausalGatedCrossAttention"]
 
@@ -123,71 +123,62 @@ class CausalGatedCrossAttention(nn.Module):
         context: Tensor,
         context_mask: Tensor | None = None,
         return_attention: bool = False,
-        query_index: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Attend from ``query`` to ``context``; see the class docstring for shapes.
 
-        With ``query_index`` (a ``(B,)`` long tensor), ``query`` holds only the
-        distinct query rows ``(U, Nq, D)`` and sample ``b`` uses
-        ``query[query_index[b]]``. The result equals
-        ``forward(query[query_index], ...)``, but the query-side work (norm,
-        query and gate projections) runs once per distinct row: useful when
-        the queries come from a small set, like the operator tokens of a
-        knowledge graph or learned queries.
+        ``forward`` runs three public stages, which a caller may also run
+        itself, for example to project a repeated query once:
+        ``query + to_out(attend(*project_query(query), *project_context(context), context_mask)[0])``.
         """
-        gated, attention = self.attend(query, context, context_mask, query_index)
-        residual = query if query_index is None else query.index_select(0, query_index)
-        out = residual + self.to_out(gated)
-        return (out, attention) if return_attention else out
-
-    def attend(
-        self,
-        query: Tensor,
-        context: Tensor,
-        context_mask: Tensor | None = None,
-        query_index: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor]:
-        """The gated head outputs before the output projection, and the attention weights.
-
-        ``forward`` is ``query + to_out(gated)``. Because ``to_out`` is affine,
-        a weighted pool over the queries can be taken *before* it, on
-        ``num_heads * head_dim`` channels instead of ``D``; the policy does
-        this. Arguments as in :meth:`forward`.
-
-        Shapes:
-            - gated: ``(B, Nq, H * head_dim)``, or ``(B, H * head_dim)`` for a vector query
-            - attention: ``(B, H, Nq, Nk)``
-        """
-        vector_query = self._check_inputs(query, context, context_mask, query_index)
+        vector_query = self._check_inputs(query, context, context_mask)
         if vector_query:
             query = query.unsqueeze(1)
         if context.dim() == 2:
             context = context.unsqueeze(1)
+        gated, attention = self.attend(*self.project_query(query), *self.project_context(context), context_mask)
+        out = query + self.to_out(gated)
+        if vector_query:
+            out = out.squeeze(1)
+        return (out, attention) if return_attention else out
 
-        query_normed = self.norm_query(query)
-        context_normed = self.norm_context(context)
-        q = rearrange(self.to_q(query_normed), "b n (h d) -> b h n d", h=self.num_heads)
-        gate = torch.sigmoid(self.to_gate(query_normed))
-        if query_index is not None:
-            # index_select, not q[query_index]: its backward is an index_add, ~20x faster on CPU than index_put.
-            q, gate = q.index_select(0, query_index), gate.index_select(0, query_index)
-        k, v = (
-            rearrange(projected, "b n (h d) -> b h n d", h=self.num_heads)
-            for projected in (self.to_k(context_normed), self.to_v(context_normed))
+    def project_query(self, query: Tensor) -> tuple[Tensor, Tensor]:
+        """Query-side projections: ``q (B, H, Nq, head_dim)`` and the gate ``(B, Nq, H * head_dim)`` in (0, 1).
+
+        Both depend on the query tokens only, row by row.
+        """
+        query = self.norm_query(query)
+        q = rearrange(self.to_q(query), "b n (h d) -> b h n d", h=self.num_heads)
+        return q, torch.sigmoid(self.to_gate(query))
+
+    def project_context(self, context: Tensor) -> tuple[Tensor, Tensor]:
+        """Context-side projections: keys and values, each ``(B, H, Nk, head_dim)``."""
+        context = self.norm_context(context)
+        return (
+            rearrange(self.to_k(context), "b n (h d) -> b h n d", h=self.num_heads),
+            rearrange(self.to_v(context), "b n (h d) -> b h n d", h=self.num_heads),
         )
 
+    def attend(
+        self, q: Tensor, gate: Tensor, k: Tensor, v: Tensor, context_mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Sparse attention of projected queries over projected keys, gated: ``(gated, attention)``.
+
+        ``forward`` returns ``query + to_out(gated)``.
+
+        Shapes:
+            - q: ``(B, H, Nq, head_dim)``, gate: ``(B, Nq, H * head_dim)``
+            - k, v: ``(B, H, Nk, head_dim)``; context_mask: ``(B, Nk)`` bool or None
+            - gated: ``(B, Nq, H * head_dim)``; attention: ``(B, H, Nq, Nk)``
+        """
         scores = torch.einsum("bhnd,bhmd->bhnm", q, k) * self.scale
         mask = None if context_mask is None else context_mask[:, None, None, :]  # (B, 1, 1, Nk)
         attention = sparse_topk_softmax(scores, self.sparse_topk, mask)
         weights = F.dropout(attention, self.dropout, self.training) if self.dropout > 0 else attention
-
         attended = rearrange(torch.einsum("bhnm,bhmd->bhnd", weights, v), "b h n d -> b n (h d)")
-        gated = gate * attended
-        return (gated.squeeze(1) if vector_query else gated), attention
+        return gate * attended, attention
 
-    def _check_inputs(
-        self, query: Tensor, context: Tensor, context_mask: Tensor | None, query_index: Tensor | None = None
-    ) -> bool:
+    def _check_inputs(self, query: Tensor, context: Tensor, context_mask: Tensor | None) -> bool:
+        """Shape checks, and (in eager mode only) the data-dependent check that every sample keeps a key."""
         if query.dim() not in (2, 3) or query.shape[-1] != self.dim:
             raise ValueError(f"query must be (B, Nq, {self.dim}) or (B, {self.dim}), got {tuple(query.shape)}")
         if context.dim() not in (2, 3) or context.shape[-1] != self.context_dim:
@@ -196,16 +187,7 @@ class CausalGatedCrossAttention(nn.Module):
             )
         if context.dim() == 3 and context.shape[1] == 0:
             raise ValueError(f"context must hold at least one token (Nk >= 1), got {tuple(context.shape)}")
-        if query_index is not None:
-            if query_index.dtype != torch.long or tuple(query_index.shape) != (context.shape[0],):
-                raise ValueError(
-                    f"query_index must be a long tensor of shape (B,)=({context.shape[0]},), "
-                    f"got {query_index.dtype} {tuple(query_index.shape)}"
-                )
-            rows = query.shape[0]
-            if query_index.numel() and not (0 <= int(query_index.min()) and int(query_index.max()) < rows):
-                raise ValueError(f"query_index values must index the {rows} query rows, got out-of-range values")
-        elif context.shape[0] != query.shape[0]:
+        if context.shape[0] != query.shape[0]:
             raise ValueError(f"context batch size must match query batch size {query.shape[0]}, got {context.shape[0]}")
         if context_mask is not None:
             expected = (context.shape[0], context.shape[1] if context.dim() == 3 else 1)
@@ -213,7 +195,6 @@ class CausalGatedCrossAttention(nn.Module):
                 raise ValueError(f"context_mask must be (B, Nk)={expected}, got {tuple(context_mask.shape)}")
             if context_mask.dtype != torch.bool:
                 raise ValueError(f"context_mask must be a bool tensor (True = keep), got dtype {context_mask.dtype}")
-            if not bool(context_mask.any(dim=-1).all()):
-                empty = (~context_mask.any(dim=-1)).nonzero().flatten().tolist()
-                raise ValueError(f"context_mask keeps no key for samples {empty}; each sample needs at least one key")
+            if not torch.compiler.is_compiling():  # a host sync: checked in eager mode, skipped when compiled
+                check_mask_keeps_a_key(context_mask, "context_mask")
         return query.dim() == 2

@@ -21,9 +21,11 @@ from torch import Tensor
 __all__ = [
     "ALPHA_SOFTMAX_TOL",
     "check_alpha",
+    "check_mask_keeps_a_key",
     "check_temperature",
     "combine_experts",
     "entmax",
+    "is_compiling",
     "sparse_topk_softmax",
     "topk_support_size",
 ]
@@ -106,6 +108,25 @@ def topk_support_size(n_kept: Tensor, topk: float) -> Tensor:
     return k.clamp(min=1)
 
 
+def is_compiling() -> bool:
+    """True while ``torch.compile`` traces the caller (data-dependent checks are skipped then)."""
+    compiler = getattr(torch, "compiler", None)
+    if compiler is not None and hasattr(compiler, "is_compiling"):
+        return bool(compiler.is_compiling())
+    return bool(torch._dynamo.is_compiling())  # torch < 2.3
+
+
+def check_mask_keeps_a_key(mask: Tensor, name: str = "mask") -> None:
+    """Raise ``ValueError`` naming the samples of a ``(B, ..., N)`` bool mask whose rows keep no entry.
+
+    It reads the mask on the host, so callers run it in eager mode only.
+    """
+    kept = mask.any(dim=-1)
+    if not bool(kept.all()):
+        empty = (~kept).nonzero()[:, 0].unique().tolist()[:5]
+        raise ValueError(f"{name} keeps no key for samples {empty} (first 5 shown); each sample needs at least one key")
+
+
 def sparse_topk_softmax(scores: Tensor, topk: float = 1.0, mask: Tensor | None = None, dim: int = -1) -> Tensor:
     r"""Softmax over the ``k`` largest kept scores of each row; every other entry is 0.
 
@@ -114,6 +135,11 @@ def sparse_topk_softmax(scores: Tensor, topk: float = 1.0, mask: Tensor | None =
     so they get exactly zero weight and no gradient. Ties at the threshold are
     broken arbitrarily, so a row never has more than ``k`` non-zero weights.
     ``topk=1.0`` is a plain (masked) softmax.
+
+    Under ``torch.compile`` the shapes must not depend on the data, so the
+    support is taken as the sorted top ``ceil(topk * N)`` entries cut at each
+    row's own ``k`` (the same support), and the check that every row keeps an
+    entry is skipped.
 
     Args:
         scores: Attention scores, any shape.
@@ -136,9 +162,9 @@ def sparse_topk_softmax(scores: Tensor, topk: float = 1.0, mask: Tensor | None =
         return sparse_topk_softmax(scores.movedim(dim, -1), topk, moved_mask).movedim(-1, dim)
 
     n = scores.shape[-1]
+    k_cap = max(1, math.ceil(n * topk - 1e-9))  # the support size of a row that keeps all n entries
     if mask is None:
-        k_row = None
-        k_max = int(topk_support_size(torch.tensor(n), topk))
+        k_row, k_max = None, k_cap
     else:
         if mask.dtype != torch.bool:
             raise ValueError(f"mask must be a bool tensor (True = keep), got dtype {mask.dtype}")
@@ -151,14 +177,18 @@ def sparse_topk_softmax(scores: Tensor, topk: float = 1.0, mask: Tensor | None =
         # Count on the mask as given, e.g. (B, 1, 1, Nk) rather than the expanded
         # (B, H, Nq, Nk): the counts broadcast wherever they are used.
         n_kept = torch.broadcast_to(mask, (*mask.shape[:-1], n)).sum(dim=-1)
-        if not bool((n_kept > 0).all()):
-            empty = (n_kept == 0).nonzero().tolist()[:5]
-            raise ValueError(f"mask keeps no entry in rows {empty} (first 5 shown); every row needs a kept key")
-        k_row = topk_support_size(n_kept, topk)  # (...,) support size per row
-        k_max = int(k_row.max())
-        if int(k_row.min()) == k_max:  # one support size for every row: no ranking needed
-            k_row = None
-    if topk == 1.0 or k_max >= n:
+        k_row = topk_support_size(n_kept, topk)  # (...,) support size per row, <= k_cap
+        if is_compiling():
+            k_max = k_cap
+        else:
+            if not bool((n_kept > 0).all()):
+                empty = (n_kept == 0).nonzero().tolist()[:5]
+                raise ValueError(f"mask keeps no entry in rows {empty} (first 5 shown); every row needs a kept key")
+            k_max = int(k_row.max())
+            if int(k_row.min()) == k_max:  # one support size for every row: no ranking needed
+                k_row = None
+    # k_cap >= n means topk > (n - 1) / n, so every row's k equals its number of kept entries.
+    if topk == 1.0 or k_max >= n or k_cap >= n:
         return torch.softmax(scores if mask is None else scores.masked_fill(~mask, -math.inf), dim=-1)
 
     # Select the support without autograd and add a 0 / -inf bias: the backward is
@@ -168,10 +198,14 @@ def sparse_topk_softmax(scores: Tensor, topk: float = 1.0, mask: Tensor | None =
     # row is all -inf. Ties cannot enlarge the support: it is exactly the selected
     # indices.
     with torch.no_grad():
-        ranked = scores if mask is None or bool(mask.all()) else scores.masked_fill(~mask, -math.inf)
+        if mask is None or (not is_compiling() and bool(mask.all())):
+            ranked = scores
+        else:
+            ranked = scores.masked_fill(~mask, -math.inf)
         index = ranked.topk(k_max, dim=-1, sorted=k_row is not None).indices
-        in_support = torch.zeros((), dtype=scores.dtype, device=scores.device).expand(index.shape)
-        if k_row is not None:
+        if k_row is None:
+            in_support = torch.zeros((), dtype=scores.dtype, device=scores.device).expand(index.shape)
+        else:
             ranks = torch.arange(k_max, device=scores.device)
             in_support = torch.where(ranks < k_row.unsqueeze(-1), 0.0, -math.inf).to(scores.dtype).expand(index.shape)
         bias = torch.full_like(scores, -math.inf).scatter_(-1, index, in_support)

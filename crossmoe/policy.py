@@ -11,15 +11,15 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Categorical
 
-from crossmoe.attention import CausalGatedCrossAttention
-from crossmoe.encoders import LogicOutput
+from crossmoe.encoders import LogicOutput, prepare_observation
 from crossmoe.experts import DEFAULT_EXPERT_NAMES, SemanticExpertBank
 from crossmoe.functional import combine_experts
+from crossmoe.fusion import FUSIONS, make_fusion
 from crossmoe.routing import SparsemaxRouter
 
 __all__ = ["FUSIONS", "ActorCritic", "ActorCriticOutput", "CrossAttentionMoEPolicy", "PolicyOutput"]
 
-FUSIONS = ("cross_attention", "concat")
+Observation = Mapping[str, Any] | Tensor | np.ndarray
 
 
 class PolicyOutput(NamedTuple):
@@ -61,32 +61,28 @@ class CrossAttentionMoEPolicy(nn.Module):
 
     .. code-block:: text
 
-        obs ─ logic_encoder ─► operator tokens (B, O, D) ─┐
-            └ visual_encoder ─► visual tokens (B, N, D) ──┴► CausalGatedCrossAttention ─► (B, O, D)
-                                                         attention pool ─► context c (B, D)
+        obs ─ logic_encoder ─► LogicOutput: operator tokens (B, O, D), scores ─┐
+            └ visual_encoder ─► visual tokens (B, N, D), mask ─────────────────┴► fusion ─► context c (B, D)
         c ─► SparsemaxRouter ─► w (B, E);  c ─► SemanticExpertBank ─► (B, E, A);  c ─► critic ─► v (B,)
         logits = Σ_e w_e · expert_logits_e
 
-    The pool over operators weighs each fused operator token by
-    ``softmax(pool_score(token) + operator_score)`` and normalises the sum
-    with a LayerNorm, so the logic encoder's
-    operator scores decide, with the visual evidence, which operators shape
-    the context (and they learn from the policy loss). With
-    ``fusion="concat"`` (the ablation) the cross-attention is replaced by
-    ``Linear(concat(pool(operator tokens), masked mean(visual tokens)))``,
-    where the pool weighs operators by ``softmax(operator_scores)``, and
-    ``attention`` is None.
+    The fusion is a module of its own (:mod:`crossmoe.fusion`):
+    ``"cross_attention"`` is :class:`~crossmoe.fusion.CrossAttentionFusion`
+    (operator tokens query the visual tokens, then an attention pool over the
+    operators), ``"concat"`` the :class:`~crossmoe.fusion.ConcatFusion`
+    ablation, and any ``nn.Module`` called as ``fusion(visual_tokens,
+    visual_mask, logic) -> FusionOutput`` works too; ``policy.fusion`` is that
+    module.
 
-    The encoders own their observation keys. A visual encoder returns
-    ``(tokens (B, N, D), mask (B, N) or None)``; a logic encoder returns
-    ``(tokens (B, O, D), scores (B, O) or None)``, optionally followed by
-    the ``(B, O)`` bool applicability mask and an ``index``: a
-    :class:`~crossmoe.encoders.LogicOutput` whose tokens are the distinct
-    rows ``(U, O, D)`` and whose ``(B,)`` index maps samples to them, so the
-    token side of the fusion runs once per distinct row. See
-    :mod:`crossmoe.encoders` for generic ones and :func:`crossmoe.nethack.make_policy`
-    for the NetHack agent. Routing has no capacity limit and no noise, so a
-    sample's output never depends on the rest of its batch.
+    The encoders own their observation keys and follow the
+    :class:`~crossmoe.encoders.VisualEncoder` and
+    :class:`~crossmoe.encoders.LogicEncoder` protocols. :meth:`forward` first
+    runs :meth:`prepare` (numpy to tensors on the policy's device, and each
+    encoder's optional ``prepare`` hook, such as computing NetHack atoms),
+    then :meth:`forward_tensors`. Only the second part is traced by
+    ``torch.compile``, so a compiled policy takes the same inputs as an eager
+    one. Routing has no capacity limit and no noise, so a sample's output
+    never depends on the rest of its batch.
 
     Args:
         visual_encoder: Module mapping the observation dict to visual tokens.
@@ -94,8 +90,8 @@ class CrossAttentionMoEPolicy(nn.Module):
         action_dim: Number of discrete actions ``A``.
         dim: Width ``D`` of both token streams and of the context.
         num_experts: Number of experts ``E``.
-        fusion: ``"cross_attention"`` or ``"concat"``.
-        num_heads: Attention heads.
+        fusion: ``"cross_attention"``, ``"concat"`` or a fusion module.
+        num_heads: Attention heads (``"cross_attention"`` only).
         head_dim: Width of each attention head; ``None`` means ``dim // num_heads``.
         sparse_topk: Fraction of kept visual tokens each attention row may use.
         dropout: Attention dropout (keep 0 for PPO, which needs the rollout
@@ -122,7 +118,7 @@ class CrossAttentionMoEPolicy(nn.Module):
         action_dim: int,
         dim: int = 256,
         num_experts: int = 4,
-        fusion: str = "cross_attention",
+        fusion: str | nn.Module = "cross_attention",
         *,
         num_heads: int = 4,
         head_dim: int | None = None,
@@ -136,23 +132,16 @@ class CrossAttentionMoEPolicy(nn.Module):
         expert_names: Sequence[str] | None = DEFAULT_EXPERT_NAMES,
     ) -> None:
         super().__init__()
-        if fusion not in FUSIONS:
-            raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
         for arg, value in (("action_dim", action_dim), ("dim", dim), ("num_experts", num_experts)):
             if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{arg} must be a positive integer, got {value!r}")
         action_dim, dim = int(action_dim), int(dim)  # e.g. numpy integers from a gymnasium Discrete space
         self.visual_encoder = visual_encoder
         self.logic_encoder = logic_encoder
-        self.action_dim, self.dim, self.fusion = action_dim, dim, fusion
-
-        if fusion == "cross_attention":
-            self.attention = CausalGatedCrossAttention(dim, num_heads, sparse_topk, dropout, head_dim=head_dim)
-            self.pool_norm = nn.LayerNorm(dim)
-            self.pool_score = nn.Linear(dim, 1, bias=False)  # a bias would cancel in the softmax
-        else:
-            self.attention = None
-            self.concat_proj = nn.Sequential(nn.Linear(2 * dim, dim), nn.LayerNorm(dim))
+        self.action_dim, self.dim = action_dim, dim
+        self.fusion = make_fusion(
+            fusion, dim, num_heads=num_heads, sparse_topk=sparse_topk, dropout=dropout, head_dim=head_dim
+        )
         self.router = SparsemaxRouter(dim, num_experts, router_hidden_dim, alpha=alpha, temperature=temperature)
         self.experts = SemanticExpertBank(dim, action_dim, num_experts, expert_hidden_dim, names=expert_names)
         self.critic = nn.Sequential(nn.Linear(dim, critic_hidden_dim), nn.Tanh(), nn.Linear(critic_hidden_dim, 1))
@@ -167,13 +156,18 @@ class CrossAttentionMoEPolicy(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def encode(self, obs: Mapping[str, Any] | Tensor | np.ndarray) -> tuple[Tensor, Tensor | None, LogicOutput]:
-        """Fuse the two streams: ``(context (B, D), attention or None, logic encoder output)``."""
-        if not isinstance(obs, Mapping):
-            obs = {"obs": obs}
+    @torch.compiler.disable
+    def prepare(self, obs: Observation) -> dict[str, Any]:
+        """The observation as the encoders read it: see :func:`crossmoe.encoders.prepare_observation`."""
+        return prepare_observation(obs, (self.visual_encoder, self.logic_encoder), self.device)
+
+    def encode(self, obs: Mapping[str, Any]) -> tuple[Tensor, Tensor | None, LogicOutput]:
+        """Fuse the two streams of a prepared observation: ``(context (B, D), attention or None, LogicOutput)``."""
         visual_tokens, visual_mask = self.visual_encoder(obs)
-        logic = LogicOutput(*self.logic_encoder(obs))
-        operator_tokens, operator_scores, _, index = logic
+        logic = self.logic_encoder(obs)
+        if not isinstance(logic, LogicOutput):
+            logic = LogicOutput(*logic)  # a plain (tokens, scores[, applicable[, index]]) tuple
+        operator_tokens, _, _, index = logic
         batch = visual_tokens.shape[0]
         logic_batch = batch if index is None else operator_tokens.shape[0]
         for name, tokens, rows in (("visual", visual_tokens, batch), ("logic", operator_tokens, logic_batch)):
@@ -182,42 +176,22 @@ class CrossAttentionMoEPolicy(nn.Module):
                     f"the {name} encoder must return tokens of shape (B, N, {self.dim}) with B={rows}, "
                     f"got {tuple(tokens.shape)}"
                 )
+        if visual_mask is not None and tuple(visual_mask.shape) != tuple(visual_tokens.shape[:2]):
+            raise ValueError(
+                f"the visual encoder's mask must have shape (B, N)={tuple(visual_tokens.shape[:2])}, "
+                f"got {tuple(visual_mask.shape)}"
+            )
         if index is not None and tuple(index.shape) != (batch,):
             raise ValueError(f"the logic encoder's index must have shape (B,)=({batch},), got {tuple(index.shape)}")
-
-        if self.attention is None:
-            if visual_mask is None:
-                visual_summary = visual_tokens.mean(1)
-            else:
-                keep = visual_mask.unsqueeze(-1).to(visual_tokens.dtype)
-                visual_summary = (visual_tokens * keep).sum(1) / keep.sum(1).clamp_min(1.0)
-            per_sample = logic.per_sample_tokens()
-            if operator_scores is None:
-                logic_summary = per_sample.mean(1)
-            else:
-                logic_summary = torch.einsum("bo,bod->bd", torch.softmax(operator_scores, dim=1), per_sample)
-            context = self.concat_proj(torch.cat([logic_summary, visual_summary], dim=-1))
-            return context, None, logic
-
-        # fused_o = token_o + to_out(gated_o); context = LN(sum_o p_o fused_o) with p = softmax(pool logits).
-        # to_out and pool_score are affine and sum_o p_o = 1, so the pool is taken before to_out: the
-        # (B, O, D) fused tokens are never formed, and the token side runs once per distinct token set.
-        gated, attention = self.attention.attend(operator_tokens, visual_tokens, visual_mask, query_index=index)
-        token_score = self.pool_score(operator_tokens).squeeze(-1)  # (U or B, O)
-        if index is not None:
-            token_score = token_score.index_select(0, index)
-        gated_score_weight = self.attention.to_out.weight.t() @ self.pool_score.weight.squeeze(0)  # (H * head_dim,)
-        # pool_score(to_out(g)) = g . (W_out^T w) + w . b_out; the constant cancels in the softmax.
-        pool_logits = token_score + gated @ gated_score_weight
-        if operator_scores is not None:
-            pool_logits = pool_logits + operator_scores
-        pool = torch.softmax(pool_logits, dim=1)  # (B, O)
-        pooled_tokens = torch.einsum("bo,bod->bd", pool, logic.per_sample_tokens())
-        pooled_gated = torch.einsum("bo,boc->bc", pool, gated)
-        context = self.pool_norm(pooled_tokens + self.attention.to_out(pooled_gated))
+        context, attention = self.fusion(visual_tokens, visual_mask, logic)
         return context, attention, logic
 
-    def forward(self, obs: Mapping[str, Any] | Tensor | np.ndarray) -> PolicyOutput:
+    def forward(self, obs: Observation) -> PolicyOutput:
+        """Policy, value and routing of a batch: numpy arrays or tensors, a dict or a bare array."""
+        return self.forward_tensors(self.prepare(obs))
+
+    def forward_tensors(self, obs: Mapping[str, Any]) -> PolicyOutput:
+        """:meth:`forward` on an observation that :meth:`prepare` has already made ready (the compiled part)."""
         context, attention, logic = self.encode(obs)
         routing = self.router(context)
         expert_logits, expert_features = self.experts(context, return_hidden=True)
@@ -236,14 +210,13 @@ class CrossAttentionMoEPolicy(nn.Module):
             operator_to_expert=getattr(self.logic_encoder, "operator_to_expert", None),
         )
 
-    def get_value(self, obs: Mapping[str, Any] | Tensor | np.ndarray) -> Tensor:
+    def get_value(self, obs: Observation) -> Tensor:
         """Critic value ``(B,)``."""
-        context, _, _ = self.encode(obs)
-        return self.critic(context).squeeze(-1)
+        return self(obs).value
 
     def get_action_and_value(
         self,
-        obs: Mapping[str, Any] | Tensor | np.ndarray,
+        obs: Observation,
         action: Tensor | None = None,
         deterministic: bool = False,
         return_output: bool = False,
@@ -271,7 +244,7 @@ class CrossAttentionMoEPolicy(nn.Module):
         return (*result, output) if return_output else result
 
     def extra_repr(self) -> str:
-        return f"action_dim={self.action_dim}, dim={self.dim}, fusion={self.fusion!r}"
+        return f"action_dim={self.action_dim}, dim={self.dim}"
 
 
 class ActorCriticOutput(NamedTuple):
@@ -332,9 +305,13 @@ class ActorCritic(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def encode(self, obs: Mapping[str, Any] | Tensor | np.ndarray) -> Tensor:
-        if not isinstance(obs, Mapping):
-            obs = {"obs": obs}
+    @torch.compiler.disable
+    def prepare(self, obs: Observation) -> dict[str, Any]:
+        """The observation as the encoder reads it: see :func:`crossmoe.encoders.prepare_observation`."""
+        return prepare_observation(obs, (self.encoder,), self.device)
+
+    def encode(self, obs: Mapping[str, Any]) -> Tensor:
+        """The ``(B, hidden_dim)`` trunk features of a prepared observation."""
         tokens, mask = self.encoder(obs)
         if tokens.dim() != 3 or tokens.shape[1:] != (self.num_tokens, self.dim):
             raise ValueError(
@@ -344,13 +321,17 @@ class ActorCritic(nn.Module):
             tokens = tokens * mask.unsqueeze(-1).to(tokens.dtype)
         return self.trunk(tokens.flatten(1))
 
-    def forward(self, obs: Mapping[str, Any] | Tensor | np.ndarray) -> ActorCriticOutput:
+    def forward(self, obs: Observation) -> ActorCriticOutput:
+        return self.forward_tensors(self.prepare(obs))
+
+    def forward_tensors(self, obs: Mapping[str, Any]) -> ActorCriticOutput:
+        """:meth:`forward` on a prepared observation (the part ``torch.compile`` traces)."""
         hidden = self.encode(obs)
         return ActorCriticOutput(self.actor(hidden), self.critic(hidden).squeeze(-1), hidden)
 
-    def get_value(self, obs: Mapping[str, Any] | Tensor | np.ndarray) -> Tensor:
+    def get_value(self, obs: Observation) -> Tensor:
         """Critic value ``(B,)``."""
-        return self.critic(self.encode(obs)).squeeze(-1)
+        return self(obs).value
 
     get_action_and_value = CrossAttentionMoEPolicy.get_action_and_value
 

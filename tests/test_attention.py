@@ -195,38 +195,13 @@ def test_forward_errors_name_argument_expected_and_given():
         attn(query, context, empty)
 
 
-def test_query_index_equals_gathering_the_queries_first():
-    attn = CausalGatedCrossAttention(16, num_heads=2, sparse_topk=0.5, context_dim=12)
-    distinct, context = torch.randn(3, 5, 16), torch.randn(7, 9, 12)
-    mask = _random_mask(7, 9, seed=1)
-    index = torch.tensor([2, 0, 0, 1, 2, 2, 1])
-    distinct.requires_grad_(True)
-    out, attention = attn(distinct, context, mask, return_attention=True, query_index=index)
-    gathered = distinct.detach()[index].requires_grad_(True)
-    expected, expected_attention = attn(gathered, context, mask, return_attention=True)
-    torch.testing.assert_close(out, expected)
-    torch.testing.assert_close(attention, expected_attention)
-    out.square().sum().backward()
-    expected.square().sum().backward()
-    # The gradient of a distinct row is the sum over the samples that use it.
-    summed = torch.zeros_like(distinct).index_add_(0, index, gathered.grad)
-    torch.testing.assert_close(distinct.grad, summed)
-
-
-def test_attend_is_forward_before_the_output_projection():
-    attn = CausalGatedCrossAttention(16, num_heads=4, head_dim=3)
-    query, context = _inputs()
-    gated, attention = attn.attend(query, context)
+def test_stages_compose_to_forward():
+    """forward is query + to_out(attend(project_query, project_context)); a caller may run the stages itself."""
+    attn = CausalGatedCrossAttention(16, num_heads=4, head_dim=3, context_dim=12)
+    query, context = torch.randn(3, 5, 16), torch.randn(3, 9, 12)
+    mask = _random_mask(3, 9, seed=2)
+    gated, attention = attn.attend(*attn.project_query(query), *attn.project_context(context), mask)
     assert gated.shape == (3, 5, 12) and attention.shape == (3, 4, 5, 9)
-    torch.testing.assert_close(query + attn.to_out(gated), attn(query, context))
-
-
-def test_query_index_errors():
-    attn = CausalGatedCrossAttention(16)
-    query, context = _inputs()
-    with pytest.raises(ValueError, match=r"query_index must be a long tensor of shape \(B,\)=\(3,\), got"):
-        attn(query, context, query_index=torch.tensor([0, 1]))
-    with pytest.raises(ValueError, match="query_index must be a long tensor"):
-        attn(query, context, query_index=torch.tensor([0.0, 1.0, 2.0]))
-    with pytest.raises(ValueError, match="query_index values must index the 3 query rows"):
-        attn(query, context, query_index=torch.tensor([0, 1, 3]))
+    out, expected_attention = attn(query, context, mask, return_attention=True)
+    torch.testing.assert_close(query + attn.to_out(gated), out)
+    torch.testing.assert_close(attention, expected_attention)

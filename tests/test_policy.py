@@ -343,7 +343,7 @@ def test_logic_stream_output_changes_when_the_atoms_change():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"fusion": "sum"}, r"fusion must be one of \('cross_attention', 'concat'\), got 'sum'"),
+        ({"fusion": "sum"}, r"fusion must be one of \('cross_attention', 'concat'\) or an nn.Module .*, got 'sum'"),
         ({"action_dim": 0}, "action_dim must be a positive integer, got 0"),
         ({"action_dim": 2.5}, "action_dim must be a positive integer, got 2.5"),
         ({"dim": 0}, "dim must be a positive integer, got 0"),

@@ -1,0 +1,150 @@
+"""Fusion modules: the shipped ones against their definitions, and a user's own module inside the policy."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from crossmoe import AuxLossWeights, CrossAttentionMoEPolicy, aux_loss
+from crossmoe.encoders import BoxEncoder, HypergraphLogicEncoder, LogicOutput
+from crossmoe.fusion import ConcatFusion, CrossAttentionFusion, Fusion, FusionOutput, make_fusion
+from crossmoe.hypergraph import Hypergraph, OperatorSpec
+
+DIM, B, N, OPS = 16, 6, 9, 5
+
+
+def _streams(seed=0, distinct=3):
+    generator = torch.Generator().manual_seed(seed)
+    visual = torch.randn(B, N, DIM, generator=generator)
+    mask = torch.rand(B, N, generator=generator) > 0.3
+    mask[:, 0] = True
+    tokens = torch.randn(distinct, OPS, DIM, generator=generator)
+    index = torch.tensor([2, 0, 0, 1, 2, 1])
+    scores = torch.randn(B, OPS, generator=generator)
+    return visual, mask, tokens, index, scores
+
+
+def test_cross_attention_fusion_equals_its_definition():
+    """context = LN(sum_o p_o f_o), f = attention(tokens, visual), p = softmax(pool_score(f) + scores)."""
+    fusion = CrossAttentionFusion(DIM, num_heads=2, sparse_topk=0.5, head_dim=4)
+    visual, mask, tokens, index, scores = _streams()
+    per_sample = tokens[index]
+    context, attention = fusion(visual, mask, LogicOutput(per_sample, scores))
+    fused, expected_attention = fusion.attention(per_sample, visual, mask, return_attention=True)
+    pool = torch.softmax(fusion.pool_score(fused).squeeze(-1) + scores, dim=1)
+    torch.testing.assert_close(context, fusion.pool_norm((pool.unsqueeze(-1) * fused).sum(1)))
+    torch.testing.assert_close(attention, expected_attention)
+    assert attention.shape == (B, 2, OPS, N)
+
+
+def test_cross_attention_fusion_deduplicated_tokens_give_the_same_context_and_gradients():
+    fusion = CrossAttentionFusion(DIM, num_heads=2, sparse_topk=0.5, head_dim=4)
+    visual, mask, tokens, index, scores = _streams(seed=1)
+    distinct = tokens.clone().requires_grad_(True)
+    gathered = tokens[index].clone().requires_grad_(True)
+    fast = fusion(visual, mask, LogicOutput(distinct, scores, None, index)).context
+    fast_grads = torch.autograd.grad(fast.square().sum(), [distinct, *fusion.parameters()])
+    slow = fusion(visual, mask, LogicOutput(gathered, scores)).context
+    slow_grads = torch.autograd.grad(slow.square().sum(), [gathered, *fusion.parameters()])
+    torch.testing.assert_close(fast, slow)
+    # A distinct row's gradient is the sum over the samples that use it.
+    torch.testing.assert_close(fast_grads[0], torch.zeros_like(tokens).index_add_(0, index, slow_grads[0]))
+    for fast_grad, slow_grad in zip(fast_grads[1:], slow_grads[1:], strict=True):
+        torch.testing.assert_close(fast_grad, slow_grad)
+
+
+def test_concat_fusion_equals_its_definition():
+    fusion = ConcatFusion(DIM)
+    visual, mask, tokens, index, scores = _streams(seed=2)
+    context, attention = fusion(visual, mask, LogicOutput(tokens, scores, None, index))
+    visual_mean = torch.stack([visual[b][mask[b]].mean(0) for b in range(B)])
+    logic_pool = (torch.softmax(scores, 1).unsqueeze(-1) * tokens[index]).sum(1)
+    torch.testing.assert_close(context, fusion.proj(torch.cat([logic_pool, visual_mean], -1)))
+    assert attention is None
+    unscored, _ = fusion(visual, None, LogicOutput(tokens[index]))
+    torch.testing.assert_close(unscored, fusion.proj(torch.cat([tokens[index].mean(1), visual.mean(1)], -1)))
+
+
+def test_cross_attention_fusion_rejects_a_mask_that_keeps_nothing():
+    fusion = CrossAttentionFusion(DIM, num_heads=2)
+    visual, mask, tokens, index, scores = _streams()
+    mask[3] = False
+    with pytest.raises(ValueError, match=r"visual_mask keeps no key for samples \[3\]"):
+        fusion(visual, mask, LogicOutput(tokens, scores, None, index))
+
+
+class MeanFusion(nn.Module):
+    """A user's fusion: mean of each stream, concatenated and projected; no attention maps."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.proj = nn.Linear(2 * dim, dim)
+
+    def forward(self, visual_tokens, visual_mask, logic):
+        return FusionOutput(self.proj(torch.cat([visual_tokens.mean(1), logic.per_sample_tokens().mean(1)], -1)))
+
+
+def test_make_fusion_resolves_names_and_passes_modules_through():
+    assert isinstance(make_fusion("cross_attention", DIM, num_heads=2), CrossAttentionFusion)
+    assert isinstance(make_fusion("concat", DIM), ConcatFusion)
+    module = MeanFusion(DIM)
+    assert make_fusion(module, DIM) is module
+    assert isinstance(module, Fusion)
+    with pytest.raises(ValueError, match=r"fusion must be one of \('cross_attention', 'concat'\).*got 'dot'"):
+        make_fusion("dot", DIM)
+
+
+def test_a_custom_fusion_module_trains_with_ppo_and_every_aux_loss():
+    """A user's module plugs in unchanged: the PPO surrogate and all 8 aux losses backpropagate into it."""
+    torch.manual_seed(0)
+    fusion = MeanFusion(DIM)
+    graph = Hypergraph(
+        ["a", "b"],
+        [
+            OperatorSpec(name, requires=req, expert=expert)
+            for name, req, expert in [
+                ("s", ("a",), "survival"),
+                ("c", ("b",), "combat"),
+                ("e", ("a", "b"), "exploration"),
+                ("g", (), "general"),
+            ]
+        ],
+    )
+    logic = HypergraphLogicEncoder(
+        graph, DIM, atoms=lambda obs: torch.as_tensor(obs["obs"])[:, :2] > 0, effect_passes=0
+    )
+    policy = CrossAttentionMoEPolicy(BoxEncoder(4, DIM), logic, action_dim=5, dim=DIM, fusion=fusion)
+    assert policy.fusion is fusion
+    optimizer = torch.optim.Adam(policy.parameters(), lr=1e-3)
+    steps, envs = 4, 3
+    obs = torch.randn(steps * envs, 4)
+    with torch.no_grad():
+        action, old_log_prob, _, _ = policy.get_action_and_value(obs)
+    before = [p.detach().clone() for p in fusion.parameters()]
+    _, log_prob, entropy, value, output = policy.get_action_and_value(obs, action, return_output=True)
+    assert output.attention is None
+    advantages = torch.randn(steps * envs)
+    ratio = (log_prob - old_log_prob).exp()
+    pg_loss = torch.max(-advantages * ratio, -advantages * ratio.clamp(0.8, 1.2)).mean()
+    shaped = {
+        name: getattr(output, name).unflatten(0, (steps, envs))
+        for name in (
+            "router_logits",
+            "router_weights",
+            "expert_logits",
+            "expert_features",
+            "operator_scores",
+            "applicable",
+        )
+    }
+    shaped["operator_to_expert"] = output.operator_to_expert
+    total_aux, parts = aux_loss(shaped, AuxLossWeights(), dones=torch.zeros(steps, envs, dtype=torch.bool))
+    assert len(parts) == 8 and all(bool(torch.isfinite(value)) for value in parts.values())
+    loss = pg_loss - 0.01 * entropy.mean() + 0.5 * value.square().mean() + total_aux
+    optimizer.zero_grad()
+    loss.backward()
+    assert all(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in fusion.parameters())
+    optimizer.step()
+    assert all(not torch.equal(b, a) for b, a in zip(before, fusion.parameters(), strict=True))
+    assert bool(torch.isfinite(loss))
