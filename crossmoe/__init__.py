@@ -1,9 +1,13 @@
 """crossmoe: neuro-symbolic Mixture-of-Experts components for PyTorch."""
 
-from crossmoe import diagnostics, encoders, functional, graph, losses
+import importlib
+from typing import Any
+
+from crossmoe import diagnostics, encoders, functional, fusion, hypergraph, losses
 from crossmoe.attention import CausalGatedCrossAttention
 from crossmoe.experts import SemanticExpertBank
-from crossmoe.graph import Hypergraph, HypergraphEncoder, OperatorSpec
+from crossmoe.fusion import ConcatFusion, CrossAttentionFusion, FusionOutput
+from crossmoe.hypergraph import Hypergraph, OperatorSpec
 from crossmoe.losses import AuxLossWeights, aux_loss
 from crossmoe.policy import ActorCritic, CrossAttentionMoEPolicy, PolicyOutput
 from crossmoe.routing import RouterOutput, SparsemaxRouter
@@ -15,7 +19,10 @@ __all__ = [
     "ActorCritic",
     "AuxLossWeights",
     "CausalGatedCrossAttention",
+    "ConcatFusion",
+    "CrossAttentionFusion",
     "CrossAttentionMoEPolicy",
+    "FusionOutput",
     "Hypergraph",
     "HypergraphEncoder",
     "OperatorSpec",
@@ -30,6 +37,23 @@ __all__ = [
     "diagnostics",
     "encoders",
     "functional",
+    "fusion",
     "graph",
+    "hypergraph",
     "losses",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import ``crossmoe.graph`` (and :class:`~crossmoe.graph.HypergraphEncoder`) on first use (PEP 562).
+
+    It needs torch-geometric, so ``import crossmoe`` works without it and only
+    these two names raise its ImportError, which names the install command.
+    """
+    if name == "graph":
+        return importlib.import_module("crossmoe.graph")
+    if name == "HypergraphEncoder":
+        value = importlib.import_module("crossmoe.graph").HypergraphEncoder
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,25 +1,46 @@
-"""Generic encoders that plug into :class:`~crossmoe.policy.CrossAttentionMoEPolicy`.
+"""The encoder contracts of :class:`~crossmoe.policy.CrossAttentionMoEPolicy`, and generic encoders.
 
-A *visual* encoder maps an observation dict to ``(tokens (B, N, D), mask (B, N) or None)``;
-a *logic* encoder maps it to ``(operator_tokens (B, O, D), operator_scores (B, O) or None)``
-and may add a third element, the ``(B, O)`` bool applicability mask used by
-:func:`~crossmoe.losses.hypergraph_alignment_loss`. Each encoder reads its own
-keys, and accepts numpy arrays or tensors.
+The two contracts are stated once, here, as protocols:
+
+- a :class:`VisualEncoder` maps an observation dict to
+  ``(tokens (B, N, D), mask (B, N) bool or None)``;
+- a :class:`LogicEncoder` maps it to a :class:`LogicOutput`
+  ``(tokens, scores, applicable, index)``. A plain tuple ``(tokens, scores)``,
+  ``(tokens, scores, applicable)`` or ``(tokens, scores, applicable, index)``
+  is accepted too: the policy wraps it with ``LogicOutput(*result)``.
+
+Each encoder reads its own keys. An encoder may also have a
+``prepare(obs) -> obs`` method: the policy calls it on the raw observation
+dict (numpy arrays or tensors), outside ``torch.compile``, before it turns the
+arrays into tensors on its device (:func:`prepare_observation`). Work that is
+not tensor maths (the NetHack atoms are computed with NumPy) belongs there,
+so that ``forward`` stays compilable.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from crossmoe.graph import Hypergraph, HypergraphEncoder
+from crossmoe.functional import is_compiling
+from crossmoe.hypergraph import Hypergraph
 
-__all__ = ["BoxEncoder", "HypergraphLogicEncoder", "LearnedQueries", "LogicOutput", "batch_size", "obs_tensor"]
+__all__ = [
+    "BoxEncoder",
+    "HypergraphLogicEncoder",
+    "LearnedQueries",
+    "LogicEncoder",
+    "LogicOutput",
+    "VisualEncoder",
+    "batch_size",
+    "obs_tensor",
+    "prepare_observation",
+]
 
 
 class LogicOutput(NamedTuple):
@@ -44,6 +65,44 @@ class LogicOutput(NamedTuple):
         """The ``(B, O, D)`` tokens, gathered through ``index`` when it is set."""
         # index_select rather than tokens[index]: its backward (index_add) is far faster on the CPU.
         return self.tokens if self.index is None else self.tokens.index_select(0, self.index)
+
+
+@runtime_checkable
+class VisualEncoder(Protocol):
+    """Maps an observation dict to ``(tokens (B, N, D), mask (B, N) bool or None)``; True in the mask = keep."""
+
+    def __call__(self, obs: Mapping[str, Any]) -> tuple[Tensor, Tensor | None]: ...
+
+
+@runtime_checkable
+class LogicEncoder(Protocol):
+    """Maps an observation dict to a :class:`LogicOutput` (or a plain tuple of its leading fields)."""
+
+    def __call__(self, obs: Mapping[str, Any]) -> LogicOutput: ...
+
+
+def prepare_observation(
+    obs: Mapping[str, Any] | Tensor | np.ndarray, encoders: Iterable[nn.Module], device: torch.device | str | None
+) -> dict[str, Any]:
+    """Make an observation ready for the encoders' ``forward``.
+
+    A bare array or tensor becomes ``{"obs": obs}``. Each encoder's optional
+    ``prepare(obs) -> obs`` hook runs on the raw dict, in order; then every
+    numpy array (and numpy scalar) becomes a tensor on ``device`` (without a
+    copy where it can), and tensors move to ``device``. Other values pass
+    through. Policies call this outside the compiled region.
+    """
+    obs = dict(obs) if isinstance(obs, Mapping) else {"obs": obs}
+    for encoder in encoders:
+        hook = getattr(encoder, "prepare", None)
+        if callable(hook):
+            obs = hook(obs)
+    prepared = {}
+    for key, value in obs.items():
+        if isinstance(value, (np.ndarray, np.generic)):
+            value = torch.as_tensor(value)
+        prepared[key] = value.to(device) if isinstance(value, Tensor) else value
+    return prepared
 
 
 def obs_tensor(
@@ -165,6 +224,8 @@ class HypergraphLogicEncoder(nn.Module):
             states repeats few distinct atom sets (tens to a few hundred per
             thousand), so this is exact and several times cheaper; the policy's
             attention then also computes its query side once per distinct row.
+            Under ``torch.compile`` the encoder runs per sample instead
+            (``torch.unique`` has a data-dependent size).
         **encoder_kwargs: Passed to :class:`~crossmoe.graph.HypergraphEncoder`.
 
     Shapes:
@@ -181,6 +242,8 @@ class HypergraphLogicEncoder(nn.Module):
         deduplicate: bool = True,
         **encoder_kwargs: Any,
     ) -> None:
+        from crossmoe.graph import HypergraphEncoder  # needs torch-geometric; import crossmoe does not
+
         super().__init__()
         self.dim, self.key, self.atoms, self.deduplicate = dim, key, atoms, deduplicate
         self.graph_encoder = HypergraphEncoder(hypergraph, dim, **encoder_kwargs)
@@ -206,10 +269,17 @@ class HypergraphLogicEncoder(nn.Module):
             )
         return values
 
+    def prepare(self, obs: dict[str, Any]) -> dict[str, Any]:
+        """Store ``atoms(obs)`` under ``key`` when the observation lacks it (the policy calls this eagerly)."""
+        if self.key not in obs and self.atoms is not None:
+            obs[self.key] = self.atoms(obs)
+        return obs
+
     def forward(self, obs: Mapping[str, Any]) -> LogicOutput:
         activations = self.activations(obs)
         applicable = self.hypergraph.applicable(activations)
-        if not self.deduplicate:
+        # torch.unique has a data-dependent size, so the compiled graph runs per sample (the same result).
+        if not self.deduplicate or is_compiling():
             return LogicOutput(*self.graph_encoder(activations), applicable)
         distinct, index = torch.unique(activations, dim=0, return_inverse=True)
         tokens, scores = self.graph_encoder(distinct)

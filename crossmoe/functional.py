@@ -13,6 +13,7 @@ without the :mod:`torch.nn` wrappers:
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from entmax import entmax15, entmax_bisect, sparsemax
@@ -25,6 +26,7 @@ __all__ = [
     "check_temperature",
     "combine_experts",
     "entmax",
+    "entmax_tensor_alpha",
     "is_compiling",
     "sparse_topk_softmax",
     "topk_support_size",
@@ -96,6 +98,61 @@ def entmax(logits: Tensor, alpha: float = 1.5, dim: int = -1, n_iter: int | None
     if n_iter is None:
         n_iter = 50 if logits.dtype == torch.float64 else 25
     return entmax_bisect(logits, alpha=alpha, dim=dim, n_iter=n_iter)
+
+
+def _entmax_backward(probs: Tensor, grad: Tensor, alpha: float) -> Tensor:
+    r"""Vector-Jacobian product of :func:`entmax` along the last dim.
+
+    With :math:`s = p^{2 - \alpha}` on the support (0 elsewhere),
+    :math:`\nabla_z = s \odot (g - \frac{s^\top g}{\sum s})` (Peters et al., 2019):
+    the softmax backward at ``alpha = 1`` and the sparsemax backward at ``alpha = 2``.
+    """
+    support = probs > 0
+    s = torch.where(support, probs.clamp_min(torch.finfo(probs.dtype).tiny) ** (2.0 - alpha), 0.0)
+    return s * (grad - (s * grad).sum(-1, keepdim=True) / s.sum(-1, keepdim=True))
+
+
+if hasattr(torch.library, "custom_op"):  # torch >= 2.4
+
+    @torch.library.custom_op("crossmoe::entmax_last_dim", mutates_args=())
+    def _entmax_op(logits: Tensor, alpha: Tensor) -> Tensor:
+        return entmax(logits, float(alpha), dim=-1).to(logits.dtype)
+
+    @_entmax_op.register_fake
+    def _(logits: Tensor, alpha: Tensor) -> Tensor:
+        return torch.empty_like(logits)
+
+    def _entmax_op_setup(ctx: Any, inputs: tuple[Tensor, Tensor], output: Tensor) -> None:
+        ctx.save_for_backward(output, inputs[1])
+
+    @torch.library.custom_op("crossmoe::entmax_last_dim_backward", mutates_args=())
+    def _entmax_backward_op(probs: Tensor, grad: Tensor, alpha: Tensor) -> Tensor:
+        return _entmax_backward(probs, grad, float(alpha))
+
+    @_entmax_backward_op.register_fake
+    def _(probs: Tensor, grad: Tensor, alpha: Tensor) -> Tensor:
+        return torch.empty_like(grad)
+
+    def _entmax_op_backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        probs, alpha = ctx.saved_tensors
+        return _entmax_backward_op(probs, grad, alpha), None
+
+    _entmax_op.register_autograd(_entmax_op_backward, setup_context=_entmax_op_setup)
+else:  # pragma: no cover - old torch: the compiled graph breaks at the router instead
+    _entmax_op = None
+
+
+def entmax_tensor_alpha(logits: Tensor, alpha: Tensor) -> Tensor:
+    """:func:`entmax` along the last dim with ``alpha`` held in a 0-dim tensor (for compiled code).
+
+    Under ``torch.compile`` this is one opaque operator (``crossmoe::entmax_last_dim``)
+    whose ``alpha`` is a tensor input, so a schedule that changes alpha between
+    steps does not recompile the graph; its backward is the closed form of
+    :func:`_entmax_backward`. In eager mode it is :func:`entmax` itself.
+    """
+    if _entmax_op is None or not is_compiling():
+        return entmax(logits, float(alpha), dim=-1)
+    return _entmax_op(logits, alpha)
 
 
 def topk_support_size(n_kept: Tensor, topk: float) -> Tensor:

@@ -7,7 +7,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from crossmoe.functional import check_alpha, check_temperature, entmax
+from crossmoe.functional import check_alpha, check_temperature, entmax, entmax_tensor_alpha, is_compiling
 
 __all__ = ["RouterOutput", "SparsemaxRouter"]
 
@@ -42,6 +42,11 @@ class SparsemaxRouter(nn.Module):
     step runs in float32 even under autocast, because entmax returns NaN in
     half precision.
 
+    Under ``torch.compile`` the router reads alpha and temperature from a
+    non-persistent float64 buffer that the setters keep in step with the
+    attributes, so a schedule that changes them between steps does not
+    recompile the graph.
+
     Args:
         dim: Input width ``D``.
         num_experts: Number of experts ``E`` (at least 2).
@@ -71,6 +76,8 @@ class SparsemaxRouter(nn.Module):
             raise ValueError(f"hidden_dim must be >= 0 (0 = linear router), got {hidden_dim!r}")
         self.dim = dim
         self.num_experts = num_experts
+        # (alpha, temperature) as a tensor for compiled graphs; kept equal to the float attributes.
+        self.register_buffer("routing_state", torch.tensor([1.0, 1.0], dtype=torch.float64), persistent=False)
         self.alpha = alpha
         self.temperature = temperature
         if hidden_dim == 0:
@@ -86,6 +93,8 @@ class SparsemaxRouter(nn.Module):
     @alpha.setter
     def alpha(self, value: float) -> None:
         self._alpha = check_alpha(value)
+        with torch.no_grad():
+            self.routing_state[0] = self._alpha
 
     @property
     def temperature(self) -> float:
@@ -95,6 +104,8 @@ class SparsemaxRouter(nn.Module):
     @temperature.setter
     def temperature(self, value: float) -> None:
         self._temperature = check_temperature(value)
+        with torch.no_grad():
+            self.routing_state[1] = self._temperature
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha:g}, temperature={self.temperature:g}"
@@ -106,5 +117,9 @@ class SparsemaxRouter(nn.Module):
             param_dtype = next(self.net.parameters()).dtype
             logits = self.net(x.to(param_dtype))
             work = logits if logits.dtype == torch.float64 else logits.float()
-            weights = entmax(work / self.temperature, alpha=self.alpha, dim=-1)
+            if is_compiling():  # tensor-valued alpha and temperature: no recompile when a schedule moves them
+                state = self.routing_state.to(work.dtype)
+                weights = entmax_tensor_alpha(work / state[1], state[0])
+            else:
+                weights = entmax(work / self.temperature, alpha=self.alpha, dim=-1)
         return RouterOutput(weights=weights, logits=logits)

@@ -8,8 +8,12 @@ file; everything here is reusable by any PyTorch training loop:
   fault, lowering the learning rate.
 - :func:`save_checkpoint` writes atomically (temp file, ``fsync``,
   ``os.replace``), so a crash or ``SIGKILL`` never leaves a torn file;
-  :func:`load_checkpoint` reads it back.
-- :func:`rng_state` / :func:`set_rng_state` capture Python, NumPy and torch RNGs.
+  :func:`load_checkpoint` reads it back with ``torch.load(weights_only=True)``,
+  so loading a checkpoint never runs code. A checkpoint therefore holds plain
+  data only (dicts, lists, tuples, strings, numbers, booleans, ``None`` and
+  tensors), which :func:`save_checkpoint` checks before it writes.
+- :func:`rng_state` / :func:`set_rng_state` capture Python, NumPy and torch RNGs
+  as plain data.
 - :class:`MetricsLogger` appends one JSON row per update to ``metrics.jsonl``
   (truncated to the checkpoint on resume) and mirrors scalars to TensorBoard.
 - :class:`RewardScaler` clips or scales rewards with checkpointable state.
@@ -22,9 +26,14 @@ import copy
 import json
 import math
 import os
+import pickle
+import pickletools
 import random
+import re
 import signal
 import tempfile
+import zipfile
+from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
@@ -35,11 +44,13 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
+    "CheckpointError",
     "GracefulExit",
     "MetricsLogger",
     "NaNGuard",
     "NonFiniteTrainingError",
     "RewardScaler",
+    "UnsafeCheckpointError",
     "load_checkpoint",
     "read_metrics",
     "rng_state",
@@ -50,6 +61,18 @@ __all__ = [
 
 class NonFiniteTrainingError(RuntimeError):
     """Raised by :class:`NaNGuard` after too many consecutive non-finite steps."""
+
+
+class CheckpointError(ValueError):
+    """Raised by :func:`load_checkpoint` for a file that is not a complete checkpoint (truncated or corrupt)."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """Raised by :func:`load_checkpoint` for a file that would run code when unpickled.
+
+    Such a file holds objects other than plain data and tensors (a class, a
+    function call), which ``torch.load(weights_only=True)`` refuses to build.
+    """
 
 
 class NaNGuard:
@@ -142,13 +165,49 @@ class NaNGuard:
             group["lr"] = lr * self.lr_factor
 
     def state_dict(self) -> dict[str, Any]:
-        return {"lr_scale": self.lr_scale, "total_faults": self.total_faults}
+        """The learning-rate scale and the fault count, as plain Python numbers."""
+        return {"lr_scale": float(self.lr_scale), "total_faults": int(self.total_faults)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.lr_scale = float(state["lr_scale"])
         self.total_faults = int(state["total_faults"])
         self.consecutive_faults = 0
         self.snapshot()
+
+
+# What ``torch.load(weights_only=True)`` rebuilds without running code; exact types, since a
+# subclass (a NumPy float, an ``IntEnum``) is pickled by reference to its class.
+_PLAIN_SCALARS = (str, int, float, bool, type(None), torch.dtype, torch.device)
+_PLAIN_TENSORS = (Tensor, nn.Parameter)
+_PLAIN_DATA = "dict, list, tuple, str, int, float, bool, None, torch.Tensor, torch.Size, torch.dtype or torch.device"
+
+
+def _check_plain(value: Any, where: str, containers: set[int]) -> None:
+    """Raise ValueError naming ``where`` if ``value`` holds anything ``torch.load(weights_only=True)`` rejects."""
+    kind = type(value)
+    if kind in _PLAIN_SCALARS or kind in _PLAIN_TENSORS or kind is torch.Size:
+        return
+    if kind not in (dict, OrderedDict, list, tuple):
+        name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+        raise ValueError(
+            f"{where} must be plain data ({_PLAIN_DATA}), which load_checkpoint can read back with "
+            f"torch.load(weights_only=True), got {name}; convert it first (a NumPy array with .tolist() or "
+            "torch.from_numpy, a NumPy scalar with .item(), an object to its state_dict())"
+        )
+    if id(value) in containers:  # a container that holds itself: already being checked
+        return
+    containers.add(id(value))
+    if kind is list or kind is tuple:
+        for index, item in enumerate(value):
+            _check_plain(item, f"{where}[{index}]", containers)
+    else:
+        for key, item in value.items():
+            _check_plain(key, f"a key of {where}", containers)
+            _check_plain(item, f"{where}[{key!r}]", containers)
+        if kind is OrderedDict:  # state_dict() sets a ``_metadata`` attribute, pickled along with the items
+            for name, item in vars(value).items():
+                _check_plain(item, f"{where}.{name}", containers)
+    containers.discard(id(value))
 
 
 def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, Any]) -> Path:
@@ -158,7 +217,19 @@ def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, Any]) -> P
     ``fsync``-ed and then moved over ``path`` with ``os.replace``. A reader
     therefore sees either the old checkpoint or the new one, never a torn file,
     even if the process is killed mid-write.
+
+    :func:`load_checkpoint` reads checkpoints with ``weights_only=True``, so
+    ``state`` may hold only plain data: ``dict`` (``OrderedDict`` included),
+    ``list``, ``tuple``, ``str``, ``int``, ``float``, ``bool``, ``None``,
+    tensors, ``torch.Size``, ``torch.dtype`` and ``torch.device``. Module and
+    optimizer ``state_dict()``, :func:`rng_state` and the ``state_dict()`` of
+    :class:`NaNGuard` and :class:`RewardScaler` are plain data.
+
+    Raises:
+        ValueError: ``state`` holds anything else (a NumPy array or scalar, a
+            custom object); the message names where, and nothing is written.
     """
+    _check_plain(dict(state), "state", set())
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -182,33 +253,102 @@ def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, Any]) -> P
     return path
 
 
+def _damage(path: Path) -> str | None:
+    """Why ``path`` is not a complete ``torch.save`` file, or None if its archive and pickle are whole.
+
+    Reads the file without unpickling it: a zip archive (what ``torch.save``
+    writes) must open, pass its CRC checks and hold a ``data.pkl`` record; that
+    pickle, or the file itself when it is not a zip archive, must parse to its
+    ``STOP`` opcode.
+    """
+    with path.open("rb") as handle:
+        magic = handle.read(4)
+    if magic == b"PK\x03\x04":
+        try:
+            with zipfile.ZipFile(path) as archive:
+                broken = archive.testzip()
+                if broken is not None:
+                    return f"record {broken!r} fails its CRC check"
+                records = [name for name in archive.namelist() if name.rsplit("/", 1)[-1] == "data.pkl"]
+                if not records:
+                    return "the zip archive has no data.pkl record"
+                data = archive.read(records[0])
+        except (zipfile.BadZipFile, EOFError, ValueError) as error:
+            return f"the zip archive cannot be read: {error}"
+    else:
+        data = path.read_bytes()
+    try:
+        for _ in pickletools.genops(data):
+            pass
+    except Exception as error:  # genops raises ValueError, but malformed arguments raise others
+        return f"the pickle cannot be parsed: {error}"
+    return None
+
+
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint`.
 
-    Checkpoints hold RNG states and plain Python objects besides tensors, so
-    they are loaded with ``weights_only=False``: only load files you wrote.
+    The file is loaded with ``torch.load(weights_only=True)``, which rebuilds
+    plain data and tensors only and never runs code from the file; there is no
+    fallback to ``weights_only=False``. Checkpoints written by
+    :func:`save_checkpoint` hold plain data only, so they always load.
+
+    Raises:
+        FileNotFoundError: There is no file at ``path``.
+        CheckpointError: The file is truncated or corrupt (not a complete
+            ``torch.save`` file).
+        UnsafeCheckpointError: The file is a complete pickle that references
+            classes or functions besides plain data and tensors: loading it
+            would run code, so it is refused.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {str(path)!r}")
-    return torch.load(path, map_location=map_location, weights_only=False)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # torch.load fails on a damaged file with OSError, IndexError, EOFError, ...
+        try:
+            damage = _damage(path)
+        except OSError:  # the file cannot be read at all: torch.load's error says why
+            damage = ""
+        if damage:
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} is truncated or corrupt ({damage}); save_checkpoint writes atomically, "
+                "so the file was cut short or damaged after it was written (an interrupted copy, a full disk)"
+            ) from error
+        if damage is None and isinstance(error, pickle.UnpicklingError):
+            found = re.search(r"GLOBAL (\S+) was not an allowed global", str(error))
+            culprit = f" ({found.group(1)})" if found else ""
+            raise UnsafeCheckpointError(
+                f"refusing to execute code from checkpoint {str(path)!r}: it references a class or function"
+                f"{culprit} besides plain data and tensors, which torch.load(weights_only=True) will not run. "
+                "save_checkpoint never writes such a file; do not load it unless you know where it comes from"
+            ) from error
+        raise
 
 
 def rng_state() -> dict[str, Any]:
-    """The Python, NumPy and torch (CPU and CUDA) RNG states."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """The Python, NumPy and torch (CPU and CUDA) RNG states, as plain data.
+
+    Python's state is its tuple of ints; NumPy's is the dict of
+    ``np.random.get_state(legacy=False)`` with the Mersenne Twister key as a
+    list of ints; torch's are byte tensors. All of it can go into a checkpoint.
+    """
+    numpy_state = np.random.get_state(legacy=False)
+    numpy_state["state"] = {**numpy_state["state"], "key": numpy_state["state"]["key"].tolist()}
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: Mapping[str, Any]) -> None:
-    """Restore RNG states captured by :func:`rng_state`."""
+    """Restore RNG states captured by :func:`rng_state` (wherever ``map_location`` put the tensors)."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([device_state.cpu() for device_state in state["cuda"]])
 
 
 class MetricsLogger:
@@ -360,12 +500,13 @@ class RewardScaler:
         self.var, self.count = m2 / total, total
 
     def state_dict(self) -> dict[str, Any]:
+        """The running statistics as plain data (the per-env returns as a list of floats)."""
         return {
             "mode": self.mode,
-            "returns": self.returns.copy(),
-            "mean": self.mean,
-            "var": self.var,
-            "count": self.count,
+            "returns": self.returns.tolist(),
+            "mean": float(self.mean),
+            "var": float(self.var),
+            "count": float(self.count),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:

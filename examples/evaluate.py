@@ -3,8 +3,9 @@
     python examples/evaluate.py runs/demo/checkpoints/best.pt --episodes 50
     python examples/evaluate.py runs/x/checkpoints/last.pt --deterministic --out eval.json
 
-The environment, policy and routing state (alpha and temperature at the
-checkpoint's step) come from the checkpoint. Episodes are seeded from
+The environment comes from the checkpoint's arguments, and the agent, with
+the routing state (alpha and temperature) of its step, from
+:func:`crossmoe.nethack.load_agent`. Episodes are seeded from
 ``--seed``, far from the training seeds by default. Prints one JSON object:
 mean, standard deviation and median of the return, the episode lengths and
 in-game scores, and the routing usage of the experts (MoE agents).
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,14 +23,9 @@ import torch
 import tyro
 from nle import nethack
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ppo_nethack import SCHEDULE_COUNTER, make_agent, split_episode_ends
-from ppo_nethack import Args as TrainArgs
-
-from crossmoe import TemperatureAnnealingScheduler
+from crossmoe import CrossAttentionMoEPolicy
 from crossmoe.diagnostics import expert_usage
-from crossmoe.losses import AuxLossWeights
-from crossmoe.nethack import extract_atoms, make_vector_env
+from crossmoe.nethack import load_agent, make_vector_env, split_episode_ends
 from crossmoe.training import load_checkpoint
 
 
@@ -56,18 +51,11 @@ def evaluate(args: Args) -> dict:
     if args.episodes < 1 or args.num_envs < 1:
         raise ValueError(f"episodes and num_envs must be >= 1, got {args.episodes} and {args.num_envs}")
     state = load_checkpoint(args.checkpoint)
-    train = TrainArgs(**{**state["args"], "aux": AuxLossWeights(**state["args"]["aux"])})
-    env_kwargs = {} if train.max_episode_steps is None else {"max_episode_steps": train.max_episode_steps}
-    envs = make_vector_env(args.num_envs, args.seed, train.env_id, **env_kwargs)
-    moe = train.policy == "moe"
-    agent = make_agent(train, envs)
-    agent.load_state_dict(state["model"])
-    agent.to(args.device)
-    if moe:
-        routing = TemperatureAnnealingScheduler(**state["scheduler"])(
-            state["counters"][SCHEDULE_COUNTER[train.schedule_unit]]
-        )
-        routing.apply(agent)
+    train = state["args"]  # the training run's arguments, as plain data
+    env_kwargs = {} if train["max_episode_steps"] is None else {"max_episode_steps": train["max_episode_steps"]}
+    envs = make_vector_env(args.num_envs, args.seed, train["env_id"], **env_kwargs)
+    agent = load_agent(args.checkpoint, map_location=args.device)
+    moe = isinstance(agent, CrossAttentionMoEPolicy)
 
     obs, _ = envs.reset(seed=args.seed)
     returns, lengths, scores, weights = [], [], [], []
@@ -76,12 +64,9 @@ def evaluate(args: Args) -> dict:
     running_score = np.zeros(args.num_envs)
     active = np.ones(args.num_envs, dtype=bool)  # False on the autoreset step after an episode end
     while len(returns) < args.episodes:
-        batch = {key: torch.from_numpy(value).to(args.device) for key, value in obs.items()}
-        if moe:
-            batch["atoms"] = torch.from_numpy(extract_atoms(obs)).to(args.device)
         with torch.inference_mode():
             action, _, _, _, output = agent.get_action_and_value(
-                batch, deterministic=args.deterministic, return_output=True
+                obs, deterministic=args.deterministic, return_output=True
             )
         if moe:
             weights.append(output.router_weights[torch.from_numpy(active)].cpu())
@@ -101,8 +86,8 @@ def evaluate(args: Args) -> dict:
     returns, lengths, scores = returns[: args.episodes], lengths[: args.episodes], scores[: args.episodes]
     result = {
         "checkpoint": args.checkpoint,
-        "env_id": train.env_id,
-        "policy": train.policy,
+        "env_id": train["env_id"],
+        "policy": train["policy"],
         "global_step": state["counters"]["global_step"],
         "episodes": len(returns),
         "deterministic": args.deterministic,

@@ -2,6 +2,8 @@
 
 python examples/plots.py runs/<run>                  # writes learning_curve.png and routing.png there
 python examples/plots.py runs/a runs/b --out cmp.png # compare the learning curves of several runs
+
+The plotting functions live in :mod:`crossmoe.plots`.
 """
 
 from __future__ import annotations
@@ -9,94 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-import numpy as np
 import tyro
 
+from crossmoe.plots import plot_learning_curves, plot_run
 from crossmoe.training import read_metrics
-
-PHASE_COLORS = {"warmup": "tab:blue", "transition": "tab:orange", "finetune": "tab:green"}
-
-
-def _series(rows: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
-    points = [(row["global_step"], row[key]) for row in rows if row.get(key) is not None]
-    if not points:
-        return np.zeros(0), np.zeros(0)
-    steps, values = zip(*points, strict=True)
-    return np.asarray(steps, dtype=float), np.asarray(values, dtype=float)
-
-
-def _shade_phases(ax: plt.Axes, rows: list[dict]) -> None:
-    start = 0.0
-    for index, row in enumerate(rows):
-        last = index == len(rows) - 1
-        if last or rows[index + 1].get("phase") != row.get("phase"):
-            if row.get("phase") in PHASE_COLORS:
-                ax.axvspan(start, row["global_step"], color=PHASE_COLORS[row["phase"]], alpha=0.08, lw=0)
-            start = row["global_step"]
-
-
-def plot_learning_curves(runs: dict[str, list[dict]], path: Path) -> Path:
-    """Rolling mean episodic return (and the per-update mean, faint) against env steps."""
-    fig, ax = plt.subplots(figsize=(7, 4), constrained_layout=True)
-    for label, rows in runs.items():
-        steps, returns = _series(rows, "episodic_return")
-        (line,) = ax.plot(*_series(rows, "rolling_return"), label=label)
-        ax.plot(steps, returns, color=line.get_color(), alpha=0.25, lw=0.8)
-    if len(runs) == 1:
-        _shade_phases(ax, next(iter(runs.values())))
-    ax.set(xlabel="env steps", ylabel="episodic return", title="Learning curve (rolling mean; faint: per update)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def plot_routing(rows: list[dict], path: Path) -> Path | None:
-    """Alpha and temperature, routing entropy, expert usage, and attention sparsity over training."""
-    if not any("routing_entropy" in row for row in rows):
-        return None  # the mlp baseline has no router
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True, constrained_layout=True)
-    ax = axes[0, 0]
-    ax.plot(*_series(rows, "alpha"), label="alpha")
-    ax.plot(*_series(rows, "temperature"), label="temperature")
-    ax.set(title="Routing schedule")
-    ax.legend()
-    ax = axes[0, 1]
-    ax.plot(*_series(rows, "routing_entropy"), color="tab:purple")
-    ax.set(title="Routing entropy (nats)")
-    ax = axes[1, 0]
-    usage_keys = sorted({key for row in rows for key in row if key.startswith("usage/")})
-    steps = np.asarray([row["global_step"] for row in rows if usage_keys[0] in row], dtype=float)
-    usage = [np.asarray([row[key] for row in rows if usage_keys[0] in row], dtype=float) for key in usage_keys]
-    ax.stackplot(steps, *usage, labels=[key.removeprefix("usage/") for key in usage_keys], alpha=0.8)
-    ax.set(title="Expert usage (share of top-1 routing)", xlabel="env steps", ylim=(0, 1))
-    ax.legend(loc="upper left", fontsize=8)
-    ax = axes[1, 1]
-    for key in ("attention_sparsity", "aux/load_balance", "aux/alignment"):
-        if any(row.get(key) is not None for row in rows):
-            ax.plot(*_series(rows, key), label=key)
-    ax.set(title="Attention sparsity and aux losses", xlabel="env steps")
-    ax.legend(fontsize=8)
-    for ax in axes.flat:
-        _shade_phases(ax, rows)
-        ax.grid(alpha=0.3)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def plot_run(run_dir: str | Path) -> list[Path]:
-    """Write ``learning_curve.png`` and (for MoE runs) ``routing.png`` into ``run_dir``."""
-    run_dir = Path(run_dir)
-    rows = read_metrics(run_dir / "metrics.jsonl")
-    written = [plot_learning_curves({run_dir.name: rows}, run_dir / "learning_curve.png")]
-    routing = plot_routing(rows, run_dir / "routing.png")
-    return written + ([routing] if routing else [])
 
 
 @dataclass

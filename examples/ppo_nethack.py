@@ -17,9 +17,12 @@ What it does, in order:
   game: ``terminated`` is True, ``truncated`` False and ``info["end_status"]``
   is ``ABORTED``, and the final observation is blanked by the quit. Such an
   episode is not terminal; it bootstraps from the value of its last real
-  observation (:func:`split_episode_ends`).
-- The rollout buffer is ``(T, N)``. The atoms are extracted once per step and
-  stored, so the update reuses them. GAE runs backwards in time below.
+  observation (:func:`crossmoe.nethack.split_episode_ends`).
+- The rollout buffer is ``(T, N)`` and holds what ``agent.prepare(obs)``
+  returns: the observation as tensors plus, for the MoE agent, its atoms, so
+  the update reuses them. GAE runs backwards in time below.
+- ``--compile`` runs the agent's forward through ``torch.compile``
+  (``agent.compile()``): the numpy conversion and the atoms stay eager.
 - The routing schedule (softmax warm-up, annealing, sparsemax fine-tune) sets
   the router's alpha and temperature before each rollout, so the rollout and
   the update see the same policy and the first minibatch has ratio 1.
@@ -44,7 +47,6 @@ import dataclasses
 import json
 import math
 import random
-import sys
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
@@ -57,12 +59,12 @@ import torch
 import torch.nn as nn
 import tyro
 from nle import nethack
-from nle.env.base import NLE
 from tqdm import tqdm
 
 from crossmoe import AuxLossWeights, TemperatureAnnealingScheduler, aux_loss
 from crossmoe.diagnostics import moe_diagnostics
-from crossmoe.nethack import extract_atoms, make_baseline_policy, make_policy, make_vector_env
+from crossmoe.nethack import make_baseline_policy, make_policy, make_vector_env, split_episode_ends
+from crossmoe.plots import plot_run
 from crossmoe.training import (
     GracefulExit,
     MetricsLogger,
@@ -104,6 +106,8 @@ class Args:
     """``sync`` steps the envs in this process; ``async`` in one subprocess each (slower on 2 cores)."""
     torch_threads: int = 0
     """Intra-op threads for torch; 0 keeps torch's default."""
+    compile: bool = False
+    """Compile the agent's forward with ``torch.compile`` (a cold compile takes a minute or two)."""
 
     learning_rate: float = 3e-4
     """Adam learning rate."""
@@ -169,24 +173,17 @@ class Args:
 
 
 SCHEDULE_COUNTER = {"env_steps": "global_step", "updates": "update", "episodes": "episodes"}
-RESUMABLE = ("total_timesteps", "device", "progress", "plots", "track_tensorboard", "inject_nan_at_update", "run_dir")
-
-
-def split_episode_ends(
-    terminated: np.ndarray, truncated: np.ndarray, info: dict
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(terminal, ends, aborted)`` of one vector step, all ``(N,)`` bool.
-
-    ``aborted`` marks episodes NLE quit at its own step cap (``end_status`` is
-    ``ABORTED``, reported as ``terminated``): they are cut off, not terminal,
-    and their final observation is blank. A death on the last step of a
-    gymnasium time limit is terminal.
-    """
-    aborted = np.zeros_like(terminated)
-    if "end_status" in info:
-        status = np.asarray(info["end_status"]).astype(np.int64)
-        aborted = (status == int(NLE.StepStatus.ABORTED)) & info["_end_status"]
-    return terminated & ~aborted, terminated | truncated, aborted
+RESUMABLE = (
+    "total_timesteps",
+    "device",
+    "progress",
+    "plots",
+    "track_tensorboard",
+    "inject_nan_at_update",
+    "run_dir",
+    "compile",
+    "torch_threads",
+)
 
 
 def compute_gae(
@@ -279,6 +276,8 @@ def main(args: Args) -> dict:
     envs = gym.wrappers.vector.RecordEpisodeStatistics(envs)
     moe = args.policy == "moe"
     agent = make_agent(args, envs).to(device)
+    if args.compile:
+        agent.compile()  # forward_tensors is compiled; agent.prepare (numpy, atoms) stays eager
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
     scheduler = make_scheduler(args, num_iterations)
     reward_scaler = RewardScaler(args.num_envs, args.reward_mode, args.gamma, args.reward_clip)
@@ -303,6 +302,7 @@ def main(args: Args) -> dict:
     (run_dir / "args.json").write_text(json.dumps(dataclasses.asdict(args), indent=2))
 
     def save(name: str) -> None:
+        routing_now = scheduler(counters[SCHEDULE_COUNTER[args.schedule_unit]])  # what the next update would use
         save_checkpoint(
             run_dir / "checkpoints" / name,
             {
@@ -316,22 +316,20 @@ def main(args: Args) -> dict:
                 "best_return": best_return,
                 "rng": rng_state(),
                 "args": dataclasses.asdict(args),
+                "policy_config": agent.config,  # plain data: crossmoe.nethack.load_agent rebuilds the agent from it
+                "routing": {**routing_now._asdict(), "coefficients": dict(routing_now.coefficients)},
             },
         )
 
-    # Rollout storage, (T, N, ...) per observation key; atoms are stored so the update reuses them.
-    obs_space = envs.single_observation_space
-    keys = list(obs_space.spaces)
+    # Each (re)start begins fresh episodes from a seed no earlier start used.
+    next_obs, _ = envs.reset(seed=args.seed + counters["update"] * args.num_envs)
+    # Rollout storage, (T, N, ...) per key of what agent.prepare returns: the observation as tensors and, for
+    # the MoE agent, its atoms, which are computed once per step and reused by the update.
     obs_buf = {
-        key: torch.zeros(
-            (args.num_steps, args.num_envs, *obs_space[key].shape),
-            dtype=torch.from_numpy(np.zeros((), obs_space[key].dtype)).dtype,
-        )
-        for key in keys
+        key: torch.zeros((args.num_steps, *value.shape), dtype=value.dtype)
+        for key, value in agent.prepare(next_obs).items()
+        if isinstance(value, torch.Tensor)
     }
-    if moe:
-        num_atoms = agent.logic_encoder.hypergraph.num_conditions
-        obs_buf["atoms"] = torch.zeros((args.num_steps, args.num_envs, num_atoms))
     actions = torch.zeros((args.num_steps, args.num_envs), dtype=torch.long)
     logprobs = torch.zeros((args.num_steps, args.num_envs))
     rewards = torch.zeros((args.num_steps, args.num_envs))
@@ -341,8 +339,6 @@ def main(args: Args) -> dict:
     valid = torch.zeros((args.num_steps, args.num_envs))
     values = torch.zeros((args.num_steps, args.num_envs))
 
-    # Each (re)start begins fresh episodes from a seed no earlier start used.
-    next_obs, _ = envs.reset(seed=args.seed + counters["update"] * args.num_envs)
     next_valid = np.ones(args.num_envs, dtype=bool)
     episode_score = np.zeros(args.num_envs)
     score_index = nethack.NLE_BL_SCORE
@@ -371,16 +367,12 @@ def main(args: Args) -> dict:
 
             # ---- rollout --------------------------------------------------------------------------------
             for step in range(args.num_steps):
-                for key in keys:
-                    obs_buf[key][step] = torch.from_numpy(next_obs[key])
-                step_obs = {key: buffer[step] for key, buffer in obs_buf.items()}
-                if moe:
-                    step_obs["atoms"].copy_(torch.from_numpy(extract_atoms(next_obs)))
+                step_obs = agent.prepare(next_obs)
+                for key, buffer in obs_buf.items():
+                    buffer[step] = step_obs[key]
                 valid[step] = torch.from_numpy(next_valid)
                 with torch.inference_mode():  # same network mode as the update; no autograd bookkeeping
-                    action, logprob, _, value = agent.get_action_and_value(
-                        {key: tensor.to(device) for key, tensor in step_obs.items()}
-                    )
+                    action, logprob, _, value = agent.get_action_and_value(step_obs)
                 actions[step], logprobs[step], values[step] = action.cpu(), logprob.cpu(), value.cpu()
 
                 next_obs, reward, terminated, truncated, info = envs.step(action.cpu().numpy())
@@ -410,10 +402,7 @@ def main(args: Args) -> dict:
 
             # ---- advantages -------------------------------------------------------------------------------
             with torch.inference_mode():
-                next_step_obs = {key: torch.from_numpy(next_obs[key]).to(device) for key in keys}
-                if moe:
-                    next_step_obs["atoms"] = torch.from_numpy(extract_atoms(next_obs)).to(device)
-                next_value = agent.get_value(next_step_obs).cpu()
+                next_value = agent.get_value(next_obs).cpu()
             next_values = torch.cat([values[1:], next_value.unsqueeze(0)])
             next_values[aborted] = values[aborted]  # the quit blanked the final observation: use the last real one
             advantages, returns = compute_gae(rewards, values, next_values, terminal, ends, args.gamma, args.gae_lambda)
@@ -569,9 +558,6 @@ def main(args: Args) -> dict:
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if args.plots and not interrupted:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from plots import plot_run
-
         plot_run(run_dir)
     print(
         f"{'stopped by signal' if interrupted else 'finished'}: {counters['global_step']} env steps, "

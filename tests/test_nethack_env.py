@@ -10,7 +10,13 @@ pytest.importorskip("nle")
 
 from gymnasium.vector import AutoresetMode
 
-from crossmoe.nethack.env import DEFAULT_OBSERVATION_KEYS, NetHackSeeding, make_env, make_vector_env
+from crossmoe.nethack.env import (
+    DEFAULT_OBSERVATION_KEYS,
+    NetHackSeeding,
+    make_env,
+    make_vector_env,
+    split_episode_ends,
+)
 
 
 def rollout(seed: int, steps: int = 200, num_envs: int = 2, reset_seed: int | None = None) -> np.ndarray:
@@ -95,3 +101,53 @@ def test_minihack_env_has_the_nle_observations_and_its_own_actions():
     assert envs.single_action_space.n == 8  # compass moves
     assert obs["glyphs"].shape == (2, 21, 79) and obs["blstats"].shape == (2, 27)
     envs.close()
+
+
+def test_nle_step_cap_is_an_abort_not_a_terminal_state():
+    """NLE quits the game at its own step cap: terminated=True, end_status ABORTED, blank final observation."""
+
+    envs = make_vector_env(2, seed=0, max_episode_steps=50)  # a gymnasium TimeLimit, beyond NLE's cap below
+    for env in envs.envs:
+        env.unwrapped._max_episode_steps = 3  # NLE's own cap (5000 by default)
+    envs.reset(seed=0)
+    for _ in range(2):
+        _, _, terminated, truncated, info = envs.step(np.array([1, 1]))
+        terminal, ends, aborted = split_episode_ends(terminated, truncated, info)
+        assert not (terminal | ends | aborted).any()
+    obs, _, terminated, truncated, info = envs.step(np.array([1, 1]))
+    assert terminated.all() and not truncated.any()
+    assert not obs["blstats"].any()  # why the bootstrap uses the last real observation instead
+    terminal, ends, aborted = split_episode_ends(terminated, truncated, info)
+    assert aborted.all() and ends.all() and not terminal.any()
+    envs.close()
+
+
+def test_split_episode_ends_without_end_status():
+    terminated, truncated = np.array([True, False, True]), np.array([False, True, True])
+    terminal, ends, aborted = split_episode_ends(terminated, truncated, {})
+    np.testing.assert_array_equal(terminal, [True, False, True])  # a death on the time-limit step is terminal
+    np.testing.assert_array_equal(ends, [True, True, True])
+    assert not aborted.any()
+
+
+def test_split_episode_ends_rejects_mismatched_flags():
+    with pytest.raises(ValueError, match=r"terminated and truncated must be \(N,\) arrays of one shape, got \(2,\)"):
+        split_episode_ends(np.array([True, False]), np.array([False]), {})
+
+
+def test_make_policy_defaults_to_the_nethack_score_action_set():
+    """With no action count, the agent is NetHackScore-v0's: as many logits as the real env has actions."""
+    from crossmoe.nethack import NETHACK_SCORE_ACTIONS, make_baseline_policy, make_policy
+
+    env = make_env("NetHackScore-v0", seed=0)
+    obs, _ = env.reset(seed=0)
+    batch = {key: value[None] for key, value in obs.items()}
+    assert env.action_space.n == NETHACK_SCORE_ACTIONS == 23
+    for factory in (make_policy, make_baseline_policy):
+        agent = factory(dim=32)
+        assert agent.action_dim == 23 and agent(batch).logits.shape == (1, 23)
+        assert factory(env=env, dim=32).action_dim == 23
+        assert factory(8, dim=32).action_dim == 8
+        with pytest.raises(ValueError, match="action_dim must match the env's 23 actions, got 8"):
+            factory(8, env=env, dim=32)
+    env.close()

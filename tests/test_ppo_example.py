@@ -74,34 +74,6 @@ def test_gae_cuts_at_episode_ends_and_bootstraps_truncations_from_the_final_obse
     torch.testing.assert_close(advantages[0], torch.tensor([1.04 + 0.72 * 0.4, 1.04 + 0.72 * 1.03]))
 
 
-def test_nle_step_cap_is_an_abort_not_a_terminal_state():
-    """NLE quits the game at its own step cap: terminated=True, end_status ABORTED, blank final observation."""
-    from crossmoe.nethack import make_vector_env
-
-    envs = make_vector_env(2, seed=0, max_episode_steps=50)  # a gymnasium TimeLimit, beyond NLE's cap below
-    for env in envs.envs:
-        env.unwrapped._max_episode_steps = 3  # NLE's own cap (5000 by default)
-    envs.reset(seed=0)
-    for _ in range(2):
-        _, _, terminated, truncated, info = envs.step(np.array([1, 1]))
-        terminal, ends, aborted = ppo.split_episode_ends(terminated, truncated, info)
-        assert not (terminal | ends | aborted).any()
-    obs, _, terminated, truncated, info = envs.step(np.array([1, 1]))
-    assert terminated.all() and not truncated.any()
-    assert not obs["blstats"].any()  # why the bootstrap uses the last real observation instead
-    terminal, ends, aborted = ppo.split_episode_ends(terminated, truncated, info)
-    assert aborted.all() and ends.all() and not terminal.any()
-    envs.close()
-
-
-def test_split_episode_ends_without_end_status():
-    terminated, truncated = np.array([True, False, True]), np.array([False, True, True])
-    terminal, ends, aborted = ppo.split_episode_ends(terminated, truncated, {})
-    np.testing.assert_array_equal(terminal, [True, False, True])  # a death on the time-limit step is terminal
-    np.testing.assert_array_equal(ends, [True, True, True])
-    assert not aborted.any()
-
-
 def test_next_step_autoreset_contract_the_loop_masks():
     """After an episode ends, the next step ignores its action, gives reward 0 and starts the new episode."""
     from crossmoe.nethack import make_vector_env
@@ -149,8 +121,8 @@ def test_schedule_drives_the_router(tmp_path, monkeypatch):
     assert [row["phase"] for row in rows] == [state.phase for state in expected]
     assert [row["phase"] for row in rows] == ["warmup", "transition", "transition", "finetune"]
     np.testing.assert_allclose([row["alpha"] for row in rows], [state.alpha for state in expected])
-    # Each update runs 32 rollout forwards (+1 bootstrap value, which skips the router) and 2 minibatches.
-    per_update = 32 + 2
+    # Each update runs 32 rollout forwards, 1 bootstrap value and 2 minibatches.
+    per_update = 32 + 1 + 2
     assert len(seen) == per_update * len(rows)
     for index, state in enumerate(expected):
         calls = seen[index * per_update : (index + 1) * per_update]
@@ -340,3 +312,35 @@ def test_learns_minihack_room_5x5(tmp_path):
     assert rows[0]["rolling_return"] < 0.8  # it starts near random play
     assert summary["rolling_return"] >= 0.8, [row["rolling_return"] for row in rows[::10]]
     assert (tmp_path / "run" / "learning_curve.png").is_file()
+
+
+@pytest.mark.parametrize("policy", ["moe", "mlp"])
+def test_load_agent_rebuilds_the_trained_agent_in_one_line(tmp_path, policy):
+    """load_agent(checkpoint) gives the trained weights at the routing state of the checkpoint's step."""
+    from crossmoe.nethack import load_agent, make_vector_env
+
+    _run(tmp_path, policy=policy, total_timesteps=128)
+    path = tmp_path / "run" / "checkpoints" / "last.pt"
+    agent = load_agent(path)
+    state = load_checkpoint(path)
+    assert not agent.training
+    for name, tensor in agent.state_dict().items():
+        torch.testing.assert_close(tensor, state["model"][name])
+    envs = make_vector_env(2, seed=5)
+    obs, _ = envs.reset(seed=5)
+    action, *_ = agent.get_action_and_value(obs)  # the vector env's numpy observation, as it comes
+    assert action.shape == (2,)
+    envs.close()
+    if policy == "moe":
+        routing = TemperatureAnnealingScheduler(**state["scheduler"])(state["counters"]["global_step"])
+        routers = [module for module in agent.modules() if isinstance(module, SparsemaxRouter)]
+        assert routers and all((r.alpha, r.temperature) == (routing.alpha, routing.temperature) for r in routers)
+
+
+def test_load_agent_needs_a_policy_config(tmp_path):
+    from crossmoe.nethack import load_agent
+    from crossmoe.training import save_checkpoint
+
+    path = save_checkpoint(tmp_path / "bare.pt", {"model": {}})
+    with pytest.raises(ValueError, match=r"must hold 'policy_config' and 'model', it lacks \['policy_config'\]"):
+        load_agent(path)

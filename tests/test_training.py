@@ -2,7 +2,10 @@
 
 import json
 import os
+import pathlib
+import pickle
 import random
+import re
 import signal
 
 import numpy as np
@@ -11,11 +14,13 @@ import torch
 from torch import nn
 
 from crossmoe.training import (
+    CheckpointError,
     GracefulExit,
     MetricsLogger,
     NaNGuard,
     NonFiniteTrainingError,
     RewardScaler,
+    UnsafeCheckpointError,
     load_checkpoint,
     read_metrics,
     rng_state,
@@ -110,6 +115,119 @@ def test_save_checkpoint_failure_keeps_the_previous_file(tmp_path, monkeypatch):
 def test_load_checkpoint_names_a_missing_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_checkpoint_of_a_training_state_loads_with_weights_only_and_resumes_exactly(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    guard = NaNGuard(model, optimizer)
+    x = torch.randn(16, 4)
+    assert _train_step(model, optimizer, guard, x)
+    assert not _train_step(model, optimizer, guard, torch.full((16, 4), float("nan")))  # lowers the LR
+    assert _train_step(model, optimizer, guard, x)
+    scaler = RewardScaler(3)
+    for _ in range(4):
+        scaler(np.array([1.0, 5.0, -2.0]), np.array([False, True, False]))
+    args = {"env_id": "NetHackScore-v0", "seed": 7, "lr": 1e-2, "anneal": True, "max_steps": None, "aux": {"z": 1e-3}}
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "reward_scaler": scaler.state_dict(),
+        "nan_guard": guard.state_dict(),
+        "counters": {"global_step": 128, "update": 2},
+        "recent_returns": [1.5, -2.0],
+        "best_return": -float("inf"),
+        "rng": rng_state(),
+        "args": args,
+    }
+    expected = (random.random(), np.random.rand(), torch.rand(3))
+    path = save_checkpoint(tmp_path / "last.pt", state)
+
+    assert set(torch.load(path, weights_only=True)) == set(state)  # plain data only, not just via our loader
+    loaded = load_checkpoint(path)
+    assert loaded["args"] == args and loaded["counters"] == state["counters"]
+    assert loaded["best_return"] == -float("inf") and loaded["recent_returns"] == [1.5, -2.0]
+    restored_model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+    restored_model.load_state_dict(loaded["model"])
+    for key, value in model.state_dict().items():
+        assert torch.equal(restored_model.state_dict()[key], value)
+    restored_optimizer = torch.optim.Adam(restored_model.parameters(), lr=1.0)
+    restored_optimizer.load_state_dict(loaded["optimizer"])
+    assert restored_optimizer.param_groups[0]["lr"] == optimizer.param_groups[0]["lr"] == pytest.approx(5e-3)
+    for index, moments in optimizer.state_dict()["state"].items():
+        for key, value in moments.items():
+            assert torch.equal(restored_optimizer.state_dict()["state"][index][key], value)
+    restored_guard = NaNGuard(restored_model, restored_optimizer)
+    restored_guard.load_state_dict(loaded["nan_guard"])
+    assert (restored_guard.lr_scale, restored_guard.total_faults) == (0.5, 1)
+    restored_scaler = RewardScaler(3)
+    restored_scaler.load_state_dict(loaded["reward_scaler"])
+    reward, end = np.array([2.0, 0.5, -1.0]), np.array([False, False, True])
+    np.testing.assert_array_equal(restored_scaler(reward, end), scaler(reward, end))
+
+    set_rng_state(loaded["rng"])
+    assert random.random() == expected[0] and np.random.rand() == expected[1]
+    assert torch.equal(torch.rand(3), expected[2])
+
+
+class _TouchOnUnpickle:
+    """Unpickling this object creates ``marker``: a stand-in for a checkpoint that runs code."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return pathlib.Path.touch, (self.marker,)
+
+
+def _torch_save(obj, path):
+    torch.save(obj, path)
+
+
+def _pickle_dump(obj, path):
+    with open(path, "wb") as handle:
+        pickle.dump(obj, handle, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.parametrize("write", [_torch_save, _pickle_dump])
+def test_load_checkpoint_refuses_a_pickle_that_would_run_code(tmp_path, write):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "last.pt"
+    write({"model": {"w": torch.zeros(2)}, "payload": _TouchOnUnpickle(marker)}, path)
+    with pytest.raises(UnsafeCheckpointError, match="refusing to execute code") as raised:
+        load_checkpoint(path)
+    assert str(path) in str(raised.value)
+    assert isinstance(raised.value, ValueError)
+    assert isinstance(raised.value.__cause__, pickle.UnpicklingError)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_load_checkpoint_names_a_truncated_or_corrupt_file(tmp_path, damage):
+    path = save_checkpoint(tmp_path / "last.pt", {"model": {"w": torch.arange(1000.0)}, "step": 3})
+    data = path.read_bytes()
+    path.write_bytes({"truncated": data[: len(data) // 2], "garbage": b"not a checkpoint\n" * 20, "empty": b""}[damage])
+    with pytest.raises(CheckpointError, match="truncated or corrupt") as raised:
+        load_checkpoint(path)
+    assert str(path) in str(raised.value)
+    assert isinstance(raised.value, ValueError) and not isinstance(raised.value, UnsafeCheckpointError)
+
+
+@pytest.mark.parametrize(
+    ("state", "where", "kind"),
+    [
+        ({"reward_scaler": {"returns": np.zeros(3)}}, "state['reward_scaler']['returns']", "numpy.ndarray"),
+        ({"recent_returns": [1.0, np.float64(2.0)]}, "state['recent_returns'][1]", "numpy.float64"),
+        ({"args": {"seeds": (1, object())}}, "state['args']['seeds'][1]", "object"),
+        ({"counters": {np.int64(3): 1}}, "a key of state['counters']", "numpy.int64"),
+    ],
+)
+def test_save_checkpoint_refuses_what_weights_only_cannot_load(tmp_path, state, where, kind):
+    with pytest.raises(ValueError, match=re.escape(where) + r" must be plain data .*got " + re.escape(kind)):
+        save_checkpoint(tmp_path / "last.pt", {"step": 1, **state})
+    assert os.listdir(tmp_path) == []  # nothing written, no temp file left
 
 
 def test_rng_state_round_trips():

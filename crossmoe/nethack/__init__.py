@@ -4,24 +4,38 @@ Requires the ``nethack`` extra (``pip install "crossmoe[nethack]"``), which
 installs the NetHack Learning Environment.
 """
 
-from crossmoe.nethack.agent import load_hypergraph, make_baseline_policy, make_policy
+from crossmoe.nethack.agent import (
+    NETHACK_SCORE_ACTIONS,
+    build_agent,
+    load_agent,
+    load_hypergraph,
+    make_baseline_policy,
+    make_policy,
+)
 from crossmoe.nethack.atoms import ATOMS, extract_atoms
 from crossmoe.nethack.encoders import NetHackVisualEncoder, blstats_features
-from crossmoe.nethack.env import DEFAULT_OBSERVATION_KEYS, make_env, make_vector_env
+from crossmoe.nethack.env import DEFAULT_OBSERVATION_KEYS, make_env, make_vector_env, split_episode_ends
 from crossmoe.nethack.glyphs import GLYPH_CLASS, GlyphClass, glyph_class
+from crossmoe.nethack.rules import EXPERT_WORDS, expert_from_label
 
 __all__ = [
     "ATOMS",
     "DEFAULT_OBSERVATION_KEYS",
+    "EXPERT_WORDS",
     "GLYPH_CLASS",
+    "NETHACK_SCORE_ACTIONS",
     "GlyphClass",
     "NetHackVisualEncoder",
     "blstats_features",
+    "build_agent",
+    "expert_from_label",
     "extract_atoms",
     "glyph_class",
+    "load_agent",
     "load_hypergraph",
     "make_baseline_policy",
     "make_env",
     "make_policy",
     "make_vector_env",
+    "split_episode_ends",
 ]

@@ -2,25 +2,58 @@
 
 from __future__ import annotations
 
+import json
+import os
+from collections.abc import Mapping
 from importlib import resources
 from typing import Any
 
+import torch
+from torch import nn
+
 from crossmoe.encoders import HypergraphLogicEncoder
-from crossmoe.graph import Hypergraph
+from crossmoe.hypergraph import Hypergraph
 from crossmoe.nethack.atoms import extract_atoms
 from crossmoe.nethack.encoders import NetHackVisualEncoder
+from crossmoe.nethack.rules import expert_from_label
 from crossmoe.policy import ActorCritic, CrossAttentionMoEPolicy
+from crossmoe.schedule import RoutingState
+from crossmoe.training import load_checkpoint
 
-__all__ = ["load_hypergraph", "make_baseline_policy", "make_policy"]
+__all__ = [
+    "NETHACK_SCORE_ACTIONS",
+    "build_agent",
+    "load_agent",
+    "load_hypergraph",
+    "make_baseline_policy",
+    "make_policy",
+]
 
 
-def load_hypergraph() -> Hypergraph:
-    """The curated NetHack knowledge graph shipped with the package (``crossmoe/nethack/hypergraph.json``).
+def load_hypergraph(path: str | os.PathLike[str] | None = None) -> Hypergraph:
+    """A NetHack knowledge graph: by default the curated one shipped with the package.
 
-    Its conditions are the atoms of :func:`~crossmoe.nethack.extract_atoms`, in the same order.
+    The shipped graph (``crossmoe/nethack/hypergraph.json``) has the atoms of
+    :func:`~crossmoe.nethack.extract_atoms` as its conditions, in the same order.
+
+    Args:
+        path: A graph file to read instead, in either format of
+            :meth:`Hypergraph.from_json <crossmoe.hypergraph.Hypergraph.from_json>`.
+            A crossmoe-schema file keeps its experts; a research ``{nodes, edges}``
+            file has none, so each operator's expert comes from its label
+            (:func:`~crossmoe.nethack.expert_from_label`).
     """
-    with resources.as_file(resources.files("crossmoe.nethack") / "hypergraph.json") as path:
-        return Hypergraph.from_json(path)
+    if path is None:
+        with resources.as_file(resources.files("crossmoe.nethack") / "hypergraph.json") as shipped:
+            return Hypergraph.from_json(shipped)
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    research = isinstance(data, dict) and "nodes" in data and "edges" in data
+    return Hypergraph.from_dict(data, operator_to_expert=expert_from_label if research else None)
+
+
+#: Actions of ``NetHackScore-v0``: what :func:`make_policy` builds for when given neither ``action_dim`` nor ``env``.
+NETHACK_SCORE_ACTIONS = 23
 
 
 def _num_actions(env: Any) -> int:
@@ -30,15 +63,13 @@ def _num_actions(env: Any) -> int:
     return int(space.n)
 
 
-def _action_dim(action_dim: int | None, env: Any, caller: str) -> int:
-    """``action_dim``, or the env's action count; both given must agree."""
+def _action_dim(action_dim: int | None, env: Any) -> int:
+    """``action_dim``, else the env's action count, else ``NetHackScore-v0``'s 23; both given must agree."""
     if action_dim is None:
-        if env is None:
-            raise ValueError(f"{caller} needs action_dim or env to know the number of actions, got neither")
-        return _num_actions(env)
+        return NETHACK_SCORE_ACTIONS if env is None else _num_actions(env)
     if env is not None and _num_actions(env) != action_dim:
         raise ValueError(f"action_dim must match the env's {_num_actions(env)} actions, got {action_dim}")
-    return action_dim
+    return int(action_dim)
 
 
 def make_policy(
@@ -46,7 +77,7 @@ def make_policy(
     *,
     env: Any = None,
     dim: int = 128,
-    fusion: str = "cross_attention",
+    fusion: str | nn.Module = "cross_attention",
     hypergraph: Hypergraph | None = None,
     graph_hidden_dim: int | None = None,
     graph_heads: int = 2,
@@ -59,10 +90,14 @@ def make_policy(
 ) -> CrossAttentionMoEPolicy:
     """Build the NetHack agent: atoms and hypergraph, visual tokens, fusion, router, experts and critic.
 
-    The returned policy's ``forward`` takes the observation dict of a
-    :func:`~crossmoe.nethack.make_vector_env` env (numpy arrays or tensors,
-    keys ``glyphs``, ``blstats``, ``message`` and ``inv_oclasses``). An
-    ``atoms`` entry, when present, is used instead of recomputing the atoms.
+    With neither ``action_dim`` nor ``env`` it is the ``NetHackScore-v0``
+    agent (23 actions). The returned policy's ``forward`` takes the
+    observation dict of a :func:`~crossmoe.nethack.make_vector_env` env
+    (numpy arrays or tensors, keys ``glyphs``, ``blstats``, ``message`` and
+    ``inv_oclasses``). An ``atoms`` entry, when present, is used instead of
+    recomputing the atoms. ``policy.config`` holds the arguments as plain
+    data (the hypergraph as its JSON dict), which is what checkpoints store
+    for :func:`load_agent`.
 
     Args:
         action_dim: Number of actions; taken from ``env`` when not given.
@@ -70,7 +105,8 @@ def make_policy(
             ``Discrete``; the action count comes from it, so the same agent
             serves ``NetHackScore-v0`` (23 actions) and MiniHack tasks.
         dim: Width of the tokens and the context.
-        fusion: ``"cross_attention"`` or the ``"concat"`` ablation.
+        fusion: ``"cross_attention"``, the ``"concat"`` ablation, or a fusion
+            module (:mod:`crossmoe.fusion`).
         hypergraph: Knowledge graph; defaults to :func:`load_hypergraph`.
             Its conditions must be the atoms of
             :func:`~crossmoe.nethack.extract_atoms`.
@@ -88,8 +124,13 @@ def make_policy(
             the key and value projections of the many map tokens cheap).
         **policy_kwargs: Passed to :class:`~crossmoe.policy.CrossAttentionMoEPolicy`
             (``sparse_topk``, ``alpha``, ``temperature``, ...).
+
+    Example:
+        >>> policy = make_policy()
+        >>> policy.action_dim
+        23
     """
-    action_dim = _action_dim(action_dim, env, "make_policy")
+    action_dim = _action_dim(action_dim, env)
     hypergraph = load_hypergraph() if hypergraph is None else hypergraph
     logic = HypergraphLogicEncoder(
         hypergraph,
@@ -100,7 +141,7 @@ def make_policy(
         effect_passes=effect_passes,
     )
     visual = NetHackVisualEncoder(dim, crop_size=crop_size, crop_patch=crop_patch)
-    return CrossAttentionMoEPolicy(
+    policy = CrossAttentionMoEPolicy(
         visual,
         logic,
         action_dim,
@@ -112,6 +153,22 @@ def make_policy(
         expert_names=hypergraph.experts,
         **policy_kwargs,
     )
+    policy.config = {
+        "factory": "make_policy",
+        "action_dim": action_dim,
+        "dim": dim,
+        "fusion": fusion if isinstance(fusion, str) else None,  # a module is code, not data
+        "hypergraph": hypergraph.to_dict(),
+        "graph_hidden_dim": graph_hidden_dim,
+        "graph_heads": graph_heads,
+        "effect_passes": effect_passes,
+        "crop_size": crop_size,
+        "crop_patch": crop_patch,
+        "num_heads": num_heads,
+        "head_dim": head_dim,
+        **policy_kwargs,
+    }
+    return policy
 
 
 def make_baseline_policy(
@@ -127,9 +184,62 @@ def make_baseline_policy(
 
     It has no logic stream, no fusion, no router and no experts, so comparing
     it with :func:`make_policy` (same visual encoder settings) isolates what
-    the neuro-symbolic MoE adds. Arguments as in :func:`make_policy`;
-    ``hidden_dim`` is the width of the shared trunk.
+    the neuro-symbolic MoE adds. Arguments as in :func:`make_policy` (with
+    neither ``action_dim`` nor ``env``, 23 actions); ``hidden_dim`` is the
+    width of the shared trunk.
     """
-    action_dim = _action_dim(action_dim, env, "make_baseline_policy")
+    action_dim = _action_dim(action_dim, env)
     visual = NetHackVisualEncoder(dim, crop_size=crop_size, crop_patch=crop_patch)
-    return ActorCritic(visual, action_dim, hidden_dim=hidden_dim)
+    policy = ActorCritic(visual, action_dim, hidden_dim=hidden_dim)
+    policy.config = {
+        "factory": "make_baseline_policy",
+        "action_dim": action_dim,
+        "dim": dim,
+        "hidden_dim": hidden_dim,
+        "crop_size": crop_size,
+        "crop_patch": crop_patch,
+    }
+    return policy
+
+
+def build_agent(config: Mapping[str, Any]) -> CrossAttentionMoEPolicy | ActorCritic:
+    """Rebuild an untrained agent from its ``policy.config`` (plain data, as stored in checkpoints)."""
+    if not isinstance(config, Mapping) or config.get("factory") not in ("make_policy", "make_baseline_policy"):
+        factory = config.get("factory") if isinstance(config, Mapping) else type(config).__name__
+        raise ValueError(
+            f"config must be a policy.config dict of make_policy or make_baseline_policy, got factory {factory!r}"
+        )
+    kwargs = {key: value for key, value in config.items() if key != "factory"}
+    if config["factory"] == "make_baseline_policy":
+        return make_baseline_policy(**kwargs)
+    if kwargs.get("fusion") is None:
+        raise ValueError("config['fusion'] is None: the agent used a custom fusion module, which a config cannot hold")
+    kwargs["hypergraph"] = Hypergraph.from_dict(kwargs["hypergraph"])
+    return make_policy(**kwargs)
+
+
+def load_agent(
+    checkpoint: str | os.PathLike[str], map_location: str | torch.device = "cpu"
+) -> CrossAttentionMoEPolicy | ActorCritic:
+    """The trained agent of a checkpoint, in eval mode, at the routing state (alpha, temperature) of its step.
+
+    The checkpoint must hold ``policy_config`` (the agent's ``config``),
+    ``model`` (its ``state_dict``) and, for MoE agents, ``routing`` (a
+    :class:`~crossmoe.RoutingState` as a dict), as ``examples/ppo_nethack.py``
+    writes them. It is read with ``weights_only=True``
+    (:func:`crossmoe.training.load_checkpoint`), so it cannot run code.
+
+    Example:
+        >>> agent = load_agent("runs/demo/checkpoints/best.pt")  # doctest: +SKIP
+        >>> action, *_ = agent.get_action_and_value(obs)  # doctest: +SKIP
+    """
+    state = load_checkpoint(checkpoint, map_location=map_location)
+    missing = [key for key in ("policy_config", "model") if key not in state]
+    if missing:
+        raise ValueError(f"checkpoint {str(checkpoint)!r} must hold 'policy_config' and 'model', it lacks {missing}")
+    agent = build_agent(state["policy_config"]).to(map_location)
+    agent.load_state_dict(state["model"])
+    routing = state.get("routing")
+    if routing is not None:
+        RoutingState(**routing).apply(agent)
+    return agent.eval()

@@ -15,14 +15,15 @@ import functools
 import importlib
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode
+from nle.env.base import NLE
 
-__all__ = ["DEFAULT_OBSERVATION_KEYS", "NetHackSeeding", "make_env", "make_vector_env"]
+__all__ = ["DEFAULT_OBSERVATION_KEYS", "NetHackSeeding", "make_env", "make_vector_env", "split_episode_ends"]
 
 DEFAULT_OBSERVATION_KEYS: tuple[str, ...] = ("glyphs", "blstats", "message", "inv_oclasses")
 """What the atoms and encoders read. ``screen_descriptions`` is left out: it halves the step rate."""
@@ -167,3 +168,34 @@ def make_vector_env(
     envs = vector_cls(env_fns, autoreset_mode=autoreset_mode)
     envs.action_space.seed(seed)
     return envs
+
+
+def split_episode_ends(
+    terminated: np.ndarray, truncated: np.ndarray, info: Mapping[str, Any]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(terminal, ends, aborted)`` of one vector-env step, all ``(N,)`` bool.
+
+    NLE (and MiniHack) end an episode at their own step cap by quitting the
+    game: the step reports ``terminated=True, truncated=False`` and
+    ``info["end_status"]`` is ``ABORTED``, and the quit blanks the final
+    observation. Such an episode is cut off, not terminal: bootstrap it from
+    the value of its last real observation. ``aborted`` marks those episodes;
+    ``terminal`` is a true terminal state (a death, including one on the last
+    step of a gymnasium time limit); ``ends`` is any episode end.
+
+    Args:
+        terminated, truncated: The ``(N,)`` flags of the vector step.
+        info: The vector step's info dict (gymnasium's ``"end_status"`` and
+            ``"_end_status"`` entries are read when present).
+    """
+    terminated, truncated = np.asarray(terminated, dtype=bool), np.asarray(truncated, dtype=bool)
+    if terminated.shape != truncated.shape or terminated.ndim != 1:
+        raise ValueError(
+            f"terminated and truncated must be (N,) arrays of one shape, got {terminated.shape} and {truncated.shape}"
+        )
+    aborted = np.zeros_like(terminated)
+    if "end_status" in info:
+        status = np.asarray(info["end_status"]).astype(np.int64)
+        reported = np.asarray(info.get("_end_status", np.ones_like(terminated)), dtype=bool)
+        aborted = (status == int(NLE.StepStatus.ABORTED)) & reported
+    return terminated & ~aborted, terminated | truncated, aborted
