@@ -5,7 +5,8 @@
   ``"concat"`` at the same width (target: cross-attention <= 1.25x concat).
   The timed call starts from the numpy observation dict, so it includes atom
   extraction and the numpy -> torch conversion.
-* components: atoms, visual encoder, logic encoder and attention, alone.
+* components: atoms, visual encoder, logic encoder and each fusion module,
+  alone (inference), and the two fusion modules alone, forward+backward.
 * graph_layout: the two batched layouts of the graph encoder at batch 256:
   ``GATv2Conv`` over the disjoint union (what ``HypergraphEncoder`` uses) and
   ``DenseGATConv`` over the dense ``(B, N, F)`` graph.
@@ -90,21 +91,45 @@ def bench_policy(obs, dim: int, rounds: int, **policy_kwargs) -> None:
         }
     )
 
-    policy = policies["cross_attention"]
-    atoms = extract_atoms(obs)
-    obs_with_atoms = {**obs, "atoms": atoms}
-    tokens, mask = policy.visual_encoder(obs)
-    logic = policy.logic_encoder(obs_with_atoms)  # distinct token rows and the index of each sample
+    policy, concat = policies["cross_attention"], policies["concat"]
+    prepared = policy.prepare(obs)  # tensors, with the atoms
+    with torch.no_grad():
+        tokens, mask = policy.visual_encoder(prepared)
+        logic = policy.logic_encoder(prepared)  # distinct token rows and the index of each sample
+        context = policy.fusion(tokens, mask, logic).context
     parts = {
         "atoms": lambda: extract_atoms(obs),
-        "visual_encoder": lambda: policy.visual_encoder(obs),
-        "logic_encoder": lambda: policy.logic_encoder(obs_with_atoms),
-        "attention": lambda: policy.attention(logic.tokens, tokens, mask, query_index=logic.index),
-        "policy_precomputed_atoms": lambda: policy(obs_with_atoms),
+        "visual_encoder": lambda: policy.visual_encoder(prepared),
+        "logic_encoder": lambda: policy.logic_encoder(prepared),
+        "fusion_cross_attention": lambda: policy.fusion(tokens, mask, logic),
+        "fusion_concat": lambda: concat.fusion(tokens, mask, logic),
+        "router_experts_critic": lambda: (policy.router(context), policy.experts(context), policy.critic(context)),
+        "policy_precomputed_atoms": lambda: policy(prepared),
     }
     with torch.inference_mode():
         times = time_interleaved(parts, rounds=rounds)
     emit({"bench": "policy_components_inference", "B": BATCH, "ms": {k: round(v * 1e3, 2) for k, v in times.items()}})
+
+    def fusion_step(fusion):
+        visual, operator_tokens = tokens.clone().requires_grad_(), logic.tokens.clone().requires_grad_()
+
+        def run():
+            fusion.zero_grad(set_to_none=True)
+            out = fusion(visual, mask, logic._replace(tokens=operator_tokens))
+            out.context.square().sum().backward()
+
+        return run
+
+    fusions = {"cross_attention": fusion_step(policy.fusion), "concat": fusion_step(concat.fusion)}
+    times = time_interleaved(fusions, rounds=rounds)
+    emit(
+        {
+            "bench": "fusion_modules_fwd_bwd",
+            "B": BATCH,
+            "ms": {k: round(v * 1e3, 2) for k, v in times.items()},
+            "note": "the fusion modules alone; the policy-level ratio above includes the shared encoders",
+        }
+    )
 
 
 class DenseGraphLayout(nn.Module):

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TARGETS = {"moe_sps_min": 500, "moe_over_mlp_min": 0.7, "peak_rss_mb_max": 4096}
 
 
-def worker(policy: str, env_id: str, updates: int, run_dir: str) -> None:
+def worker(policy: str, env_id: str, updates: int, run_dir: str, compile: str) -> None:
     sys.path.insert(0, str(ROOT / "examples"))
     import ppo_nethack
     import torch
@@ -45,6 +45,7 @@ def worker(policy: str, env_id: str, updates: int, run_dir: str) -> None:
         progress=False,
         plots=False,
         checkpoint_every=10**9,
+        compile=compile,
     )
     ppo_nethack.main(args)
     rows = read_metrics(Path(run_dir) / "metrics.jsonl")
@@ -52,15 +53,17 @@ def worker(policy: str, env_id: str, updates: int, run_dir: str) -> None:
         "sps": statistics.median(row["sps"] for row in rows[1:]),
         "rollout_s": statistics.median(row["rollout_time"] for row in rows[1:]),
         "update_s": statistics.median(row["update_time"] for row in rows[1:]),
+        "first_update_s": rows[0]["rollout_time"] + rows[0]["update_time"],
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "threads": torch.get_num_threads(),
     }
     print("RESULT " + json.dumps(record), flush=True)
 
 
-def run(policy: str, env_id: str, updates: int) -> dict:
+def run(policy: str, env_id: str, updates: int, compile: str) -> dict:
     with tempfile.TemporaryDirectory() as run_dir:
         command = [sys.executable, __file__, "--worker", policy, "--env-id", env_id, "--updates", str(updates)]
+        command += ["--compile", compile]
         result = subprocess.run([*command, "--run-dir", run_dir], capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"{policy} run failed:\n{result.stderr[-3000:]}")
@@ -73,23 +76,25 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--updates", type=int, default=6, help="updates of 16 x 128 env steps per run")
     parser.add_argument("--env-id", default="NetHackScore-v0")
+    parser.add_argument("--compile", choices=("off", "rollout", "all"), default="off", help="the example's --compile")
     parser.add_argument("--worker", choices=("moe", "mlp"), help=argparse.SUPPRESS)
     parser.add_argument("--run-dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.worker, args.env_id, args.updates, args.run_dir)
+        worker(args.worker, args.env_id, args.updates, args.run_dir, args.compile)
         return
 
     results: dict[str, list[dict]] = {"moe": [], "mlp": []}
     for _ in range(args.rounds):
         for policy in results:
-            results[policy].append(run(policy, args.env_id, args.updates))
-    keys = ("sps", "rollout_s", "update_s", "peak_rss_mb")
+            results[policy].append(run(policy, args.env_id, args.updates, args.compile))
+    keys = ("sps", "rollout_s", "update_s", "first_update_s", "peak_rss_mb")
     median = {name: {key: statistics.median(r[key] for r in rs) for key in keys} for name, rs in results.items()}
     ratio = statistics.median(m["sps"] / b["sps"] for m, b in zip(results["moe"], results["mlp"], strict=True))
     record = {
         "bench": "training",
         "env_id": args.env_id,
+        "compile": args.compile,
         "num_envs": 16,
         "num_steps": 128,
         "updates": args.updates,
@@ -101,6 +106,8 @@ def main() -> None:
         "moe_update_s": round(median["moe"]["update_s"], 3),
         "mlp_rollout_s": round(median["mlp"]["rollout_s"], 3),
         "mlp_update_s": round(median["mlp"]["update_s"], 3),
+        "moe_first_update_s": round(median["moe"]["first_update_s"], 1),
+        "mlp_first_update_s": round(median["mlp"]["first_update_s"], 1),
         "moe_peak_rss_mb": round(median["moe"]["peak_rss_mb"]),
         "mlp_peak_rss_mb": round(median["mlp"]["peak_rss_mb"]),
         "threads": results["moe"][0]["threads"],

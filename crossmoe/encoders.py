@@ -40,6 +40,7 @@ __all__ = [
     "batch_size",
     "obs_tensor",
     "prepare_observation",
+    "unique_rows",
 ]
 
 
@@ -281,6 +282,27 @@ class HypergraphLogicEncoder(nn.Module):
         # torch.unique has a data-dependent size, so the compiled graph runs per sample (the same result).
         if not self.deduplicate or is_compiling():
             return LogicOutput(*self.graph_encoder(activations), applicable)
-        distinct, index = torch.unique(activations, dim=0, return_inverse=True)
+        distinct, index = unique_rows(activations)
         tokens, scores = self.graph_encoder(distinct)
         return LogicOutput(tokens, scores.index_select(0, index), applicable, index)
+
+
+def unique_rows(x: Tensor) -> tuple[Tensor, Tensor]:
+    """``(distinct rows (U, C), index (B,))`` of a ``(B, C)`` tensor, with ``distinct[index] == x``.
+
+    Rows of 0/1 values with ``C <= 62`` (condition activations) are packed
+    into one int64 key each and deduplicated with a 1-D ``torch.unique``,
+    several times faster than ``torch.unique(dim=0)``, which compares rows
+    one pair at a time; other rows take ``torch.unique(dim=0)``. The order of
+    the distinct rows is unspecified.
+    """
+    if x.dim() != 2:
+        raise ValueError(f"x must be (B, C), got shape {tuple(x.shape)}")
+    columns = x.shape[1]
+    if columns > 62 or not bool(((x == 0) | (x == 1)).all()):
+        return torch.unique(x, dim=0, return_inverse=True)
+    bits = torch.arange(columns, device=x.device)
+    keys = (x.long() << bits).sum(dim=1)
+    distinct_keys, index = torch.unique(keys, return_inverse=True)
+    distinct = ((distinct_keys.unsqueeze(1) >> bits) & 1).to(x.dtype)
+    return distinct, index

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -17,7 +17,7 @@ from crossmoe.functional import combine_experts
 from crossmoe.fusion import FUSIONS, make_fusion
 from crossmoe.routing import SparsemaxRouter
 
-__all__ = ["FUSIONS", "ActorCritic", "ActorCriticOutput", "CrossAttentionMoEPolicy", "PolicyOutput"]
+__all__ = ["FUSIONS", "ActorCritic", "ActorCriticBase", "ActorCriticOutput", "CrossAttentionMoEPolicy", "PolicyOutput"]
 
 Observation = Mapping[str, Any] | Tensor | np.ndarray
 
@@ -56,7 +56,98 @@ class PolicyOutput(NamedTuple):
     operator_to_expert: Tensor | None
 
 
-class CrossAttentionMoEPolicy(nn.Module):
+class ActorCriticBase(nn.Module):
+    """What the actor-critics share: ``forward = forward_tensors(prepare(obs))``, compiling, CleanRL sampling.
+
+    A subclass defines :meth:`encoders` (the modules whose ``prepare`` hooks
+    run on the raw observation) and :meth:`forward_tensors`, whose output has
+    ``logits (B, A)`` and ``value (B,)`` fields.
+    """
+
+    _compiled_forward: Callable[[Mapping[str, Any]], Any] | None = None
+    _compiled_inference_only: bool = False
+
+    def encoders(self) -> tuple[nn.Module, ...]:
+        """The encoders, in the order their ``prepare`` hooks run."""
+        raise NotImplementedError
+
+    def forward_tensors(self, obs: Mapping[str, Any]) -> Any:
+        raise NotImplementedError
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @torch.compiler.disable
+    def prepare(self, obs: Observation) -> dict[str, Any]:
+        """The observation as the encoders read it: see :func:`crossmoe.encoders.prepare_observation`."""
+        return prepare_observation(obs, self.encoders(), self.device)
+
+    def forward(self, obs: Observation) -> Any:
+        """The policy's outputs for a batch: numpy arrays or tensors, a dict or a bare array."""
+        obs = self.prepare(obs)
+        if self._compiled_forward is None or (self._compiled_inference_only and torch.is_grad_enabled()):
+            return self.forward_tensors(obs)
+        return self._compiled_forward(obs)
+
+    def compile(self, *args: Any, inference_only: bool = False, **kwargs: Any) -> None:
+        """Compile the hot path, :meth:`forward_tensors`, with ``torch.compile(*args, **kwargs)``, in place.
+
+        :meth:`prepare` (numpy to tensors, atoms) stays eager, so the policy
+        takes the same inputs as before, in every autograd mode.
+        ``torch.compile(policy)`` works too, with one graph break at the
+        :meth:`prepare` boundary, but it guards on the raw inputs: under
+        :func:`torch.inference_mode` with numpy inputs, torch 2.13 trips over
+        its own guard. Prefer this method.
+
+        Args:
+            inference_only: Use the compiled graph only when gradients are
+                off (``torch.no_grad`` or ``torch.inference_mode``, as in a
+                rollout), and run eagerly when they are on. On the CPU,
+                compiling pays off at small batches, where the eager
+                forward is dominated by per-operator overhead; at training
+                batch sizes the eager operators are already large, and the
+                eager logic encoder can deduplicate its input.
+        """
+        self._compiled_forward = torch.compile(self.forward_tensors, *args, **kwargs)
+        self._compiled_inference_only = bool(inference_only)
+
+    def get_value(self, obs: Observation) -> Tensor:
+        """Critic value ``(B,)``."""
+        return self(obs).value
+
+    def get_action_and_value(
+        self,
+        obs: Observation,
+        action: Tensor | None = None,
+        deterministic: bool = False,
+        return_output: bool = False,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor] | tuple[Tensor, Tensor, Tensor, Tensor, Any]:
+        """Sample (or score) actions, CleanRL style.
+
+        Args:
+            obs: Batched observations.
+            action: ``(B,)`` actions to score; ``None`` samples new ones.
+            deterministic: Take the most likely action instead of sampling.
+            return_output: Also return the full :class:`PolicyOutput` (for the
+                auxiliary losses in the same pass).
+
+        Returns:
+            ``(action (B,), log_prob (B,), entropy (B,), value (B,))``, plus the
+            output of :meth:`forward` (:class:`PolicyOutput` or :class:`ActorCriticOutput`)
+            when ``return_output`` is True.
+        """
+        output = self(obs)
+        dist = Categorical(logits=output.logits)
+        if action is None:
+            action = output.logits.argmax(-1) if deterministic else dist.sample()
+        else:
+            action = torch.as_tensor(action, device=output.logits.device)
+        result = (action, dist.log_prob(action), dist.entropy(), output.value)
+        return (*result, output) if return_output else result
+
+
+class CrossAttentionMoEPolicy(ActorCriticBase):
     r"""Actor-critic whose symbolic tokens read the visual tokens, routed over semantic experts.
 
     .. code-block:: text
@@ -152,14 +243,8 @@ class CrossAttentionMoEPolicy(nn.Module):
             nn.init.orthogonal_(self.critic[-1].weight, 1.0)
             self.critic[-1].bias.zero_()
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    @torch.compiler.disable
-    def prepare(self, obs: Observation) -> dict[str, Any]:
-        """The observation as the encoders read it: see :func:`crossmoe.encoders.prepare_observation`."""
-        return prepare_observation(obs, (self.visual_encoder, self.logic_encoder), self.device)
+    def encoders(self) -> tuple[nn.Module, ...]:
+        return (self.visual_encoder, self.logic_encoder)
 
     def encode(self, obs: Mapping[str, Any]) -> tuple[Tensor, Tensor | None, LogicOutput]:
         """Fuse the two streams of a prepared observation: ``(context (B, D), attention or None, LogicOutput)``."""
@@ -186,10 +271,6 @@ class CrossAttentionMoEPolicy(nn.Module):
         context, attention = self.fusion(visual_tokens, visual_mask, logic)
         return context, attention, logic
 
-    def forward(self, obs: Observation) -> PolicyOutput:
-        """Policy, value and routing of a batch: numpy arrays or tensors, a dict or a bare array."""
-        return self.forward_tensors(self.prepare(obs))
-
     def forward_tensors(self, obs: Mapping[str, Any]) -> PolicyOutput:
         """:meth:`forward` on an observation that :meth:`prepare` has already made ready (the compiled part)."""
         context, attention, logic = self.encode(obs)
@@ -210,39 +291,6 @@ class CrossAttentionMoEPolicy(nn.Module):
             operator_to_expert=getattr(self.logic_encoder, "operator_to_expert", None),
         )
 
-    def get_value(self, obs: Observation) -> Tensor:
-        """Critic value ``(B,)``."""
-        return self(obs).value
-
-    def get_action_and_value(
-        self,
-        obs: Observation,
-        action: Tensor | None = None,
-        deterministic: bool = False,
-        return_output: bool = False,
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor] | tuple[Tensor, Tensor, Tensor, Tensor, PolicyOutput]:
-        """Sample (or score) actions, CleanRL style.
-
-        Args:
-            obs: Batched observations.
-            action: ``(B,)`` actions to score; ``None`` samples new ones.
-            deterministic: Take the most likely action instead of sampling.
-            return_output: Also return the full :class:`PolicyOutput` (for the
-                auxiliary losses in the same pass).
-
-        Returns:
-            ``(action (B,), log_prob (B,), entropy (B,), value (B,))``, plus the
-            :class:`PolicyOutput` when ``return_output`` is True.
-        """
-        output = self(obs)
-        dist = Categorical(logits=output.logits)
-        if action is None:
-            action = output.logits.argmax(-1) if deterministic else dist.sample()
-        else:
-            action = torch.as_tensor(action, device=output.logits.device)
-        result = (action, dist.log_prob(action), dist.entropy(), output.value)
-        return (*result, output) if return_output else result
-
     def extra_repr(self) -> str:
         return f"action_dim={self.action_dim}, dim={self.dim}"
 
@@ -255,7 +303,7 @@ class ActorCriticOutput(NamedTuple):
     context: Tensor
 
 
-class ActorCritic(nn.Module):
+class ActorCritic(ActorCriticBase):
     """Plain actor-critic on a token encoder: the no-MoE, no-logic baseline.
 
     The encoder's ``(B, N, D)`` tokens (masked tokens zeroed) are flattened and
@@ -301,14 +349,8 @@ class ActorCritic(nn.Module):
             self.actor.bias.zero_()
             self.critic.bias.zero_()
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    @torch.compiler.disable
-    def prepare(self, obs: Observation) -> dict[str, Any]:
-        """The observation as the encoder reads it: see :func:`crossmoe.encoders.prepare_observation`."""
-        return prepare_observation(obs, (self.encoder,), self.device)
+    def encoders(self) -> tuple[nn.Module, ...]:
+        return (self.encoder,)
 
     def encode(self, obs: Mapping[str, Any]) -> Tensor:
         """The ``(B, hidden_dim)`` trunk features of a prepared observation."""
@@ -321,19 +363,10 @@ class ActorCritic(nn.Module):
             tokens = tokens * mask.unsqueeze(-1).to(tokens.dtype)
         return self.trunk(tokens.flatten(1))
 
-    def forward(self, obs: Observation) -> ActorCriticOutput:
-        return self.forward_tensors(self.prepare(obs))
-
     def forward_tensors(self, obs: Mapping[str, Any]) -> ActorCriticOutput:
         """:meth:`forward` on a prepared observation (the part ``torch.compile`` traces)."""
         hidden = self.encode(obs)
         return ActorCriticOutput(self.actor(hidden), self.critic(hidden).squeeze(-1), hidden)
-
-    def get_value(self, obs: Observation) -> Tensor:
-        """Critic value ``(B,)``."""
-        return self(obs).value
-
-    get_action_and_value = CrossAttentionMoEPolicy.get_action_and_value
 
     def extra_repr(self) -> str:
         return f"action_dim={self.action_dim}, num_tokens={self.num_tokens}, dim={self.dim}"

@@ -21,8 +21,9 @@ What it does, in order:
 - The rollout buffer is ``(T, N)`` and holds what ``agent.prepare(obs)``
   returns: the observation as tensors plus, for the MoE agent, its atoms, so
   the update reuses them. GAE runs backwards in time below.
-- ``--compile`` runs the agent's forward through ``torch.compile``
-  (``agent.compile()``): the numpy conversion and the atoms stay eager.
+- ``--compile rollout`` or ``all`` runs the agent's forward through
+  ``torch.compile`` (``agent.compile()``): the numpy conversion and the atoms
+  stay eager.
 - The routing schedule (softmax warm-up, annealing, sparsemax fine-tune) sets
   the router's alpha and temperature before each rollout, so the rollout and
   the update see the same policy and the first minibatch has ratio 1.
@@ -48,6 +49,7 @@ import json
 import math
 import random
 import time
+import warnings
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,8 +108,10 @@ class Args:
     """``sync`` steps the envs in this process; ``async`` in one subprocess each (slower on 2 cores)."""
     torch_threads: int = 0
     """Intra-op threads for torch; 0 keeps torch's default."""
-    compile: bool = False
-    """Compile the agent's forward with ``torch.compile`` (a cold compile takes a minute or two)."""
+    compile: Literal["off", "rollout", "all"] = "rollout"
+    """``torch.compile`` the agent's forward: ``rollout`` (the fastest on 2 CPU cores, see docs/benchmarks.md)
+    compiles the gradient-free rollout forward only, ``all`` the update's forward and backward too, ``off``
+    neither. The first compile takes 10-60 s; without a C++ compiler the run goes on eagerly, with a warning."""
 
     learning_rate: float = 3e-4
     """Adam learning rate."""
@@ -236,6 +240,27 @@ def make_agent(args: Args, envs: gym.vector.VectorEnv) -> nn.Module:
     return make_baseline_policy(env=envs, dim=args.dim)
 
 
+def compile_agent(agent: nn.Module, args: Args, envs: gym.vector.VectorEnv) -> nn.Module:
+    """``agent.compile()`` for ``--compile``, compiled now on a first observation; the eager agent if that fails.
+
+    One graph per batch size (``dynamic=False``): the rollout's ``num_envs``
+    and the update's minibatch. ``agent.prepare`` (numpy, atoms) stays eager.
+    Without a working C++ compiler inductor cannot build its kernels; the run
+    then goes on eagerly, with a warning, instead of failing.
+    """
+    agent.compile(dynamic=False, inference_only=args.compile == "rollout")
+    obs, _ = envs.reset(seed=args.seed)  # the loop resets again with its own seed
+    try:
+        with torch.inference_mode():
+            agent(obs)
+    except torch._dynamo.exc.BackendCompilerFailed as error:
+        warnings.warn(f"--compile {args.compile} failed, training eagerly: {error}", RuntimeWarning, stacklevel=2)
+        eager = make_agent(args, envs).to(agent.device)
+        eager.load_state_dict(agent.state_dict())
+        return eager
+    return agent
+
+
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum() / mask.sum().clamp_min(1.0)
 
@@ -276,8 +301,8 @@ def main(args: Args) -> dict:
     envs = gym.wrappers.vector.RecordEpisodeStatistics(envs)
     moe = args.policy == "moe"
     agent = make_agent(args, envs).to(device)
-    if args.compile:
-        agent.compile()  # forward_tensors is compiled; agent.prepare (numpy, atoms) stays eager
+    if args.compile != "off":
+        agent = compile_agent(agent, args, envs)
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
     scheduler = make_scheduler(args, num_iterations)
     reward_scaler = RewardScaler(args.num_envs, args.reward_mode, args.gamma, args.reward_clip)

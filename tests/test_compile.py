@@ -58,11 +58,17 @@ def test_compiled_policy_matches_eager_on_numpy_and_torch_inputs(real_obs, facto
         out = compiled(obs)
         torch.testing.assert_close(out.logits, eager_out.logits, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(out.value, eager_out.value, rtol=1e-4, atol=1e-5)
+    # policy.compile() compiles forward_tensors only, so numpy inputs work in every autograd mode.
+    policy.compile()
+    with torch.inference_mode():
+        for obs in (real_obs, as_torch):
+            out = policy(obs)
+            torch.testing.assert_close(out.logits, eager_out.logits, rtol=1e-4, atol=1e-5)
     # Gradients too: the PPO update runs through the compiled graph.
     eager_grads = torch.autograd.grad(
         eager_out.logits.logsumexp(-1).sum() + eager_out.value.square().sum(), list(policy.parameters())
     )
-    out = compiled(real_obs)
+    out = policy(real_obs)
     grads = torch.autograd.grad(out.logits.logsumexp(-1).sum() + out.value.square().sum(), list(policy.parameters()))
     for grad, expected in zip(grads, eager_grads, strict=True):
         torch.testing.assert_close(grad, expected, rtol=1e-3, atol=1e-5)

@@ -454,3 +454,17 @@ def test_cuda_policy_accepts_numpy_observations(logic):
     torch.testing.assert_close(out.logits.cpu(), reference.logits, atol=1e-4, rtol=1e-4)
     action, log_prob, entropy, value = policy.get_action_and_value(obs.numpy(), action=np.zeros(5, dtype=np.int64))
     assert all(t.device.type == "cuda" for t in (action, log_prob, entropy, value))
+
+
+@pytest.mark.parametrize("columns", [5, 48, 62, 63])
+def test_unique_rows_gathers_back_to_its_input(columns):
+    from crossmoe.encoders import unique_rows
+
+    generator = torch.Generator().manual_seed(columns)
+    x = (torch.rand(40, columns, generator=generator) > 0.5).float()[torch.randint(0, 40, (100,), generator=generator)]
+    distinct, index = unique_rows(x)
+    assert torch.equal(distinct[index], x)
+    assert len(distinct) == len(torch.unique(x, dim=0))  # each distinct row once
+    soft = x * 0.5  # not 0/1: the general path
+    distinct, index = unique_rows(soft)
+    assert torch.equal(distinct[index], soft) and len(distinct) == len(torch.unique(soft, dim=0))
