@@ -12,7 +12,7 @@ times each, and the JSON line gives the medians and the median of the
 per-round ratio. Targets on 2 cores: MoE >= 500 steps/s, MoE/mlp >= 0.7,
 peak RSS <= 4 GB.
 
-Usage: ``python benchmarks/bench_training.py [--rounds 3] [--updates 6] [--env-id NetHackScore-v0]``
+Usage: ``python benchmarks/bench_training.py [--rounds 3] [--updates 6] [--compile rollout] [--env-id NetHackScore-v0]``
 """
 
 from __future__ import annotations
@@ -76,7 +76,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--updates", type=int, default=6, help="updates of 16 x 128 env steps per run")
     parser.add_argument("--env-id", default="NetHackScore-v0")
-    parser.add_argument("--compile", choices=("off", "rollout", "all"), default="off", help="the example's --compile")
+    parser.add_argument(
+        "--compile", choices=("off", "rollout", "all"), default="rollout", help="the example's --compile"
+    )
     parser.add_argument("--worker", choices=("moe", "mlp"), help=argparse.SUPPRESS)
     parser.add_argument("--run-dir", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from crossmoe.functional import check_mask_keeps_a_key, sparse_topk_softmax
+from crossmoe.functional import check_mask_keeps_a_key, is_compiling, sparse_topk_softmax
 
 __all__ = ["CausalGatedCrossAttention"]
 
@@ -195,6 +195,6 @@ class CausalGatedCrossAttention(nn.Module):
                 raise ValueError(f"context_mask must be (B, Nk)={expected}, got {tuple(context_mask.shape)}")
             if context_mask.dtype != torch.bool:
                 raise ValueError(f"context_mask must be a bool tensor (True = keep), got dtype {context_mask.dtype}")
-            if not torch.compiler.is_compiling():  # a host sync: checked in eager mode, skipped when compiled
+            if not is_compiling():  # a host sync: checked in eager mode, skipped when compiled
                 check_mask_keeps_a_key(context_mask, "context_mask")
         return query.dim() == 2

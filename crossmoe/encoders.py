@@ -223,8 +223,9 @@ class HypergraphLogicEncoder(nn.Module):
             and return those rows with an ``index`` (see :class:`LogicOutput`).
             The tokens depend on the activations only, and a batch of game
             states repeats few distinct atom sets (tens to a few hundred per
-            thousand), so this is exact and several times cheaper; the policy's
-            attention then also computes its query side once per distinct row.
+            thousand), so this is exact and several times cheaper; the
+            cross-attention fusion then also projects its queries once per
+            distinct row.
             Under ``torch.compile`` the encoder runs per sample instead
             (``torch.unique`` has a data-dependent size).
         **encoder_kwargs: Passed to :class:`~crossmoe.graph.HypergraphEncoder`.

@@ -15,6 +15,7 @@ import enum
 import json
 import numbers
 import os
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -264,6 +265,14 @@ class Hypergraph:
     ) -> Hypergraph:
         """Build a graph from a parsed JSON document; see :meth:`from_json`."""
         if "nodes" in data and "edges" in data:
+            if operator_to_expert is None:
+                warnings.warn(
+                    "a research {nodes, edges} graph names no experts, so every operator is 'general'; pass "
+                    "operator_to_expert (for NetHack, crossmoe.nethack.expert_from_label, which "
+                    "crossmoe.nethack.load_hypergraph(path) applies)",
+                    UserWarning,
+                    stacklevel=3,
+                )
             return cls._from_research(data, operator_to_expert)
         if data.get("format") != FORMAT:
             raise ValueError(

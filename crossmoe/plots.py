@@ -1,17 +1,17 @@
 """Plots of a training run from its ``metrics.jsonl``: the learning curve and the routing diagnostics.
 
 Needs matplotlib (the ``examples`` extra). ``examples/plots.py`` is the command line for these functions.
+The figures are built with matplotlib's object interface (:class:`~matplotlib.figure.Figure`), so
+importing this module neither changes the global backend nor needs a display.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
 from crossmoe.training import read_metrics
 
@@ -28,7 +28,7 @@ def _series(rows: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(steps, dtype=float), np.asarray(values, dtype=float)
 
 
-def _shade_phases(ax: plt.Axes, rows: list[dict]) -> None:
+def _shade_phases(ax: Axes, rows: list[dict]) -> None:
     start = 0.0
     for index, row in enumerate(rows):
         last = index == len(rows) - 1
@@ -40,7 +40,8 @@ def _shade_phases(ax: plt.Axes, rows: list[dict]) -> None:
 
 def plot_learning_curves(runs: dict[str, list[dict]], path: Path) -> Path:
     """Rolling mean episodic return (and the per-update mean, faint) against env steps."""
-    fig, ax = plt.subplots(figsize=(7, 4), constrained_layout=True)
+    fig = Figure(figsize=(7, 4), layout="constrained")
+    ax = fig.subplots()
     for label, rows in runs.items():
         steps, returns = _series(rows, "episodic_return")
         (line,) = ax.plot(*_series(rows, "rolling_return"), label=label)
@@ -51,7 +52,6 @@ def plot_learning_curves(runs: dict[str, list[dict]], path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
@@ -59,7 +59,8 @@ def plot_routing(rows: list[dict], path: Path) -> Path | None:
     """Alpha and temperature, routing entropy, expert usage, and attention sparsity over training."""
     if not any("routing_entropy" in row for row in rows):
         return None  # the mlp baseline has no router
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True, constrained_layout=True)
+    fig = Figure(figsize=(11, 7), layout="constrained")
+    axes = fig.subplots(2, 2, sharex=True)
     ax = axes[0, 0]
     ax.plot(*_series(rows, "alpha"), label="alpha")
     ax.plot(*_series(rows, "temperature"), label="temperature")
@@ -85,7 +86,6 @@ def plot_routing(rows: list[dict], path: Path) -> Path | None:
         _shade_phases(ax, rows)
         ax.grid(alpha=0.3)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 

@@ -64,8 +64,8 @@ class ActorCriticBase(nn.Module):
     ``logits (B, A)`` and ``value (B,)`` fields.
     """
 
-    _compiled_forward: Callable[[Mapping[str, Any]], Any] | None = None
-    _compiled_inference_only: bool = False
+    _compiled_forward: Callable[..., Any] | None = None
+    _compile_options: dict[str, Any] | None = None
 
     def encoders(self) -> tuple[nn.Module, ...]:
         """The encoders, in the order their ``prepare`` hooks run."""
@@ -86,19 +86,21 @@ class ActorCriticBase(nn.Module):
     def forward(self, obs: Observation) -> Any:
         """The policy's outputs for a batch: numpy arrays or tensors, a dict or a bare array."""
         obs = self.prepare(obs)
-        if self._compiled_forward is None or (self._compiled_inference_only and torch.is_grad_enabled()):
+        if self._compiled_forward is None or (self._compile_options["inference_only"] and torch.is_grad_enabled()):
             return self.forward_tensors(obs)
-        return self._compiled_forward(obs)
+        return self._compiled_forward(self, obs)
 
     def compile(self, *args: Any, inference_only: bool = False, **kwargs: Any) -> None:
         """Compile the hot path, :meth:`forward_tensors`, with ``torch.compile(*args, **kwargs)``, in place.
 
         :meth:`prepare` (numpy to tensors, atoms) stays eager, so the policy
-        takes the same inputs as before, in every autograd mode.
-        ``torch.compile(policy)`` works too, with one graph break at the
-        :meth:`prepare` boundary, but it guards on the raw inputs: under
-        :func:`torch.inference_mode` with numpy inputs, torch 2.13 trips over
-        its own guard. Prefer this method.
+        takes the same inputs as before, in every autograd mode. Copies
+        (``copy.deepcopy``, pickling) compile again with the same options.
+
+        Prefer this to ``torch.compile(policy)``: that compiles the whole
+        ``forward`` and guards on the raw observation, with a graph break at
+        :meth:`prepare`, and with numpy inputs under
+        :func:`torch.inference_mode` torch 2.13 fails one of its own guards.
 
         Args:
             inference_only: Use the compiled graph only when gradients are
@@ -107,10 +109,23 @@ class ActorCriticBase(nn.Module):
                 compiling pays off at small batches, where the eager
                 forward is dominated by per-operator overhead; at training
                 batch sizes the eager operators are already large, and the
-                eager logic encoder can deduplicate its input.
+                eager logic encoder can deduplicate its input
+                (``docs/benchmarks.md``).
         """
-        self._compiled_forward = torch.compile(self.forward_tensors, *args, **kwargs)
-        self._compiled_inference_only = bool(inference_only)
+        # The unbound method, called with self: a copy of the policy then runs its own weights.
+        self._compiled_forward = torch.compile(type(self).forward_tensors, *args, **kwargs)
+        self._compile_options = {"args": args, "kwargs": kwargs, "inference_only": bool(inference_only)}
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(super().__getstate__())
+        state.pop("_compiled_forward", None)  # a compiled function does not pickle; __setstate__ rebuilds it
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        options = state.get("_compile_options")
+        if options is not None:
+            self.compile(*options["args"], inference_only=options["inference_only"], **options["kwargs"])
 
     def get_value(self, obs: Observation) -> Tensor:
         """Critic value ``(B,)``."""
@@ -268,7 +283,16 @@ class CrossAttentionMoEPolicy(ActorCriticBase):
             )
         if index is not None and tuple(index.shape) != (batch,):
             raise ValueError(f"the logic encoder's index must have shape (B,)=({batch},), got {tuple(index.shape)}")
-        context, attention = self.fusion(visual_tokens, visual_mask, logic)
+        fused = self.fusion(visual_tokens, visual_mask, logic)
+        if not isinstance(fused, tuple) or len(fused) != 2:
+            raise ValueError(
+                "fusion must return FusionOutput(context (B, D), attention or None), "
+                f"got {type(fused).__name__}{'' if not isinstance(fused, tuple) else f' of length {len(fused)}'}"
+            )
+        context, attention = fused
+        if not isinstance(context, Tensor) or tuple(context.shape) != (batch, self.dim):
+            shape = tuple(context.shape) if isinstance(context, Tensor) else type(context).__name__
+            raise ValueError(f"fusion must return a context of shape (B, D)=({batch}, {self.dim}), got {shape}")
         return context, attention, logic
 
     def forward_tensors(self, obs: Mapping[str, Any]) -> PolicyOutput:

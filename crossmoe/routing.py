@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -107,6 +107,14 @@ class SparsemaxRouter(nn.Module):
         with torch.no_grad():
             self.routing_state[1] = self._temperature
 
+    def _apply(self, fn: Any, recurse: bool = True) -> SparsemaxRouter:
+        # .to(), .half(), .to_empty() ... act on every buffer; the routing state is rebuilt from the
+        # floats so that it stays exact (float64) and equal to them whatever the module's dtype.
+        super()._apply(fn, recurse)
+        device = self.routing_state.device
+        self.routing_state = torch.tensor([self._alpha, self._temperature], dtype=torch.float64, device=device)
+        return self
+
     def extra_repr(self) -> str:
         return f"alpha={self.alpha:g}, temperature={self.temperature:g}"
 
@@ -118,8 +126,7 @@ class SparsemaxRouter(nn.Module):
             logits = self.net(x.to(param_dtype))
             work = logits if logits.dtype == torch.float64 else logits.float()
             if is_compiling():  # tensor-valued alpha and temperature: no recompile when a schedule moves them
-                state = self.routing_state.to(work.dtype)
-                weights = entmax_tensor_alpha(work / state[1], state[0])
+                weights = entmax_tensor_alpha(work / self.routing_state[1].to(work.dtype), self.routing_state[0])
             else:
                 weights = entmax(work / self.temperature, alpha=self.alpha, dim=-1)
         return RouterOutput(weights=weights, logits=logits)

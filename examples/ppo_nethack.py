@@ -97,7 +97,7 @@ class Args:
     """Where metrics, checkpoints, plots and the summary go (default ``runs/<env>__<policy>__<seed>__<time>``)."""
     resume: bool = False
     """Continue the run in ``--run-dir`` from ``checkpoints/last.pt``, with the arguments it started with
-    (only the total timesteps, device, logging, plotting and NaN-injection flags may change)."""
+    (only the total timesteps, device, threads, compile, logging, plotting and NaN-injection flags may change)."""
     policy: Literal["moe", "mlp"] = "moe"
     """``moe``: the crossmoe agent; ``mlp``: a plain actor-critic on the same visual encoder."""
     fusion: Literal["cross_attention", "concat"] = "cross_attention"
@@ -241,18 +241,27 @@ def make_agent(args: Args, envs: gym.vector.VectorEnv) -> nn.Module:
 
 
 def compile_agent(agent: nn.Module, args: Args, envs: gym.vector.VectorEnv) -> nn.Module:
-    """``agent.compile()`` for ``--compile``, compiled now on a first observation; the eager agent if that fails.
+    """``agent.compile()`` for ``--compile``, compiled now on real observations; the eager agent if that fails.
 
     One graph per batch size (``dynamic=False``): the rollout's ``num_envs``
-    and the update's minibatch. ``agent.prepare`` (numpy, atoms) stays eager.
-    Without a working C++ compiler inductor cannot build its kernels; the run
-    then goes on eagerly, with a warning, instead of failing.
+    and, with ``--compile all``, the update's minibatch (forward and
+    backward). Both are built here, before training, from the first
+    observation (tiled to the minibatch size), so a failure cannot stop the
+    run midway: without a working C++ compiler inductor cannot build its
+    kernels, and the run goes on eagerly, with a warning. ``agent.prepare``
+    (numpy, atoms) stays eager.
     """
     agent.compile(dynamic=False, inference_only=args.compile == "rollout")
     obs, _ = envs.reset(seed=args.seed)  # the loop resets again with its own seed
     try:
         with torch.inference_mode():
             agent(obs)
+        if args.compile == "all":
+            minibatch = args.num_steps * (args.num_envs // args.num_minibatches)
+            tiled = {key: np.resize(value, (minibatch, *value.shape[1:])) for key, value in obs.items()}
+            out = agent(tiled)
+            (out.logits.sum() + out.value.sum()).backward()
+            agent.zero_grad(set_to_none=True)
     except torch._dynamo.exc.BackendCompilerFailed as error:
         warnings.warn(f"--compile {args.compile} failed, training eagerly: {error}", RuntimeWarning, stacklevel=2)
         eager = make_agent(args, envs).to(agent.device)

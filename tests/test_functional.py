@@ -163,3 +163,22 @@ def test_combine_experts_is_weighted_sum():
     torch.testing.assert_close(combine_experts(weights, outputs), expected)
     with pytest.raises(ValueError, match=r"router_weights must be \(B, E\)"):
         combine_experts(weights[:, :1], outputs)
+
+
+@pytest.mark.parametrize("topk", [0.1, 0.3, 0.5, 0.99, 1.0])
+def test_sparse_topk_softmax_traced_for_compile_matches_eager(topk):
+    """Under torch.compile the support has a static size cut at each row's k: the same weights and gradients."""
+    torch._dynamo.reset()
+    generator = torch.Generator().manual_seed(3)
+    scores = torch.randn(5, 2, 4, 12, generator=generator, dtype=torch.float64, requires_grad=True)
+    mask = torch.rand(5, 1, 1, 12, generator=generator) > 0.4
+    mask[..., 0] = True
+    traced = torch.compile(sparse_topk_softmax, backend="aot_eager", fullgraph=True)
+    for row_mask in (mask, None, torch.ones_like(mask)):
+        expected = sparse_topk_softmax(scores, topk, row_mask)
+        weights = traced(scores, topk, row_mask)
+        torch.testing.assert_close(weights, expected)
+        grad = torch.randn(expected.shape, generator=generator, dtype=torch.float64)
+        (expected_grad,) = torch.autograd.grad(expected, scores, grad)
+        (traced_grad,) = torch.autograd.grad(weights, scores, grad)
+        torch.testing.assert_close(traced_grad, expected_grad)

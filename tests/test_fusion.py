@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from crossmoe import AuxLossWeights, CrossAttentionMoEPolicy, aux_loss
-from crossmoe.encoders import BoxEncoder, HypergraphLogicEncoder, LogicOutput
-from crossmoe.fusion import ConcatFusion, CrossAttentionFusion, Fusion, FusionOutput, make_fusion
+from crossmoe.encoders import BoxEncoder, HypergraphLogicEncoder, LearnedQueries, LogicOutput
+from crossmoe.fusion import ConcatFusion, CrossAttentionFusion, FusionOutput, make_fusion
 from crossmoe.hypergraph import Hypergraph, OperatorSpec
 
 DIM, B, N, OPS = 16, 6, 9, 5
@@ -90,7 +90,6 @@ def test_make_fusion_resolves_names_and_passes_modules_through():
     assert isinstance(make_fusion("concat", DIM), ConcatFusion)
     module = MeanFusion(DIM)
     assert make_fusion(module, DIM) is module
-    assert isinstance(module, Fusion)
     with pytest.raises(ValueError, match=r"fusion must be one of \('cross_attention', 'concat'\).*got 'dot'"):
         make_fusion("dot", DIM)
 
@@ -148,3 +147,31 @@ def test_a_custom_fusion_module_trains_with_ppo_and_every_aux_loss():
     optimizer.step()
     assert all(not torch.equal(b, a) for b, a in zip(before, fusion.parameters(), strict=True))
     assert bool(torch.isfinite(loss))
+
+
+@pytest.mark.parametrize(
+    ("returned", "match"),
+    [
+        (
+            lambda context: context,
+            r"fusion must return FusionOutput\(context \(B, D\), attention or None\), got Tensor",
+        ),
+        (lambda context: (context, None, None), r"got tuple of length 3"),
+        (
+            lambda context: FusionOutput(context[:, :-1]),
+            r"fusion must return a context of shape \(B, D\)=\(6, 16\), got \(6, 15\)",
+        ),
+    ],
+)
+def test_a_fusion_that_breaks_the_convention_gets_a_clear_error(returned, match):
+    class Broken(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = MeanFusion(DIM)
+
+        def forward(self, visual_tokens, visual_mask, logic):
+            return returned(self.inner(visual_tokens, visual_mask, logic).context)
+
+    policy = CrossAttentionMoEPolicy(BoxEncoder(4, DIM), LearnedQueries(3, DIM), action_dim=5, dim=DIM, fusion=Broken())
+    with pytest.raises(ValueError, match=match):
+        policy(torch.randn(B, 4))

@@ -46,6 +46,7 @@ def research_file():
     return json.loads(RESEARCH_FIXTURE.read_text())
 
 
+@pytest.mark.filterwarnings("ignore:a research:UserWarning")
 def test_encoder_runs_on_the_real_research_graph(research_file):
     graph = Hypergraph.from_json(RESEARCH_FIXTURE)
     encoder = HypergraphEncoder(graph, 32)

@@ -412,6 +412,7 @@ def _research_dict():
     }
 
 
+@pytest.mark.filterwarnings("ignore:a research:UserWarning")
 def test_research_format_reads_typed_nodes_and_edges():
     graph = Hypergraph.from_dict(_research_dict())
     assert graph.conditions == ["hungry", "has_food", "monster_adjacent", "unexplored_near"]
@@ -431,7 +432,8 @@ def test_research_format_reads_typed_nodes_and_edges():
 
 def test_research_format_experts_default_to_general():
     """The format has no expert field, and the domain-agnostic reader knows no action words."""
-    graph = Hypergraph.from_dict(_research_dict())
+    with pytest.warns(UserWarning, match="names no experts, so every operator is 'general'; pass operator_to_expert"):
+        graph = Hypergraph.from_dict(_research_dict())
     assert [op.expert for op in graph.specs] == ["general"] * 4
     assert graph.operator_to_expert.tolist() == [3, 3, 3, 3]
     applicable = graph.applicable(torch.zeros(1, 4))
@@ -447,6 +449,7 @@ def test_research_format_expert_override_mapping_and_callable(tmp_path):
     assert [op.expert for op in called.specs] == ["exploration", "general", "general", "general"]
 
 
+@pytest.mark.filterwarnings("ignore:a research:UserWarning")
 def test_research_format_rejects_unknown_relation_and_node_type():
     data = _research_dict()
     data["edges"].append([1, 13, "enables"])
@@ -478,6 +481,7 @@ def research_file():
     return json.loads(RESEARCH_FIXTURE.read_text())
 
 
+@pytest.mark.filterwarnings("ignore:a research:UserWarning")
 def test_real_research_file_loads_with_its_own_counts(research_file):
     graph = Hypergraph.from_json(RESEARCH_FIXTURE)
     counts = research_file["meta"]["node_types"]

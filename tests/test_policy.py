@@ -468,3 +468,68 @@ def test_unique_rows_gathers_back_to_its_input(columns):
     soft = x * 0.5  # not 0/1: the general path
     distinct, index = unique_rows(soft)
     assert torch.equal(distinct[index], soft) and len(distinct) == len(torch.unique(soft, dim=0))
+
+
+def test_prepare_observation_converts_numpy_and_runs_the_encoder_hooks_in_order():
+    from crossmoe.encoders import prepare_observation
+
+    calls = []
+
+    class Hooked(torch.nn.Module):
+        def __init__(self, name):
+            super().__init__()
+            self.name = name
+
+        def prepare(self, obs):
+            calls.append((self.name, sorted(obs)))
+            return {**obs, self.name: np.ones(2)}
+
+    raw = {"x": np.arange(3), "scalar": np.float32(2.0), "label": "kept as is"}
+    prepared = prepare_observation(raw, (Hooked("a"), torch.nn.Linear(1, 1), Hooked("b")), "cpu")
+    assert calls == [("a", ["label", "scalar", "x"]), ("b", ["a", "label", "scalar", "x"])]
+    assert sorted(raw) == ["label", "scalar", "x"]  # the caller's dict is not changed
+    assert torch.equal(prepared["x"], torch.arange(3)) and prepared["scalar"].dim() == 0
+    assert isinstance(prepared["a"], torch.Tensor) and prepared["label"] == "kept as is"
+    bare = prepare_observation(np.zeros((2, 3)), (), None)
+    assert list(bare) == ["obs"] and isinstance(bare["obs"], torch.Tensor)
+
+
+def test_compile_inference_only_uses_the_graph_without_gradients_only():
+    """policy.compile(inference_only=True): the rollout runs the compiled graph, the update the eager one."""
+    graphs = []
+
+    def counting_backend(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    torch._dynamo.reset()
+    policy = _policy()
+    obs = _obs()
+    eager = policy(obs)
+    policy.compile(backend=counting_backend, inference_only=True)
+    with torch.no_grad():
+        compiled = policy(obs)
+    assert len(graphs) == 1
+    _assert_outputs_close(compiled, eager)
+    out = policy(obs)  # gradients on: eager
+    assert len(graphs) == 1 and out.logits.requires_grad
+
+
+def test_a_copy_of_a_compiled_policy_runs_its_own_weights():
+    import copy
+    import pickle
+
+    torch._dynamo.reset()
+    policy = _policy()
+    policy.compile(backend="eager")
+    obs = _obs()
+    original = policy(obs).logits.detach()
+    clone = copy.deepcopy(policy)
+    with torch.no_grad():
+        for param in clone.experts.parameters():
+            param.add_(0.5)
+    assert not torch.allclose(clone(obs).logits, original)
+    torch.testing.assert_close(policy(obs).logits, original)
+    restored = pickle.loads(pickle.dumps(policy))
+    assert restored._compiled_forward is not None
+    torch.testing.assert_close(restored(obs).logits, original)

@@ -128,3 +128,23 @@ def test_setter_and_forward_errors():
         router(torch.randn(2, 3, 12))
     with pytest.raises(ValueError, match=r"x must be \(B, 12\), got \(2, 11\)"):
         router(torch.randn(2, 11))
+
+
+def test_compiled_routing_state_follows_alpha_and_temperature_through_setters_and_casts():
+    """The tensor copy that compiled graphs read stays equal to the float attributes, exact in float64."""
+    from crossmoe import TemperatureAnnealingScheduler
+
+    router = SparsemaxRouter(8, 4, alpha=1.37, temperature=0.6)
+    assert router.routing_state.tolist() == [1.37, 0.6]
+    router.alpha, router.temperature = 1.9, 0.45
+    assert router.routing_state.tolist() == [1.9, 0.45]
+    state = TemperatureAnnealingScheduler(warmup=10, transition=30, total=50, unit="updates")(20)
+    state.apply(router)
+    assert router.routing_state.tolist() == [state.alpha, state.temperature]
+    for cast in (torch.nn.Module.half, torch.nn.Module.bfloat16, torch.nn.Module.double):
+        cast(router)
+        assert router.routing_state.dtype == torch.float64
+        assert router.routing_state.tolist() == [state.alpha, state.temperature]
+    meta = SparsemaxRouter(8, 4, alpha=1.37, temperature=0.6, hidden_dim=0).to("meta").to_empty(device="cpu")
+    assert meta.routing_state.tolist() == [1.37, 0.6]
+    assert "routing_state" not in router.state_dict()  # not state: a checkpoint holds the weights only

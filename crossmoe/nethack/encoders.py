@@ -168,7 +168,7 @@ class NetHackVisualEncoder(nn.Module):
             [
                 crop,
                 self._coarse_tokens(glyphs, x, y),
-                self.blstats_proj(blstats_features(blstats)).unsqueeze(1),
+                self.blstats_proj(blstats_features(blstats).to(self.blstats_proj.weight.dtype)).unsqueeze(1),
                 self._message_token(message).unsqueeze(1),
             ],
             dim=1,
@@ -205,7 +205,7 @@ class NetHackVisualEncoder(nn.Module):
         cells = (bins + classes).flatten()
         # scatter_add into a fixed size rather than bincount: the same counts, faster on the CPU, and no
         # data-dependent output size for torch.compile.
-        counts = glyphs.new_zeros(batch * self.num_patches * num_classes, dtype=torch.float32)
+        counts = glyphs.new_zeros(batch * self.num_patches * num_classes, dtype=self.coarse_proj.weight.dtype)
         counts.scatter_add_(0, cells, counts.new_ones(cells.shape))
         histogram = counts.view(batch, self.num_patches, num_classes) / self.patch_area[:, None]
         return self.coarse_proj(histogram) + self.coarse_position
@@ -214,7 +214,7 @@ class NetHackVisualEncoder(nn.Module):
         bigrams = message[:, :-1] * 256 + message[:, 1:]
         buckets = ((bigrams * _HASH_MULTIPLIER) & 0xFFFFFFFF) >> (32 - int(math.log2(self.message_buckets)))
         buckets = buckets.masked_fill(message[:, 1:] == 0, self.message_buckets)  # padding goes to a spare bin
-        present = message.new_zeros(message.shape[0], self.message_buckets + 1, dtype=torch.float32)
+        present = message.new_zeros(message.shape[0], self.message_buckets + 1, dtype=self.message_proj.weight.dtype)
         present.scatter_(1, buckets, 1.0)
         return self.message_proj(present[:, : self.message_buckets])
 
