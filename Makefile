@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 # Override for another build, e.g. `make TORCH_SPEC="torch==2.6.0" test`.
 TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= nethack,minihack,examples,test,docs,dev
-# `make demo`: a short PPO run on NetHack (about 3-5 minutes on 2 CPU cores).
+# `make demo`: a short PPO run on NetHack (about 4-6 minutes on 2 CPU cores).
 DEMO_ARGS ?= --total-timesteps 200000 --run-dir runs/demo
 PYTEST_ARGS ?=
 SPHINX := $(BIN)/python -m sphinx -W --keep-going -b html docs docs/_build/html
