@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import platform
 import statistics
+import subprocess
 from collections.abc import Callable
 
 import torch
@@ -31,3 +32,17 @@ def emit(record: dict) -> None:
     """Print one JSON line with the machine context attached."""
     record = {**record, "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine()}
     print(json.dumps(record), flush=True)
+
+
+def run_worker(command: list[str], env: dict[str, str] | None = None) -> dict:
+    """Run a benchmark's worker subprocess and return the record it printed with :func:`emit_result`."""
+    result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"worker {command[2:]} failed:\n{result.stderr[-3000:]}")
+    line = next(line for line in result.stdout.splitlines() if line.startswith("RESULT "))
+    return json.loads(line.removeprefix("RESULT "))
+
+
+def emit_result(record: dict) -> None:
+    """Print a worker's record for :func:`run_worker`."""
+    print("RESULT " + json.dumps(record), flush=True)

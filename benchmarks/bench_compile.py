@@ -17,17 +17,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
+
+from _timing import emit_result, run_worker, time_interleaved
 
 ROLLOUT_BATCH, UPDATE_BATCH = 16, 512
 
 
 def worker(agent: str, rounds: int, threads: int) -> None:
     import torch
-    from _timing import time_interleaved
     from bench_policy import real_observations
 
     from crossmoe.nethack import make_baseline_policy, make_policy
@@ -77,17 +77,13 @@ def worker(agent: str, rounds: int, threads: int) -> None:
         "first_update_call_s": round(first_update, 1),
         **{f"{name}_ms": round(value * 1e3, 2) for name, value in times.items()},
     }
-    print("RESULT " + json.dumps(record), flush=True)
+    emit_result(record)
 
 
 def run(agent: str, cache_dir: str, rounds: int, threads: int) -> dict:
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache_dir}
     command = [sys.executable, __file__, "--worker", agent, "--rounds", str(rounds), "--threads", str(threads)]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
-    if result.returncode != 0:
-        raise RuntimeError(f"{agent} worker failed:\n{result.stderr[-3000:]}")
-    line = next(line for line in result.stdout.splitlines() if line.startswith("RESULT "))
-    return json.loads(line.removeprefix("RESULT "))
+    return run_worker(command, env)
 
 
 def main() -> None:

@@ -21,10 +21,11 @@ import argparse
 import json
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from _timing import emit_result, run_worker
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = {"moe_sps_min": 500, "moe_over_mlp_min": 0.7, "peak_rss_mb_max": 4096}
@@ -57,18 +58,14 @@ def worker(policy: str, env_id: str, updates: int, run_dir: str, compile: str) -
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "threads": torch.get_num_threads(),
     }
-    print("RESULT " + json.dumps(record), flush=True)
+    emit_result(record)
 
 
 def run(policy: str, env_id: str, updates: int, compile: str) -> dict:
     with tempfile.TemporaryDirectory() as run_dir:
         command = [sys.executable, __file__, "--worker", policy, "--env-id", env_id, "--updates", str(updates)]
         command += ["--compile", compile]
-        result = subprocess.run([*command, "--run-dir", run_dir], capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise RuntimeError(f"{policy} run failed:\n{result.stderr[-3000:]}")
-    line = next(line for line in result.stdout.splitlines() if line.startswith("RESULT "))
-    return json.loads(line.removeprefix("RESULT "))
+        return run_worker([*command, "--run-dir", run_dir])
 
 
 def main() -> None:

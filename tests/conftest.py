@@ -1,4 +1,6 @@
+import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -36,3 +38,18 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def research_path():
+    """The real research-format graph (``{nodes, edges}``) in ``shared/fixtures`` beside the project."""
+    path = Path(__file__).resolve().parents[1].parent / "shared/fixtures/tedg_hypergraph_gat_structure.json"
+    if not path.exists():
+        pytest.skip(f"research fixture not found at {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def research_file(research_path):
+    """The parsed JSON of :func:`research_path`."""
+    return json.loads(research_path.read_text())

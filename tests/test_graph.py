@@ -1,10 +1,8 @@
 """HypergraphEncoder (crossmoe.graph, needs torch-geometric); the data model is tested in test_hypergraph.py."""
 
 import copy
-import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +11,6 @@ import crossmoe
 from crossmoe.graph import Hypergraph, HypergraphEncoder, OperatorSpec
 
 EXPERTS = ("survival", "combat", "exploration", "general")
-RESEARCH_FIXTURE = Path(__file__).resolve().parents[1].parent / "shared/fixtures/tedg_hypergraph_gat_structure.json"
 
 
 ENCODER_OPERATORS = {
@@ -39,16 +36,9 @@ def _activations(batch, num_conditions, seed=0, dtype=torch.float32):
     return (torch.rand(batch, num_conditions, generator=g) < 0.5).to(dtype)
 
 
-@pytest.fixture(scope="module")
-def research_file():
-    if not RESEARCH_FIXTURE.exists():
-        pytest.skip(f"research fixture not found at {RESEARCH_FIXTURE}")
-    return json.loads(RESEARCH_FIXTURE.read_text())
-
-
 @pytest.mark.filterwarnings("ignore:a research:UserWarning")
-def test_encoder_runs_on_the_real_research_graph(research_file):
-    graph = Hypergraph.from_json(RESEARCH_FIXTURE)
+def test_encoder_runs_on_the_real_research_graph(research_path):
+    graph = Hypergraph.from_json(research_path)
     encoder = HypergraphEncoder(graph, 32)
     tokens, scores = encoder(_activations(3, graph.num_conditions))
     assert tokens.shape == (3, 279, 32) and scores.shape == (3, 279)

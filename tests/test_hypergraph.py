@@ -4,7 +4,6 @@ import copy
 import enum
 import json
 import pickle
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +14,6 @@ import crossmoe
 from crossmoe.hypergraph import FORMAT, Hypergraph, OperatorSpec, action_name
 
 EXPERTS = ("survival", "combat", "exploration", "general")
-RESEARCH_FIXTURE = Path(__file__).resolve().parents[1].parent / "shared/fixtures/tedg_hypergraph_gat_structure.json"
 
 
 def _kitchen_graph():
@@ -474,16 +472,9 @@ def test_research_format_round_trips_through_crossmoe_schema(tmp_path):
     assert _structure(Hypergraph.from_json(path)) == _structure(graph)
 
 
-@pytest.fixture(scope="module")
-def research_file():
-    if not RESEARCH_FIXTURE.exists():
-        pytest.skip(f"research fixture not found at {RESEARCH_FIXTURE}")
-    return json.loads(RESEARCH_FIXTURE.read_text())
-
-
 @pytest.mark.filterwarnings("ignore:a research:UserWarning")
-def test_real_research_file_loads_with_its_own_counts(research_file):
-    graph = Hypergraph.from_json(RESEARCH_FIXTURE)
+def test_real_research_file_loads_with_its_own_counts(research_path, research_file):
+    graph = Hypergraph.from_json(research_path)
     counts = research_file["meta"]["node_types"]
     assert graph.num_conditions == counts["condition"]
     assert graph.num_operators == counts["operator"]

@@ -2,7 +2,6 @@
 
 import collections
 import json
-from pathlib import Path
 
 import pytest
 
@@ -11,8 +10,6 @@ pytest.importorskip("nle")
 from crossmoe.experts import DEFAULT_EXPERT_NAMES
 from crossmoe.hypergraph import Hypergraph, OperatorSpec
 from crossmoe.nethack import ATOMS, EXPERT_WORDS, expert_from_label, load_hypergraph
-
-RESEARCH_FIXTURE = Path(__file__).resolve().parents[1].parent / "shared/fixtures/tedg_hypergraph_gat_structure.json"
 
 # What crossmoe.graph derived for the fixture's 279 operators before the word table moved to crossmoe.nethack.
 FIXTURE_EXPERT_COUNTS = {"survival": 24, "combat": 48, "exploration": 72, "general": 135}
@@ -88,15 +85,8 @@ def test_load_hypergraph_without_a_path_is_the_shipped_graph():
     assert set(graph.operator_to_expert.tolist()) == {0, 1, 2, 3}
 
 
-@pytest.fixture(scope="module")
-def research_file():
-    if not RESEARCH_FIXTURE.exists():
-        pytest.skip(f"research fixture not found at {RESEARCH_FIXTURE}")
-    return json.loads(RESEARCH_FIXTURE.read_text())
-
-
-def test_real_research_file_gets_the_same_experts_as_before_the_split(research_file):
-    graph = Hypergraph.from_json(RESEARCH_FIXTURE, operator_to_expert=expert_from_label)
+def test_real_research_file_gets_the_same_experts_as_before_the_split(research_path):
+    graph = Hypergraph.from_json(research_path, operator_to_expert=expert_from_label)
     assert collections.Counter(op.expert for op in graph.specs) == FIXTURE_EXPERT_COUNTS
     expert_of = graph.operator_to_expert
     assert set(expert_of.tolist()) == {0, 1, 2, 3}
@@ -109,4 +99,4 @@ def test_real_research_file_gets_the_same_experts_as_before_the_split(research_f
             assert expert == 2, label
         elif label.startswith("look_"):
             assert expert == 3, label
-    assert load_hypergraph(RESEARCH_FIXTURE).operator_to_expert.tolist() == expert_of.tolist()
+    assert load_hypergraph(research_path).operator_to_expert.tolist() == expert_of.tolist()
