@@ -70,7 +70,9 @@ def moe_diagnostics(
 ) -> dict[str, float]:
     """All diagnostics as a flat ``{name: float}`` dict, ready for a metrics logger.
 
-    Keys: ``routing_entropy``, ``dead_experts``, ``usage/<name>`` per expert,
+    Keys: ``routing_entropy``, ``dead_experts``, ``usage/<name>`` (the share
+    of samples whose largest weight is on the expert), ``weight/<name>`` (its
+    mean routing weight; the top-1 share overstates collapse) per expert,
     and ``attention_sparsity`` / ``context_norm`` when those inputs are given.
     """
     usage = expert_usage(router_weights).tolist()
@@ -82,6 +84,8 @@ def moe_diagnostics(
         "dead_experts": float(dead_experts(router_weights)),
     }
     stats.update({f"usage/{name}": fraction for name, fraction in zip(names, usage, strict=True)})
+    mean_weight = router_weights.reshape(-1, len(usage)).float().mean(dim=0).tolist()
+    stats.update({f"weight/{name}": weight for name, weight in zip(names, mean_weight, strict=True)})
     if attention is not None:
         stats["attention_sparsity"] = attention_sparsity(attention, context_mask=context_mask)
     if context is not None:

@@ -291,19 +291,25 @@ class HypergraphLogicEncoder(nn.Module):
 def unique_rows(x: Tensor) -> tuple[Tensor, Tensor]:
     """``(distinct rows (U, C), index (B,))`` of a ``(B, C)`` tensor, with ``distinct[index] == x``.
 
-    Rows of 0/1 values with ``C <= 62`` (condition activations) are packed
-    into one int64 key each and deduplicated with a 1-D ``torch.unique``,
-    several times faster than ``torch.unique(dim=0)``, which compares rows
-    one pair at a time; other rows take ``torch.unique(dim=0)``. The order of
-    the distinct rows is unspecified.
+    Rows of 0/1 values (condition activations) are packed, 62 columns at a
+    time, into int64 keys; the keys of a row are folded into one by
+    deduplicating them a chunk at a time, so the rows are deduplicated with
+    1-D ``torch.unique`` calls, several times faster than
+    ``torch.unique(dim=0)``, which compares rows one pair at a time. Other rows
+    take ``torch.unique(dim=0)``. The order of the distinct rows is unspecified.
     """
     if x.dim() != 2:
         raise ValueError(f"x must be (B, C), got shape {tuple(x.shape)}")
-    columns = x.shape[1]
-    if columns > 62 or not bool(((x == 0) | (x == 1)).all()):
+    if not bool(((x == 0) | (x == 1)).all()):
         return torch.unique(x, dim=0, return_inverse=True)
-    bits = torch.arange(columns, device=x.device)
-    keys = (x.long() << bits).sum(dim=1)
-    distinct_keys, index = torch.unique(keys, return_inverse=True)
-    distinct = ((distinct_keys.unsqueeze(1) >> bits) & 1).to(x.dtype)
-    return distinct, index
+    rows, columns = x.shape
+    index = torch.zeros(rows, dtype=torch.long, device=x.device)
+    for start in range(0, columns, 62):
+        chunk = x[:, start : start + 62].long()
+        keys = (chunk << torch.arange(chunk.shape[1], device=x.device)).sum(dim=1)
+        # (index so far, this chunk's key) -> a new index below B, so the combined key never overflows.
+        _, chunk_index = torch.unique(keys, return_inverse=True)
+        _, index = torch.unique(index * rows + chunk_index, return_inverse=True)
+    first = torch.full((int(index.max()) + 1 if rows else 0,), rows, dtype=torch.long, device=x.device)
+    first.scatter_reduce_(0, index, torch.arange(rows, device=x.device), reduce="amin")
+    return x[first], index

@@ -76,13 +76,19 @@ def router_z_loss(logits: Tensor) -> Tensor:
     return torch.logsumexp(logits, dim=-1).square().mean()
 
 
-def expert_diversity_loss(expert_logits: Tensor) -> Tensor:
+def expert_diversity_loss(expert_logits: Tensor, weights: Tensor | None = None) -> Tensor:
     r"""Mean pairwise cosine similarity of the experts' action distributions.
 
     .. math::
-        \mathcal{L}_\text{div} = \frac{1}{B}\sum_b \frac{2}{E(E-1)} \sum_{i<j}
-        \frac{\langle \pi_{bi}, \pi_{bj} \rangle}{\lVert \pi_{bi} \rVert \, \lVert \pi_{bj} \rVert},
+        \mathcal{L}_\text{div} = \frac{\sum_b \sum_{i<j} c_{bij} \cos(\pi_{bi}, \pi_{bj})}{\sum_b \sum_{i<j} c_{bij}},
         \qquad \pi_{be} = \operatorname{softmax}(\ell_{be})
+
+    with :math:`c_{bij} = 1` unweighted, or :math:`c_{bij} = w_{bi} w_{bj}`
+    given routing ``weights`` (detached). Weighted, a pair only counts in the
+    states where both experts are routed to: an expert the router does not
+    use in a state is not pushed away from the others there. Unweighted, the
+    loss pushes every expert apart in every state, and a rarely used expert
+    escapes it by putting all its mass on one action whatever the state.
 
     It lies in ``(0, 1]``: 1 when all experts propose the same distribution, and
     it approaches 0 as their distributions move to disjoint actions. Lower
@@ -90,6 +96,7 @@ def expert_diversity_loss(expert_logits: Tensor) -> Tensor:
 
     Shapes:
         - expert_logits: ``(..., E, A)`` with ``E >= 2``
+        - weights: ``(..., E)`` or None
         - output: scalar
     """
     _check_rank("expert_logits", expert_logits, 2, "(..., E, A)")
@@ -100,8 +107,17 @@ def expert_diversity_loss(expert_logits: Tensor) -> Tensor:
         )
     unit = F.normalize(torch.softmax(expert_logits, dim=-1), dim=-1)
     gram = unit @ unit.transpose(-1, -2)  # (..., E, E)
-    off_diagonal = gram.sum(dim=(-1, -2)) - gram.diagonal(dim1=-2, dim2=-1).sum(dim=-1)
-    return (off_diagonal / (num_experts * (num_experts - 1))).mean()
+    if weights is None:
+        off_diagonal = gram.sum(dim=(-1, -2)) - gram.diagonal(dim1=-2, dim2=-1).sum(dim=-1)
+        return (off_diagonal / (num_experts * (num_experts - 1))).mean()
+    if weights.shape != expert_logits.shape[:-1]:
+        raise ValueError(
+            f"weights must be (..., E) = {tuple(expert_logits.shape[:-1])}, got shape {tuple(weights.shape)}"
+        )
+    weights = weights.detach().to(gram.dtype)
+    pair = weights.unsqueeze(-1) * weights.unsqueeze(-2)
+    pair = pair * (1.0 - torch.eye(num_experts, dtype=gram.dtype, device=gram.device))
+    return (pair * gram).sum() / pair.sum().clamp_min(torch.finfo(gram.dtype).tiny)
 
 
 def semantic_orthogonality_loss(expert_features: Tensor) -> Tensor:
@@ -132,22 +148,41 @@ def hypergraph_alignment_loss(
     operator_to_expert: Tensor,
     applicable: Tensor | None = None,
     eps: float = 1e-6,
+    *,
+    target: str = "balanced",
+    smoothing: float = 0.1,
 ) -> Tensor:
     r"""KL divergence from the symbolic expert target to the router weights.
 
-    The target puts on expert :math:`e` the softmax mass of the applicable
-    operators that belong to :math:`e`:
+    Two targets :math:`t_b` over the experts:
+
+    - ``"balanced"`` (the default): a softmax over the experts that have an
+      applicable operator, of the *mean* score of those operators,
+      :math:`t_{be} \propto \exp\big(\tfrac{1}{|A_{be}|}\sum_{o \in A_{be}} s_{bo}\big)`
+      with :math:`A_{be}` the applicable operators of expert :math:`e`. An
+      expert's share does not grow with how many of its operators apply, so
+      an expert with many broad operators (exploration) cannot crowd out one
+      with a few specific ones (combat, survival).
+    - ``"sum"``: the softmax mass of the applicable operators that belong to
+      each expert,
+      :math:`t_{be} = \sum_{o \,:\, \text{exp}(o) = e} \operatorname{softmax}_{o \in A_b}(s_{bo})`.
+      On NetHack it follows how many operators each expert owns, and the
+      router collapses onto that.
+
+    Then :math:`t \leftarrow (1 - \lambda) t + \lambda / E` with
+    :math:`\lambda` = ``smoothing``, so no expert's target is 0, and
 
     .. math::
-        t_{be} = \sum_{o \,:\, \text{exp}(o) = e} \operatorname{softmax}_{o \in \text{app}_b}(s_{bo}), \qquad
         \mathcal{L}_\text{align} = \frac{1}{|B'|}\sum_{b \in B'} \sum_e t_{be} \log \frac{t_{be}}{\tilde w_{be}},
         \qquad \tilde w = \frac{w + \epsilon}{1 + E\epsilon}
 
     The target is detached: the symbolic side teaches the router, not the
-    reverse. :math:`\tilde w` keeps ``log(0)`` finite for sparsemax weights and
-    stays a distribution, so the loss is a true KL and never negative. Samples
-    with no applicable operator (:math:`b \notin B'`) have no target and are
-    left out; with none left the loss is 0.
+    reverse. Pass dense probabilities (:func:`aux_loss` uses
+    ``softmax(router_logits)``): sparsemax weights are exactly 0 for unused
+    experts, which then get no gradient, and :math:`\tilde w` only keeps
+    ``log(0)`` finite. Samples with no applicable operator
+    (:math:`b \notin B'`) have no target and are left out; with none left the
+    loss is 0.
 
     Args:
         router_weights: ``(B, E)`` routing probabilities.
@@ -156,10 +191,16 @@ def hypergraph_alignment_loss(
         applicable: ``(B, O)`` bool, True where all of an operator's
             preconditions hold; ``None`` means every operator applies.
         eps: Smoothing of the router weights.
+        target: ``"balanced"`` or ``"sum"``, see above.
+        smoothing: Weight :math:`\lambda` of the uniform mixture in the target, in ``[0, 1]``.
 
     Returns:
         Scalar tensor, ``>= 0``.
     """
+    if target not in ("balanced", "sum"):
+        raise ValueError(f"target must be 'balanced' or 'sum', got {target!r}")
+    if not 0.0 <= smoothing <= 1.0:
+        raise ValueError(f"smoothing must lie in [0, 1], got {smoothing!r}")
     if router_weights.dim() != 2:
         raise ValueError(f"router_weights must be (B, E), got {tuple(router_weights.shape)}")
     batch, num_experts = router_weights.shape
@@ -185,14 +226,20 @@ def hypergraph_alignment_loss(
     if not bool(has_target.any()):
         return router_weights.sum() * 0.0
     with torch.no_grad():
-        scores = (
-            operator_scores[has_target].to(router_weights.dtype).masked_fill(~applicable[has_target], float("-inf"))
-        )
-        operator_probs = torch.softmax(scores, dim=-1)  # (B', O)
-        membership = F.one_hot(operator_to_expert.to(router_weights.device), num_experts).to(operator_probs.dtype)
-        target = operator_probs @ membership  # (B', E)
+        dtype = router_weights.dtype
+        app = applicable[has_target]
+        scores = operator_scores[has_target].to(dtype)
+        membership = F.one_hot(operator_to_expert.to(router_weights.device), num_experts).to(dtype)  # (O, E)
+        if target == "sum":
+            operator_probs = torch.softmax(scores.masked_fill(~app, float("-inf")), dim=-1)  # (B', O)
+            goal = operator_probs @ membership  # (B', E)
+        else:
+            count = app.to(dtype) @ membership  # (B', E) applicable operators per expert
+            mean = (scores.masked_fill(~app, 0.0) @ membership) / count.clamp_min(1.0)
+            goal = torch.softmax(mean.masked_fill(count == 0, float("-inf")), dim=-1)
+        goal = (1.0 - smoothing) * goal + smoothing / num_experts
     smoothed = (router_weights[has_target] + eps) / (1.0 + num_experts * eps)
-    kl = (torch.xlogy(target, target) - target * smoothed.log()).sum(dim=-1)
+    kl = (torch.xlogy(goal, goal) - goal * smoothed.log()).sum(dim=-1)
     return kl.clamp_min(0.0).mean()
 
 
@@ -298,12 +345,27 @@ def _get(outputs: Any, name: str) -> Tensor | None:
     return getattr(outputs, name, None)
 
 
+def _pair_weights(router_weights: Tensor | None, expert_logits: Tensor, weighted: bool) -> Tensor | None:
+    """``router_weights`` with the leading dims of ``expert_logits`` (one may be flat, the other ``(T, B)``)."""
+    if not weighted or router_weights is None:
+        return None
+    if router_weights.numel() != expert_logits[..., 0].numel():
+        raise ValueError(
+            f"router_weights {tuple(router_weights.shape)} must hold one weight per expert of expert_logits "
+            f"{tuple(expert_logits.shape)} for the weighted diversity term"
+        )
+    return router_weights.reshape(expert_logits.shape[:-1])
+
+
 def aux_loss(
     outputs: Any,
     weights: AuxLossWeights,
     *,
     operator_to_expert: Tensor | None = None,
     dones: Tensor | None = None,
+    alignment_target: str = "balanced",
+    alignment_smoothing: float = 0.1,
+    weighted_diversity: bool = True,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Weighted sum of every auxiliary loss whose inputs ``outputs`` provides.
 
@@ -313,6 +375,14 @@ def aux_loss(
     ``expert_features (..., E, F)``, ``operator_scores (..., O)`` and
     ``applicable (..., O)``. If ``router_weights`` is ``(T, B, E)`` and ``dones``
     is given, the temporal term is computed along ``T``.
+
+    The alignment term compares its target with the dense
+    ``softmax(router_logits)`` when ``router_logits`` is given (sparse weights
+    give unused experts no gradient), and the diversity term weights each
+    pair of experts by their ``router_weights`` when given (unless
+    ``weighted_diversity`` is False). ``alignment_target`` and
+    ``alignment_smoothing`` are :func:`hypergraph_alignment_loss`'s ``target``
+    and ``smoothing``.
 
     A term whose coefficient is 0 is still computed (without gradient) when its
     inputs are present, so it can be logged; a term with a non-zero coefficient
@@ -344,15 +414,24 @@ def aux_loss(
     terms = {
         "load_balance": (("router_logits",), lambda: load_balance_loss(torch.softmax(router_logits, dim=-1))),
         "router_z": (("router_logits",), lambda: router_z_loss(router_logits)),
-        "diversity": (("expert_logits",), lambda: expert_diversity_loss(expert_logits)),
+        "diversity": (
+            ("expert_logits",),
+            lambda: expert_diversity_loss(
+                expert_logits, _pair_weights(router_weights, expert_logits, weighted_diversity)
+            ),
+        ),
         "orthogonality": (("expert_features",), lambda: semantic_orthogonality_loss(expert_features)),
         "alignment": (
             ("router_weights", "operator_scores", "operator_to_expert"),
             lambda: hypergraph_alignment_loss(
-                flat_weights,
+                flat_weights
+                if router_logits is None
+                else torch.softmax(router_logits, dim=-1).reshape(flat_weights.shape),
                 operator_scores.reshape(flat_weights.shape[0], -1),
                 operator_to_expert,
                 None if applicable is None else applicable.reshape(flat_weights.shape[0], -1),
+                target=alignment_target,
+                smoothing=alignment_smoothing,
             ),
         ),
         "temporal": (("router_weights", "dones"), lambda: temporal_consistency_loss(router_weights, dones)),

@@ -1,5 +1,6 @@
-"""Plots of a training run from its ``metrics.jsonl``: the learning curve and the routing diagnostics.
+"""Plots of a training run from its ``metrics.jsonl``: the learning curve, the routing diagnostics, the expert usage.
 
+Pictures of a NetHack agent at work are in :mod:`crossmoe.nethack.pictures`.
 Needs matplotlib (the ``examples`` extra). ``examples/plots.py`` is the command line for these functions.
 The figures are built with matplotlib's object interface (:class:`~matplotlib.figure.Figure`), so
 importing this module neither changes the global backend nor needs a display.
@@ -15,7 +16,7 @@ from matplotlib.figure import Figure
 
 from crossmoe.training import read_metrics
 
-__all__ = ["plot_learning_curves", "plot_routing", "plot_run"]
+__all__ = ["plot_expert_usage", "plot_learning_curves", "plot_routing", "plot_run"]
 
 PHASE_COLORS = {"warmup": "tab:blue", "transition": "tab:orange", "finetune": "tab:green"}
 
@@ -96,3 +97,43 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     written = [plot_learning_curves({run_dir.name: rows}, run_dir / "learning_curve.png")]
     routing = plot_routing(rows, run_dir / "routing.png")
     return written + ([routing] if routing else [])
+
+
+def _ordered_keys(rows: list[dict], prefix: str) -> list[str]:
+    keys = {key: None for row in rows for key in row if key.startswith(prefix)}  # first appearance order
+    return list(keys)
+
+
+def plot_expert_usage(rows: list[dict], path: Path, *, title: str = "Expert usage over training") -> Path | None:
+    """Mean routing weight (``weight/<expert>``) and top-1 share (``usage/<expert>``) as stacked areas.
+
+    Returns None when the rows hold neither (a run without a router).
+    """
+    experts = list(
+        {key.split("/", 1)[1]: None for key in _ordered_keys(rows, "weight/") + _ordered_keys(rows, "usage/")}
+    )
+    if not experts:
+        return None
+    panels = (("weight", "Mean routing weight"), ("usage", "Share of steps routed top-1 to the expert"))
+    fig = Figure(figsize=(9, 6), layout="constrained")
+    axes = fig.subplots(2, 1, sharex=True)
+    for ax, (prefix, label) in zip(axes, panels, strict=True):
+        keys = [f"{prefix}/{name}" for name in experts]
+        logged = [row for row in rows if all(row.get(key) is not None for key in keys)]
+        if logged:
+            steps = np.asarray([row["global_step"] for row in logged], dtype=float)
+            values = [np.asarray([row[key] for row in logged], dtype=float) for key in keys]
+            colors = [f"C{i}" for i in range(len(experts))]
+            ax.stackplot(steps, *values, labels=experts, colors=colors, alpha=0.85)
+            ax.legend(loc="upper left", fontsize=8, ncols=len(experts))
+        else:
+            ax.text(
+                0.5, 0.5, f"this run did not log {prefix}/<expert>", ha="center", va="center", transform=ax.transAxes
+            )
+        _shade_phases(ax, rows)
+        ax.set(title=f"{label} ({prefix}/<expert>)", ylim=(0, 1), ylabel="share")
+        ax.grid(alpha=0.3)
+    axes[-1].set_xlabel("env steps")
+    fig.suptitle(title)
+    fig.savefig(path, dpi=120)
+    return path

@@ -41,6 +41,7 @@ class PolicyOutput(NamedTuple):
         - operator_scores: ``(B, O)``, or None if the logic encoder gives none
         - applicable: ``(B, O)`` bool, or None if the logic encoder gives none
         - operator_to_expert: ``(O,)`` long, or None without a hypergraph
+        - prior: ``(B, A)``, the knowledge pathway's bias (already in ``logits``), or None without one
     """
 
     logits: Tensor
@@ -54,6 +55,7 @@ class PolicyOutput(NamedTuple):
     operator_scores: Tensor | None
     applicable: Tensor | None
     operator_to_expert: Tensor | None
+    prior: Tensor | None = None
 
 
 class ActorCriticBase(nn.Module):
@@ -170,7 +172,7 @@ class CrossAttentionMoEPolicy(ActorCriticBase):
         obs ─ logic_encoder ─► LogicOutput: operator tokens (B, O, D), scores ─┐
             └ visual_encoder ─► visual tokens (B, N, D), mask ─────────────────┴► fusion ─► context c (B, D)
         c ─► SparsemaxRouter ─► w (B, E);  c ─► SemanticExpertBank ─► (B, E, A);  c ─► critic ─► v (B,)
-        logits = Σ_e w_e · expert_logits_e
+        logits = Σ_e w_e · expert_logits_e  (+ knowledge(applicable operators), with a knowledge pathway)
 
     The fusion is a module of its own (:mod:`crossmoe.fusion`):
     ``"cross_attention"`` is :class:`~crossmoe.fusion.CrossAttentionFusion`
@@ -208,6 +210,15 @@ class CrossAttentionMoEPolicy(ActorCriticBase):
         alpha: Initial entmax alpha of the router (a schedule usually sets it).
         temperature: Initial router temperature.
         expert_names: Names of the experts.
+        knowledge: A knowledge pathway, a module mapping the logic encoder's
+            ``applicable (B, O)`` operators to a ``(B, A)`` bias added to the
+            logits, such as :class:`~crossmoe.knowledge.ApplicabilityPrior`;
+            ``None`` for none. It needs a logic encoder that reports
+            ``applicable``.
+        uniform_router_init: Start the router's last layer at zero, so every
+            expert gets the same weight in every state at the start, and the
+            losses, not the random init, decide the first routing (a random
+            init routes some experts to 0 under sparsemax from the start).
 
     Example:
         >>> from crossmoe.encoders import BoxEncoder, LearnedQueries
@@ -236,6 +247,8 @@ class CrossAttentionMoEPolicy(ActorCriticBase):
         alpha: float = 2.0,
         temperature: float = 1.0,
         expert_names: Sequence[str] | None = DEFAULT_EXPERT_NAMES,
+        knowledge: nn.Module | None = None,
+        uniform_router_init: bool = True,
     ) -> None:
         super().__init__()
         for arg, value in (("action_dim", action_dim), ("dim", dim), ("num_experts", num_experts)):
@@ -251,12 +264,17 @@ class CrossAttentionMoEPolicy(ActorCriticBase):
         self.router = SparsemaxRouter(dim, num_experts, router_hidden_dim, alpha=alpha, temperature=temperature)
         self.experts = SemanticExpertBank(dim, action_dim, num_experts, expert_hidden_dim, names=expert_names)
         self.critic = nn.Sequential(nn.Linear(dim, critic_hidden_dim), nn.Tanh(), nn.Linear(critic_hidden_dim, 1))
+        self.knowledge = knowledge
         with torch.no_grad():
             # Near-uniform initial policy and a critic on the scale of the returns, as PPO implementations do.
             self.experts.w2.mul_(0.01)
             self.experts.b2.zero_()
             nn.init.orthogonal_(self.critic[-1].weight, 1.0)
             self.critic[-1].bias.zero_()
+            if uniform_router_init:
+                last = self.router.net if isinstance(self.router.net, nn.Linear) else self.router.net[-1]
+                last.weight.zero_()
+                last.bias.zero_()
 
     def encoders(self) -> tuple[nn.Module, ...]:
         return (self.visual_encoder, self.logic_encoder)
@@ -301,6 +319,12 @@ class CrossAttentionMoEPolicy(ActorCriticBase):
         routing = self.router(context)
         expert_logits, expert_features = self.experts(context, return_hidden=True)
         logits = combine_experts(routing.weights, expert_logits)
+        prior = None
+        if self.knowledge is not None:
+            if logic.applicable is None:
+                raise ValueError("a knowledge pathway needs a logic encoder that returns applicable operators")
+            prior = self.knowledge(logic.applicable)
+            logits = logits + prior
         return PolicyOutput(
             logits=logits,
             value=self.critic(context).squeeze(-1),
@@ -313,6 +337,7 @@ class CrossAttentionMoEPolicy(ActorCriticBase):
             operator_scores=logic.scores,
             applicable=logic.applicable,
             operator_to_expert=getattr(self.logic_encoder, "operator_to_expert", None),
+            prior=prior,
         )
 
     def extra_repr(self) -> str:

@@ -1,109 +1,120 @@
-"""Evaluate a checkpoint of ``examples/ppo_nethack.py`` on fresh episodes.
+"""Evaluate a checkpoint of ``examples/ppo_nethack.py``, or a built-in floor, on fresh episodes.
 
-    python examples/evaluate.py runs/demo/checkpoints/best.pt --episodes 50
+    python examples/evaluate.py runs/demo/checkpoints/best.pt --episodes 100
     python examples/evaluate.py runs/x/checkpoints/last.pt --deterministic --out eval.json
+    python examples/evaluate.py --agent rules --env-id NetHackScore-v0 --episodes 20
+    python examples/evaluate.py --agent random --episodes 20
 
-The environment comes from the checkpoint's arguments, and the agent, with
-the routing state (alpha and temperature) of its step, from
-:func:`crossmoe.nethack.load_agent`. Episodes are seeded from
-``--seed``, far from the training seeds by default. Prints one JSON object:
-mean, standard deviation and median of the return, the episode lengths and
-in-game scores, and the routing usage of the experts (MoE agents).
+A checkpoint's agent comes from :func:`crossmoe.nethack.load_agent` (with the
+routing state of its step) and its environment and time limit from the
+training run's arguments. ``--agent random`` (uniform actions) and ``--agent
+rules`` (the knowledge hypergraph alone, :class:`crossmoe.nethack.rules.RuleAgent`)
+need no checkpoint and play ``--env-id``. The episodes are seeded from
+``--seed``, far from the training seeds by default
+(:func:`crossmoe.evaluation.evaluate`). Prints the summary as JSON (mean,
+standard deviation, median and 95% bootstrap interval of the score, return,
+depth and length, and the outcomes) and, for MoE agents, the mean routing
+weight of each expert by situation; ``--out`` writes the summary with every
+episode.
 """
 
 from __future__ import annotations
 
 import json
-import statistics
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
-import numpy as np
-import torch
 import tyro
-from nle import nethack
 
-from crossmoe import CrossAttentionMoEPolicy
-from crossmoe.diagnostics import expert_usage
-from crossmoe.nethack import load_agent, make_vector_env, split_episode_ends
+from crossmoe import evaluation
+from crossmoe.evaluation import Agent, EvalResult, PolicyAgent, RandomAgent
+from crossmoe.nethack import load_agent, make_env
+from crossmoe.nethack.rules import RuleAgent
 from crossmoe.training import load_checkpoint
 
 
 @dataclass
 class Args:
-    checkpoint: tyro.conf.Positional[str]
-    """A ``last.pt`` or ``best.pt`` written by ``ppo_nethack.py``."""
-    episodes: int = 20
-    """Episodes to finish."""
+    checkpoint: tyro.conf.Positional[str | None] = None
+    """A ``last.pt`` or ``best.pt`` written by ``ppo_nethack.py`` (only with ``--agent checkpoint``)."""
+    agent: Literal["checkpoint", "random", "rules"] = "checkpoint"
+    """The checkpoint's policy, or a built-in floor: uniform actions or the hypergraph's rules."""
+    env_id: str | None = None
+    """Environment; a checkpoint's own by default, ``NetHackScore-v0`` for the floors."""
+    max_episode_steps: int | None = None
+    """Time limit in agent steps; a checkpoint's training limit by default, else the env's own."""
+    episodes: int = 100
+    """Episodes to record."""
     num_envs: int = 8
     """Environments stepped in parallel."""
-    seed: int = 1_000_000
-    """Seed of the evaluation episodes."""
+    seed: int = 10_000_000
+    """Seed of the evaluation episodes and of the agent's sampling."""
     deterministic: bool = False
-    """Take the most likely action instead of sampling."""
+    """Take the policy's most likely action instead of sampling."""
     device: str = "cpu"
-    """Torch device."""
+    """Torch device of the policy."""
     out: str | None = None
-    """Also write the JSON result to this path."""
+    """Also write the summary and every episode, as JSON, to this path."""
 
 
-def evaluate(args: Args) -> dict:
-    if args.episodes < 1 or args.num_envs < 1:
-        raise ValueError(f"episodes and num_envs must be >= 1, got {args.episodes} and {args.num_envs}")
-    state = load_checkpoint(args.checkpoint)
-    train = state["args"]  # the training run's arguments, as plain data
-    env_kwargs = {} if train["max_episode_steps"] is None else {"max_episode_steps": train["max_episode_steps"]}
-    envs = make_vector_env(args.num_envs, args.seed, train["env_id"], **env_kwargs)
-    agent = load_agent(args.checkpoint, map_location=args.device)
-    moe = isinstance(agent, CrossAttentionMoEPolicy)
+def _env_actions(env_id: str) -> list[Any]:
+    env = make_env(env_id, memory=False)
+    try:
+        return list(env.unwrapped.actions)
+    finally:
+        env.close()
 
-    obs, _ = envs.reset(seed=args.seed)
-    returns, lengths, scores, weights = [], [], [], []
-    running_return = np.zeros(args.num_envs)
-    running_length = np.zeros(args.num_envs, dtype=int)
-    running_score = np.zeros(args.num_envs)
-    active = np.ones(args.num_envs, dtype=bool)  # False on the autoreset step after an episode end
-    while len(returns) < args.episodes:
-        with torch.inference_mode():
-            action, _, _, _, output = agent.get_action_and_value(
-                obs, deterministic=args.deterministic, return_output=True
-            )
-        if moe:
-            weights.append(output.router_weights[torch.from_numpy(active)].cpu())
-        obs, reward, terminated, truncated, info = envs.step(action.cpu().numpy())
-        _, done, _ = split_episode_ends(terminated, truncated, info)
-        running_return += np.where(active, reward, 0.0)
-        running_length += active
-        running_score = np.where(active, np.maximum(running_score, obs["blstats"][:, nethack.NLE_BL_SCORE]), 0.0)
-        for index in np.flatnonzero(done & active):
-            returns.append(float(running_return[index]))
-            lengths.append(int(running_length[index]))
-            scores.append(float(running_score[index]))
-        running_return[done] = 0.0
-        running_length[done] = 0
-        active = ~done
-    envs.close()
-    returns, lengths, scores = returns[: args.episodes], lengths[: args.episodes], scores[: args.episodes]
-    result = {
-        "checkpoint": args.checkpoint,
-        "env_id": train["env_id"],
-        "policy": train["policy"],
-        "global_step": state["counters"]["global_step"],
-        "episodes": len(returns),
-        "deterministic": args.deterministic,
-        "return_mean": statistics.fmean(returns),
-        "return_std": statistics.pstdev(returns),
-        "return_median": statistics.median(returns),
-        "length_mean": statistics.fmean(lengths),
-        "score_mean": statistics.fmean(scores),
-    }
-    if moe:
-        usage = expert_usage(torch.cat(weights)).tolist()
-        result["expert_usage"] = dict(zip(agent.experts.names, usage, strict=True))
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2))
-    return result
+
+def run(args: Args) -> EvalResult:
+    """Build the agent that ``args`` names and evaluate it."""
+    if (args.agent == "checkpoint") != (args.checkpoint is not None):
+        raise ValueError(
+            f"checkpoint must be given with --agent checkpoint and only then, got agent {args.agent!r} "
+            f"and checkpoint {args.checkpoint!r}"
+        )
+    metadata: dict[str, Any] = {"agent": args.agent}
+    max_episode_steps = args.max_episode_steps
+    agent: Agent
+    if args.checkpoint is not None:
+        state = load_checkpoint(args.checkpoint)
+        train = state["args"]  # the training run's arguments, as plain data
+        env_id = args.env_id or train["env_id"]
+        max_episode_steps = max_episode_steps if max_episode_steps is not None else train["max_episode_steps"]
+        agent = PolicyAgent(load_agent(args.checkpoint, map_location=args.device), args.deterministic, args.seed)
+        metadata.update(
+            checkpoint=args.checkpoint,
+            policy=train["policy"],
+            global_step=state["counters"]["global_step"],
+            deterministic=args.deterministic,
+        )
+    else:
+        env_id = args.env_id or "NetHackScore-v0"
+        actions = _env_actions(env_id)
+        agent = RandomAgent(len(actions), args.seed) if args.agent == "random" else RuleAgent(actions, seed=args.seed)
+    return evaluation.evaluate(
+        agent, env_id, args.episodes, args.num_envs, args.seed, max_episode_steps, metadata=metadata
+    )
+
+
+def report(result: EvalResult, out: str | None = None) -> dict[str, Any]:
+    """The summary, with every episode under ``"result"``; also written to ``out`` when given."""
+    data = {**result.summary(), "result": result.to_dict()}
+    if out:
+        Path(out).write_text(json.dumps(data, indent=2))
+    return data
+
+
+def evaluate(args: Args) -> dict[str, Any]:
+    """Run the evaluation that ``args`` describes and return (and write) its :func:`report`."""
+    return report(run(args), args.out)
 
 
 if __name__ == "__main__":
-    print(json.dumps(evaluate(tyro.cli(Args)), indent=2))
+    args = tyro.cli(Args)
+    result = run(args)
+    summary = {key: value for key, value in report(result, args.out).items() if key != "result"}
+    print(json.dumps(summary, indent=2))
+    if result.expert_names:
+        print("\nMean routing weight by situation:\n")
+        print(result.usage_table())

@@ -102,6 +102,9 @@ class Args:
     """``moe``: the crossmoe agent; ``mlp``: a plain actor-critic on the same visual encoder."""
     fusion: Literal["cross_attention", "concat"] = "cross_attention"
     """Fusion of the logic and visual streams (``concat`` is the ablation); ``moe`` only."""
+    knowledge: bool = True
+    """The knowledge pathway: a learned prior over the applicable operators' actions (``moe`` only;
+    ``--no-knowledge`` is the ablation)."""
     device: str = "cpu"
     """Torch device."""
     vectorization: Literal["sync", "async"] = "sync"
@@ -146,6 +149,14 @@ class Args:
     """Token and context width."""
     aux: AuxLossWeights = field(default_factory=AuxLossWeights)
     """Coefficients of the MoE auxiliary losses (``moe`` only)."""
+    alignment_target: Literal["balanced", "sum"] = "balanced"
+    """Expert target of the alignment loss (``sum`` is the old, collapse-prone one); see hypergraph_alignment_loss."""
+    alignment_smoothing: float = 0.1
+    """Uniform mixture in the alignment target."""
+    weighted_diversity: bool = True
+    """Weight the diversity loss's expert pairs by their routing weights (``--no-weighted-diversity``: all pairs)."""
+    uniform_router_init: bool = True
+    """Start the router at uniform weights (``--no-uniform-router-init``: PyTorch's random init)."""
     schedule_unit: Literal["env_steps", "episodes", "updates"] = "env_steps"
     """What the routing schedule counts."""
     schedule_warmup: float | None = None
@@ -236,7 +247,13 @@ def make_scheduler(args: Args, num_iterations: int) -> TemperatureAnnealingSched
 def make_agent(args: Args, envs: gym.vector.VectorEnv) -> nn.Module:
     """The MoE agent (``--policy moe``) or the no-MoE baseline, with the action count of ``envs``."""
     if args.policy == "moe":
-        return make_policy(env=envs, dim=args.dim, fusion=args.fusion)
+        return make_policy(
+            env=envs,
+            dim=args.dim,
+            fusion=args.fusion,
+            knowledge=args.knowledge,
+            uniform_router_init=args.uniform_router_init,
+        )
     return make_baseline_policy(env=envs, dim=args.dim)
 
 
@@ -500,7 +517,14 @@ def main(args: Args) -> dict:
                             if getattr(output, name) is not None
                         }
                         shaped["operator_to_expert"] = output.operator_to_expert
-                        total_aux, parts = aux_loss(shaped, aux_weights, dones=boundary[:, cols].to(device))
+                        total_aux, parts = aux_loss(
+                            shaped,
+                            aux_weights,
+                            dones=boundary[:, cols].to(device),
+                            alignment_target=args.alignment_target,
+                            alignment_smoothing=args.alignment_smoothing,
+                            weighted_diversity=args.weighted_diversity,
+                        )
                         loss = loss + total_aux
                         for name, value in parts.items():
                             stats[f"aux/{name}"].append(value)
@@ -579,6 +603,7 @@ def main(args: Args) -> dict:
         "env_id": args.env_id,
         "policy": args.policy,
         "fusion": args.fusion if moe else None,
+        "knowledge": args.knowledge if moe else None,
         "seed": args.seed,
         "global_step": counters["global_step"],
         "updates": counters["update"],

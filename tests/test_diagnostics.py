@@ -105,6 +105,10 @@ def test_moe_diagnostics_reports_every_statistic_under_its_name():
         "usage/survival": pytest.approx(0.5),
         "usage/combat": pytest.approx(0.25),
         "usage/exploration": pytest.approx(0.25),
+        # column means of ROUTER_WEIGHTS
+        "weight/survival": pytest.approx(1.6 / 4),
+        "weight/combat": pytest.approx(1.1 / 4),
+        "weight/exploration": pytest.approx(1.3 / 4),
         "attention_sparsity": pytest.approx(6 / 14),
         "context_norm": pytest.approx(2.0),
     }
@@ -121,10 +125,31 @@ def test_moe_diagnostics_default_names_and_optional_inputs():
         "usage/expert_1",
         "usage/expert_2",
         "usage/expert_3",
+        "weight/expert_0",
+        "weight/expert_1",
+        "weight/expert_2",
+        "weight/expert_3",
     }
     assert stats["dead_experts"] == 2.0
     assert stats["routing_entropy"] == pytest.approx(math.log(2) / 2)
     assert stats["usage/expert_0"] == 1.0
+    assert [stats[f"weight/expert_{e}"] for e in range(4)] == pytest.approx([0.75, 0.25, 0.0, 0.0])
+
+
+@given(
+    shape=st.tuples(st.integers(1, 3), st.integers(1, 6), st.integers(2, 5)),
+    seed=st.integers(0, 2**16),
+)
+def test_moe_diagnostics_weight_is_the_mean_routing_weight_per_expert(shape, seed):
+    weights = torch.softmax(torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * 3, dim=-1)
+    num_experts = shape[-1]
+    names = tuple(f"e{i}" for i in range(num_experts))
+    stats = moe_diagnostics(weights, names=names)
+    rows = weights.reshape(-1, num_experts).tolist()
+    for e, name in enumerate(names):
+        assert stats[f"weight/{name}"] == pytest.approx(sum(row[e] for row in rows) / len(rows), abs=1e-6)
+    # unlike the top-1 share, the mean weights of a simplex sum to one
+    assert sum(stats[f"weight/{name}"] for name in names) == pytest.approx(1.0, abs=1e-5)
 
 
 def test_moe_diagnostics_entropy_matches_loss_function():

@@ -45,6 +45,33 @@ def _reference_target(operator_scores, operator_to_expert, applicable, num_exper
     return target
 
 
+def _reference_balanced_target(operator_scores, operator_to_expert, applicable, num_experts, smoothing=0.0):
+    """Softmax over the experts with an applicable operator of the mean score of those operators, then smoothed."""
+    target = torch.zeros(operator_scores.shape[0], num_experts, dtype=torch.float64)
+    for b in range(operator_scores.shape[0]):
+        means = {}
+        for e in range(num_experts):
+            owned = [
+                float(operator_scores[b, o])
+                for o in range(len(operator_to_expert))
+                if applicable[b, o] and int(operator_to_expert[o]) == e
+            ]
+            if owned:
+                means[e] = sum(owned) / len(owned)
+        normaliser = sum(math.exp(m) for m in means.values())
+        for e in range(num_experts):
+            share = math.exp(means[e]) / normaliser if e in means else 0.0
+            target[b, e] = (1 - smoothing) * share + smoothing / num_experts
+    return target
+
+
+def _implied_target(loss_fn, router_weights, eps=1e-6):
+    """The target a KL-to-``router_weights`` loss uses, read off its gradient: dL/dw_e = -t_e / (w_e + eps) / B."""
+    weights = router_weights.detach().clone().requires_grad_()
+    loss_fn(weights).backward()
+    return -weights.grad * (weights.detach() + eps) * weights.shape[0]
+
+
 def _reference_kl(target, router_weights, eps=1e-6):
     num_experts = router_weights.shape[-1]
     rows = []
@@ -168,6 +195,57 @@ def test_diversity_lies_in_unit_interval(shape, seed):
     assert 0.0 <= loss <= 1.0 + 1e-12
 
 
+def _reference_weighted_diversity(expert_logits, weights):
+    policies = torch.softmax(expert_logits, dim=-1)
+    numerator = denominator = 0.0
+    for b in range(expert_logits.shape[0]):
+        for i in range(expert_logits.shape[1]):
+            for j in range(expert_logits.shape[1]):
+                if i != j:
+                    pair = float(weights[b, i] * weights[b, j])
+                    cosine = float(F.cosine_similarity(policies[b, i], policies[b, j], dim=0))
+                    numerator += pair * cosine
+                    denominator += pair
+    return numerator / denominator
+
+
+def test_weighted_diversity_matches_pair_weighted_cosine_reference():
+    expert_logits = _randn(4, 3, 5, seed=40, scale=2.0)
+    weights = _f64([[0.5, 0.5, 0.0], [0.2, 0.3, 0.5], [1.0, 0.0, 0.0], [0.0, 0.6, 0.4]])
+    loss = expert_diversity_loss(expert_logits, weights)
+    assert loss.item() == pytest.approx(_reference_weighted_diversity(expert_logits, weights))
+    # a sample routed to one expert has no pair and does not count
+    assert expert_diversity_loss(expert_logits[[0, 1, 3]], weights[[0, 1, 3]]).item() == pytest.approx(loss.item())
+
+
+@given(shape=st.tuples(st.integers(1, 4), st.integers(2, 5), st.integers(1, 6)), seed=st.integers(0, 2**16))
+def test_weighted_diversity_with_uniform_weights_equals_unweighted(shape, seed):
+    expert_logits = _randn(*shape, seed=seed, scale=3.0)
+    uniform = torch.full(shape[:2], 1.0 / shape[1], dtype=torch.float64)
+    torch.testing.assert_close(expert_diversity_loss(expert_logits, uniform), expert_diversity_loss(expert_logits))
+
+
+def test_weighted_diversity_gives_an_unrouted_expert_no_gradient():
+    expert_logits = _randn(6, 3, 5, seed=41, scale=2.0).requires_grad_()
+    weights = _simplex(6, 3, seed=42)
+    weights[:, 2] = 0.0  # expert 2 is never routed to
+    weights = weights / weights.sum(-1, keepdim=True)
+    (weighted_grad,) = torch.autograd.grad(expert_diversity_loss(expert_logits, weights), expert_logits)
+    assert torch.equal(weighted_grad[:, 2], torch.zeros(6, 5, dtype=torch.float64))
+    assert weighted_grad[:, :2].abs().sum() > 0
+    (unweighted_grad,) = torch.autograd.grad(expert_diversity_loss(expert_logits), expert_logits)
+    assert unweighted_grad[:, 2].abs().sum() > 0  # the unweighted loss pushes it away from the others
+
+
+def test_weighted_diversity_detaches_the_weights_and_checks_their_shape():
+    expert_logits = _randn(2, 3, 4, seed=43).requires_grad_()
+    weights = _simplex(2, 3, seed=44).requires_grad_()
+    expert_diversity_loss(expert_logits, weights).backward()
+    assert weights.grad is None and expert_logits.grad is not None
+    with pytest.raises(ValueError, match=r"weights must be \(\.\.\., E\) = \(2, 3\), got shape \(2, 4\)"):
+        expert_diversity_loss(expert_logits, torch.rand(2, 4, dtype=torch.float64))
+
+
 # semantic_orthogonality_loss
 
 
@@ -205,24 +283,26 @@ OPERATOR_TO_EXPERT = torch.tensor([0, 0, 1])
 OPERATOR_SCORES = _f64([[0.0, math.log(2.0), math.log(3.0)]])
 
 
-def test_alignment_target_is_softmax_mass_per_expert_over_all_operators():
+def test_alignment_sum_target_is_softmax_mass_per_expert_over_all_operators():
     router_weights = _f64([[0.2, 0.8]])
     # softmax(scores) = (1, 2, 3) / 6, so the target is (1/2, 1/2)
     expected = _reference_kl(_f64([[0.5, 0.5]]), router_weights)
-    loss = hypergraph_alignment_loss(router_weights, OPERATOR_SCORES, OPERATOR_TO_EXPERT)
+    loss = hypergraph_alignment_loss(router_weights, OPERATOR_SCORES, OPERATOR_TO_EXPERT, target="sum", smoothing=0.0)
     assert loss.item() == pytest.approx(expected)
     exact = 0.5 * math.log(0.5 / 0.2) + 0.5 * math.log(0.5 / 0.8)
     assert loss.item() == pytest.approx(exact, abs=1e-5)
 
 
-def test_alignment_target_uses_only_applicable_operators():
+def test_alignment_sum_target_uses_only_applicable_operators():
     router_weights = _f64([[0.5, 0.5], [0.5, 0.5]])
     scores = OPERATOR_SCORES.expand(2, 3)
     applicable = torch.tensor([[True, False, True], [True, True, False]])
     # row 0: softmax over {0, 2} = (1, 3) / 4; row 1: all mass on expert 0
     target = _f64([[0.25, 0.75], [1.0, 0.0]])
     expected = _reference_kl(target, router_weights)
-    loss = hypergraph_alignment_loss(router_weights, scores, OPERATOR_TO_EXPERT, applicable)
+    loss = hypergraph_alignment_loss(
+        router_weights, scores, OPERATOR_TO_EXPERT, applicable, target="sum", smoothing=0.0
+    )
     assert loss.item() == pytest.approx(expected)
     assert torch.isfinite(loss)
 
@@ -232,15 +312,24 @@ def test_alignment_excludes_rows_without_applicable_operator():
     scores = OPERATOR_SCORES.expand(3, 3)
     applicable = torch.tensor([[True, True, True], [False, False, False], [True, False, True]])
     expected = _reference_kl(_f64([[0.5, 0.5], [0.25, 0.75]]), router_weights[[0, 2]])
-    loss = hypergraph_alignment_loss(router_weights, scores, OPERATOR_TO_EXPERT, applicable)
+    loss = hypergraph_alignment_loss(
+        router_weights, scores, OPERATOR_TO_EXPERT, applicable, target="sum", smoothing=0.0
+    )
     assert loss.item() == pytest.approx(expected)
+    # the default (balanced) target leaves the same rows out
+    balanced = _reference_balanced_target(scores[[0, 2]], OPERATOR_TO_EXPERT, applicable[[0, 2]], 2, smoothing=0.1)
+    loss = hypergraph_alignment_loss(router_weights, scores, OPERATOR_TO_EXPERT, applicable)
+    assert loss.item() == pytest.approx(_reference_kl(balanced, router_weights[[0, 2]]))
 
 
 def test_alignment_is_zero_with_gradient_path_when_no_row_has_an_operator():
     router_weights = _f64([[0.3, 0.7], [0.9, 0.1]]).requires_grad_()
     applicable = torch.zeros(2, 3, dtype=torch.bool)
-    loss = hypergraph_alignment_loss(router_weights, OPERATOR_SCORES.expand(2, 3), OPERATOR_TO_EXPERT, applicable)
-    assert loss.item() == 0.0
+    for target in ("balanced", "sum"):
+        loss = hypergraph_alignment_loss(
+            router_weights, OPERATOR_SCORES.expand(2, 3), OPERATOR_TO_EXPERT, applicable, target=target
+        )
+        assert loss.item() == 0.0
     loss.backward()
     assert torch.equal(router_weights.grad, torch.zeros(2, 2, dtype=torch.float64))
 
@@ -248,7 +337,8 @@ def test_alignment_is_zero_with_gradient_path_when_no_row_has_an_operator():
 def test_alignment_target_is_detached_from_operator_scores():
     router_weights = _f64([[0.2, 0.8], [0.6, 0.4]]).requires_grad_()
     operator_scores = _randn(2, 3, seed=5).requires_grad_()
-    hypergraph_alignment_loss(router_weights, operator_scores, OPERATOR_TO_EXPERT).backward()
+    for target in ("balanced", "sum"):
+        hypergraph_alignment_loss(router_weights, operator_scores, OPERATOR_TO_EXPERT, target=target).backward()
     assert operator_scores.grad is None
     assert router_weights.grad is not None and router_weights.grad.abs().sum() > 0
 
@@ -268,17 +358,107 @@ def alignment_problems(draw):
     return operator_scores, operator_to_expert, applicable, num_experts, seed
 
 
-@given(problem=alignment_problems())
-def test_alignment_is_smallest_when_router_weights_equal_target(problem):
+@pytest.mark.parametrize("target", ["sum", "balanced"])
+@given(problem=alignment_problems(), smoothing=st.sampled_from([0.0, 0.1, 0.5]))
+def test_alignment_is_smallest_when_router_weights_equal_target(problem, smoothing, target):
     operator_scores, operator_to_expert, applicable, num_experts, seed = problem
-    target = _reference_target(operator_scores, operator_to_expert, applicable, num_experts)
+    if target == "sum":
+        expected = _reference_target(operator_scores, operator_to_expert, applicable, num_experts)
+        expected = (1 - smoothing) * expected + smoothing / num_experts
+    else:
+        expected = _reference_balanced_target(operator_scores, operator_to_expert, applicable, num_experts, smoothing)
     other = _simplex(operator_scores.shape[0], num_experts, seed=seed + 1, scale=3.0)
-    at_target = hypergraph_alignment_loss(target, operator_scores, operator_to_expert, applicable).item()
-    elsewhere = hypergraph_alignment_loss(other, operator_scores, operator_to_expert, applicable).item()
+    kwargs = {"target": target, "smoothing": smoothing}
+    at_target = hypergraph_alignment_loss(expected, operator_scores, operator_to_expert, applicable, **kwargs).item()
+    elsewhere = hypergraph_alignment_loss(other, operator_scores, operator_to_expert, applicable, **kwargs).item()
+    assert elsewhere == pytest.approx(_reference_kl(expected, other), rel=1e-6, abs=1e-9)
     assert 0.0 <= at_target < 1e-5
     assert elsewhere >= 0.0
-    assume(0.5 * (target - other).abs().sum(-1).max().item() > 0.1)
+    assume(0.5 * (expected - other).abs().sum(-1).max().item() > 0.1)
     assert elsewhere > at_target
+
+
+def test_alignment_balanced_target_matches_hand_computation():
+    router_weights = _f64([[0.2, 0.8]])
+    # expert 0 owns scores (0, log 2): mean log(2) / 2; expert 1 owns log 3. softmax: (sqrt 2, 3) / (sqrt 2 + 3)
+    share = math.sqrt(2) / (math.sqrt(2) + 3)
+    for smoothing in (0.0, 0.1, 0.5):
+        target = [(1 - smoothing) * share + smoothing / 2, (1 - smoothing) * (1 - share) + smoothing / 2]
+        exact = sum(t * math.log(t / w) for t, w in zip(target, (0.2, 0.8), strict=True))
+        loss = hypergraph_alignment_loss(router_weights, OPERATOR_SCORES, OPERATOR_TO_EXPERT, smoothing=smoothing)
+        assert loss.item() == pytest.approx(exact, abs=1e-5)
+        assert loss.item() == pytest.approx(_reference_kl(_f64([target]), router_weights))
+        implied = _implied_target(
+            lambda w, smoothing=smoothing: hypergraph_alignment_loss(
+                w, OPERATOR_SCORES, OPERATOR_TO_EXPERT, smoothing=smoothing
+            ),
+            router_weights,
+        )
+        torch.testing.assert_close(implied, _f64([target]))
+    # the default is the balanced target with smoothing 0.1
+    default = hypergraph_alignment_loss(router_weights, OPERATOR_SCORES, OPERATOR_TO_EXPERT)
+    assert default.item() == pytest.approx(
+        hypergraph_alignment_loss(
+            router_weights, OPERATOR_SCORES, OPERATOR_TO_EXPERT, target="balanced", smoothing=0.1
+        ).item()
+    )
+
+
+def test_alignment_balanced_target_does_not_grow_with_the_number_of_applicable_operators():
+    # expert 0 owns five operators, expert 1 one, all with the same score
+    operator_to_expert = torch.tensor([0, 0, 0, 0, 0, 1])
+    scores = torch.full((1, 6), 0.7, dtype=torch.float64)
+    router_weights = _f64([[0.9, 0.1]])
+
+    def target(applicable, kind):
+        return _implied_target(
+            lambda w: hypergraph_alignment_loss(w, scores, operator_to_expert, applicable, target=kind, smoothing=0.0),
+            router_weights,
+        )
+
+    every = torch.ones(1, 6, dtype=torch.bool)
+    one_each = torch.tensor([[True, False, False, False, False, True]])
+    torch.testing.assert_close(target(every, "balanced"), _f64([[0.5, 0.5]]))
+    torch.testing.assert_close(target(one_each, "balanced"), _f64([[0.5, 0.5]]))
+    # the sum target counts operators: five to one
+    torch.testing.assert_close(target(every, "sum"), _f64([[5 / 6, 1 / 6]]))
+    torch.testing.assert_close(target(one_each, "sum"), _f64([[0.5, 0.5]]))
+
+
+def test_alignment_smoothing_floors_every_expert_at_smoothing_over_e():
+    # three experts; only expert 1 has an applicable operator
+    operator_to_expert = torch.tensor([0, 1, 2])
+    scores = _f64([[5.0, -1.0, 3.0]])
+    applicable = torch.tensor([[False, True, False]])
+    router_weights = _f64([[0.3, 0.4, 0.3]])
+    for kind in ("balanced", "sum"):
+        for smoothing, expected in ((0.0, [0.0, 1.0, 0.0]), (0.3, [0.1, 0.8, 0.1])):
+            implied = _implied_target(
+                lambda w, kind=kind, smoothing=smoothing: hypergraph_alignment_loss(
+                    w, scores, operator_to_expert, applicable, target=kind, smoothing=smoothing
+                ),
+                router_weights,
+            )
+            torch.testing.assert_close(implied, _f64([expected]))
+    # with the floor, routing nothing to the experts without operators costs smoothing / E * log(1 / eps) each
+    zero_weight = _f64([[0.0, 1.0, 0.0]])
+    floored = hypergraph_alignment_loss(zero_weight, scores, operator_to_expert, applicable, smoothing=0.3)
+    unfloored = hypergraph_alignment_loss(zero_weight, scores, operator_to_expert, applicable, smoothing=0.0)
+    assert floored.item() == pytest.approx(_reference_kl(_f64([[0.1, 0.8, 0.1]]), zero_weight))
+    assert floored.item() > 2.0 and unfloored.item() == pytest.approx(0.0, abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"target": "mean"}, "target must be 'balanced' or 'sum', got 'mean'"),
+        ({"smoothing": -0.1}, r"smoothing must lie in \[0, 1\], got -0.1"),
+        ({"smoothing": 1.5}, r"smoothing must lie in \[0, 1\], got 1.5"),
+    ],
+)
+def test_alignment_rejects_bad_target_and_smoothing(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        hypergraph_alignment_loss(_f64([[0.5, 0.5]]), OPERATOR_SCORES, OPERATOR_TO_EXPERT, **kwargs)
 
 
 # temporal_consistency_loss
@@ -530,13 +710,16 @@ DONES = torch.tensor([[False, False], [True, False], [False, False]])
 def _reference_parts(outputs, dones=DONES):
     router_weights = outputs["router_weights"]
     flat = router_weights.reshape(-1, router_weights.shape[-1])
+    dense = torch.softmax(outputs["router_logits"], dim=-1).reshape(flat.shape)
     return {
         "load_balance": load_balance_loss(torch.softmax(outputs["router_logits"], dim=-1)),
         "router_z": router_z_loss(outputs["router_logits"]),
-        "diversity": expert_diversity_loss(outputs["expert_logits"]),
+        # pairs weighted by the routing weights, flattened like expert_logits (T * B, E, A)
+        "diversity": expert_diversity_loss(outputs["expert_logits"], flat),
         "orthogonality": semantic_orthogonality_loss(outputs["expert_features"]),
+        # against the dense softmax of the router logits, not the (sparse) router weights
         "alignment": hypergraph_alignment_loss(
-            flat,
+            dense,
             outputs["operator_scores"].reshape(flat.shape[0], -1),
             OPERATOR_TO_EXPERT_4,
             outputs["applicable"].reshape(flat.shape[0], -1),
@@ -585,16 +768,17 @@ def test_aux_loss_zero_weight_terms_are_reported_but_add_no_value_or_gradient():
     torch.testing.assert_close(parts["entropy"], reference["entropy"].detach())
     torch.testing.assert_close(total, 2.0 * reference["alignment"])
     total.backward()
-    assert outputs["router_logits"].grad is None
+    # the alignment term reads softmax(router_logits): the zero-weight terms add nothing to these gradients
+    assert outputs["router_weights"].grad is None
     assert outputs["expert_logits"].grad is None
     assert outputs["expert_features"].grad is None
-    router_weights = outputs["router_weights"].detach().requires_grad_()
-    flat = router_weights.reshape(-1, 3)
+    router_logits = outputs["router_logits"].detach().requires_grad_()
+    dense = torch.softmax(router_logits, dim=-1).reshape(-1, 3)
     alignment_only = 2.0 * hypergraph_alignment_loss(
-        flat, outputs["operator_scores"].reshape(6, -1), OPERATOR_TO_EXPERT_4, outputs["applicable"].reshape(6, -1)
+        dense, outputs["operator_scores"].reshape(6, -1), OPERATOR_TO_EXPERT_4, outputs["applicable"].reshape(6, -1)
     )
     alignment_only.backward()
-    torch.testing.assert_close(outputs["router_weights"].grad, router_weights.grad)
+    torch.testing.assert_close(outputs["router_logits"].grad, router_logits.grad)
 
 
 def test_aux_loss_with_every_weight_zero_returns_zero_total_and_all_parts():
@@ -672,3 +856,58 @@ def test_aux_loss_keeps_float64_router_logits_in_float64():
     expected = 0.5 * load_balance_loss(torch.softmax(router_logits, dim=-1)) + router_z_loss(router_logits)
     torch.testing.assert_close(total, expected, rtol=1e-12, atol=1e-12)
     assert torch.autograd.gradcheck(lambda logits: aux_loss({"router_logits": logits}, weights)[0], (router_logits,))
+
+
+def test_aux_loss_alignment_reaches_experts_that_sparse_routing_zeroes():
+    from crossmoe.functional import entmax
+
+    router_logits = _f64([[3.0, 0.0, -2.0], [-1.0, 2.5, -3.0], [0.5, 4.0, -1.0], [2.0, 1.9, -4.0]]).requires_grad_()
+    router_weights = entmax(router_logits, alpha=2.0)  # sparsemax
+    assert bool((router_weights[:, 2] == 0).all())  # expert 2 gets no weight anywhere
+    operator_to_expert = torch.tensor([0, 1, 2, 2])
+    outputs = {
+        "router_logits": router_logits,
+        "router_weights": router_weights,
+        "operator_scores": _randn(4, 4, seed=45),
+        "applicable": torch.ones(4, 4, dtype=torch.bool),
+    }
+    total, _ = aux_loss(outputs, _only(alignment=1.0), operator_to_expert=operator_to_expert)
+    expected = hypergraph_alignment_loss(
+        torch.softmax(router_logits, dim=-1), outputs["operator_scores"], operator_to_expert
+    )
+    torch.testing.assert_close(total, expected)
+    (grad,) = torch.autograd.grad(total, router_logits)
+    assert bool((grad[:, 2] != 0).all())  # the target gives expert 2 mass, and its logit is told so
+    # through the sparse weights, as before, the unused expert's logit gets exactly nothing
+    (sparse_grad,) = torch.autograd.grad(
+        hypergraph_alignment_loss(router_weights, outputs["operator_scores"], operator_to_expert), router_logits
+    )
+    assert torch.equal(sparse_grad[:, 2], torch.zeros(4, dtype=torch.float64))
+
+
+def test_aux_loss_weights_diversity_pairs_by_the_routing_weights():
+    outputs = _policy_outputs()
+    flat = outputs["router_weights"].reshape(-1, 3)
+    _, parts = aux_loss(outputs, _only(diversity=1.0))
+    torch.testing.assert_close(parts["diversity"], expert_diversity_loss(outputs["expert_logits"], flat).detach())
+    assert not torch.allclose(parts["diversity"], expert_diversity_loss(outputs["expert_logits"]).detach())
+    _, unweighted = aux_loss(outputs, _only(diversity=1.0), weighted_diversity=False)
+    torch.testing.assert_close(unweighted["diversity"], expert_diversity_loss(outputs["expert_logits"]).detach())
+    with pytest.raises(ValueError, match="one weight per expert of expert_logits"):
+        aux_loss({"expert_logits": outputs["expert_logits"], "router_weights": flat[:4]}, _only(diversity=1.0))
+
+
+def test_aux_loss_passes_the_alignment_target_and_smoothing_on():
+    outputs = _policy_outputs()
+    dense = torch.softmax(outputs["router_logits"], dim=-1).reshape(6, 3)
+    args = (outputs["operator_scores"].reshape(6, -1), OPERATOR_TO_EXPERT_4, outputs["applicable"].reshape(6, -1))
+    for target, smoothing in (("sum", 0.0), ("balanced", 0.3)):
+        _, parts = aux_loss(
+            outputs,
+            _only(alignment=1.0),
+            operator_to_expert=OPERATOR_TO_EXPERT_4,
+            alignment_target=target,
+            alignment_smoothing=smoothing,
+        )
+        expected = hypergraph_alignment_loss(dense, *args, target=target, smoothing=smoothing)
+        torch.testing.assert_close(parts["alignment"], expected.detach())

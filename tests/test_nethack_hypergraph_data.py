@@ -10,7 +10,7 @@ pytest.importorskip("nle")
 
 from nle import nethack
 
-from crossmoe.nethack.atoms import ATOMS
+from crossmoe.nethack.atoms import ATOMS, DIRECTIONS
 from crossmoe.nethack.env import make_env
 
 
@@ -58,10 +58,64 @@ def test_a_fallback_operator_is_always_applicable(graph):
     assert any(operator["requires"] == [] for operator in graph["operators"])
 
 
+# Atoms no operator requires: computed, but without edges they never change the logic stream
+# (test_nethack_policy.py::test_every_atom_reaches_the_logic_stream). Since the path operators
+# replaced head_for_downstairs and leave_first_level, these four have no operator.
+UNREAD_ATOMS = ("depth_1", "stairs_down_visible", "on_stairs_up", "path_to_downstairs")
+
+
 def test_every_condition_is_a_precondition(graph):
-    # an atom without edges could never change the logic stream
     required = {atom for operator in graph["operators"] for atom in operator["requires"]}
-    assert [atom for atom in ATOMS if atom not in required] == []
+    assert [atom for atom in ATOMS if atom not in required] == list(UNREAD_ATOMS)
+
+
+def test_operator_count_and_the_removed_operators(graph):
+    names = {operator["name"] for operator in graph["operators"]}
+    assert len(graph["operators"]) == 59 and len(graph["conditions"]) == len(ATOMS) == 66
+    assert not names & {"head_for_downstairs", "leave_first_level", "melee_adjacent_monster"}
+
+
+def _operator(graph, name):
+    return next(operator for operator in graph["operators"] if operator["name"] == name)
+
+
+# NetHack's vi-keys: the ASCII value of each CompassDirection is the key that moves that way.
+VI_KEY_MOVES = {
+    "k": (-1, 0),
+    "l": (0, 1),
+    "j": (1, 0),
+    "h": (0, -1),
+    "u": (-1, 1),
+    "n": (1, 1),
+    "b": (1, -1),
+    "y": (-1, -1),
+}
+
+
+@pytest.mark.parametrize(("name", "dy", "dx"), DIRECTIONS)
+def test_directional_operators_move_toward_their_atom(graph, name, dy, dx):
+    """attack_<dir> needs a monster on that side and moves (attacks) there; follow_path_<dir> takes that step."""
+    for operator, atom, expert in (
+        (f"attack_{name}", f"monster_{name}", "combat"),
+        (f"follow_path_{name}", f"path_{name}", "exploration"),
+    ):
+        spec = _operator(graph, operator)
+        assert spec["requires"] == [atom] and spec["expert"] == expert
+        (action,) = spec["actions"]
+        enum_name, member = action.split(".")
+        assert enum_name == "CompassDirection"
+        assert VI_KEY_MOVES[chr(nethack.CompassDirection[member].value)] == (dy, dx)
+
+
+def test_descend_stairs_needs_the_hero_on_the_down_stairs(graph):
+    for name in ("descend_stairs", "descend_with_pet"):
+        spec = _operator(graph, name)
+        assert "on_stairs_down" in spec["requires"] and "MiscDirection.DOWN" in spec["actions"]
+    assert not any(
+        "on_stairs_up" in operator["requires"]
+        for operator in graph["operators"]
+        if "MiscDirection.DOWN" in operator["actions"]
+    )
 
 
 def test_actions_name_real_nle_enum_members(graph):

@@ -11,15 +11,19 @@ pytest.importorskip("nle")
 from nle import nethack
 
 from crossmoe.fusion import ConcatFusion
+from crossmoe.knowledge import ApplicabilityPrior
 from crossmoe.losses import AuxLossWeights, aux_loss
 from crossmoe.nethack import (
     ATOMS,
     NetHackVisualEncoder,
+    build_agent,
     extract_atoms,
+    load_agent,
     load_hypergraph,
     make_policy,
     make_vector_env,
 )
+from crossmoe.training import save_checkpoint
 
 DIM = 32
 
@@ -55,7 +59,14 @@ def policy(envs):
 
 def test_action_count_comes_from_the_env(envs, policy):
     assert policy.action_dim == envs.single_action_space.n == 23
-    assert make_policy(8, dim=DIM).action_dim == 8  # e.g. MiniHack-Room-5x5-v0's compass moves
+    # e.g. MiniHack-Room-5x5-v0's compass moves: the prior must know which actions they are
+    compass = list(nethack.CompassDirection)
+    assert make_policy(8, dim=DIM, action_set=compass).action_dim == 8
+    assert make_policy(8, dim=DIM, knowledge=False).action_dim == 8
+    with pytest.raises(
+        ValueError, match=r"action_set must list the env's 8 actions \(pass action_set= or env=\), got 23"
+    ):
+        make_policy(8, dim=DIM)
     with pytest.raises(ValueError, match="action_dim"):
         make_policy(8, env=envs, dim=DIM)
     assert make_policy(dim=DIM).action_dim == 23  # neither: the NetHackScore-v0 agent
@@ -193,7 +204,9 @@ def test_context_is_the_layer_norm_of_the_pooled_fused_tokens(real_obs, policy):
 
 def test_every_parameter_gets_a_finite_gradient(real_obs):
     torch.manual_seed(0)
-    policy = make_policy(23, dim=DIM, alpha=1.5)
+    # a random router init: with the uniform one (the default) the router's last layer is 0 and its first gets no
+    # gradient until the last has moved (test_uniform_router_init_routes_every_state_evenly)
+    policy = make_policy(23, dim=DIM, alpha=1.5, uniform_router_init=False)
     out = policy(real_obs)
     total, _ = aux_loss(out, AuxLossWeights(temporal=0.0))
     (out.logits.logsumexp(-1).mean() + out.value.square().mean() + total).backward()
@@ -219,13 +232,17 @@ def test_logic_stream_follows_the_atoms(real_obs, policy):
     torch.testing.assert_close(one.context[1:], base.context[1:])
 
 
-def test_every_atom_reaches_the_logic_stream(real_obs, policy):
+def test_an_atom_reaches_the_logic_stream_exactly_when_an_operator_requires_it(real_obs, policy):
     atoms = extract_atoms(take(real_obs, slice(0, 1)))
     batch = np.repeat(atoms, len(atoms[0]) + 1, axis=0)
     batch[1:] = np.where(np.eye(len(atoms[0]), dtype=bool), 1.0 - batch[1:], batch[1:])  # row i + 1 flips atom i
     tokens = policy.logic_encoder({"atoms": batch}).per_sample_tokens()
     changed = (tokens[1:] - tokens[:1]).abs().amax(dim=(1, 2))
-    assert bool((changed > 0).all()), [name for name, c in zip(ATOMS, changed, strict=True) if c == 0]
+    required = {atom for spec in load_hypergraph().specs for atom in spec.requires}
+    reaching = {name for name, c in zip(ATOMS, changed, strict=True) if c > 0}
+    assert reaching == required
+    # the atoms no operator requires (see test_nethack_hypergraph_data.py::UNREAD_ATOMS)
+    assert set(ATOMS) - required == {"depth_1", "stairs_down_visible", "on_stairs_up", "path_to_downstairs"}
 
 
 def test_inference_mode_rollout_then_training_update(real_obs):
@@ -287,3 +304,145 @@ def test_cuda_policy_takes_numpy_obs(real_obs):
     policy = make_policy(23, dim=DIM).to("cuda")
     out = policy(real_obs)
     assert out.logits.device.type == "cuda" and out.applicable.device.type == "cuda"
+
+
+# the knowledge pathway
+
+
+def _reference_prior(applicable: torch.Tensor, action_names: list[str], init: float = 1.0) -> torch.Tensor:
+    """Each applicable operator votes ``init``, split evenly over its actions in the env's action set."""
+    specs = load_hypergraph().specs
+    prior = torch.zeros(applicable.shape[0], len(action_names))
+    for b in range(applicable.shape[0]):
+        for o, spec in enumerate(specs):
+            used = [action_names.index(a) for a in spec.actions if a in action_names]
+            if applicable[b, o] and used:
+                for a in used:
+                    prior[b, a] += init / len(used)
+    return prior
+
+
+def test_knowledge_prior_is_in_the_logits(real_obs, envs):
+    torch.manual_seed(0)
+    policy = make_policy(env=envs, dim=DIM).eval()
+    names = [f"{type(a).__name__}.{a.name}" for a in envs.envs[0].unwrapped.actions]
+    assert isinstance(policy.knowledge, ApplicabilityPrior)
+    assert policy.config["knowledge"] is True and policy.config["prior_init"] == 1.0
+    assert policy.config["action_set"] == names
+    out = policy(real_obs)
+    torch.testing.assert_close(out.prior, _reference_prior(out.applicable, names))
+    mixture = torch.einsum("be,bea->ba", out.router_weights, out.expert_logits)
+    torch.testing.assert_close(out.logits - out.prior, mixture, rtol=1e-5, atol=1e-6)
+    # a hostile monster east makes attack_e applicable, which puts its whole vote on east
+    atoms = extract_atoms(real_obs)
+    without, with_monster = atoms.copy(), atoms.copy()
+    without[:, ATOMS.index("monster_e")] = 0.0
+    with_monster[:, ATOMS.index("monster_e")] = 1.0
+    delta = policy({**real_obs, "atoms": with_monster}).prior - policy({**real_obs, "atoms": without}).prior
+    expected = torch.zeros_like(delta)
+    expected[:, names.index("CompassDirection.E")] = 1.0
+    torch.testing.assert_close(delta, expected)
+
+
+def test_without_knowledge_the_policy_is_the_expert_mixture(real_obs):
+    torch.manual_seed(0)
+    plain = make_policy(23, dim=DIM, knowledge=False).eval()
+    torch.manual_seed(0)
+    silent = make_policy(23, dim=DIM, prior_init=0.0).eval()  # a prior that starts at 0
+    assert plain.knowledge is None and plain.config["knowledge"] is False
+    out = plain(real_obs)
+    assert out.prior is None
+    mixture = torch.einsum("be,bea->ba", out.router_weights, out.expert_logits)
+    torch.testing.assert_close(out.logits, mixture, rtol=1e-5, atol=1e-6)
+    # the prior adds no randomness to the build: the same seed gives the same network, prior aside
+    silent_out = silent(real_obs)
+    assert bool((silent_out.prior == 0).all())
+    torch.testing.assert_close(silent_out.logits, out.logits)
+
+
+def test_prior_init_scales_the_prior(real_obs):
+    torch.manual_seed(0)
+    policy = make_policy(23, dim=DIM, prior_init=2.5)
+    out = policy(real_obs)
+    names = policy.config["action_set"]
+    torch.testing.assert_close(out.prior, _reference_prior(out.applicable, names, init=2.5))
+
+
+def test_action_set_is_read_from_the_env_and_matches_the_graph_by_name(envs):
+    from crossmoe.nethack import make_env
+
+    env = make_env(seed=0)
+    names = [f"{type(a).__name__}.{a.name}" for a in env.unwrapped.actions]
+    for source in (env, envs):
+        assert make_policy(env=source, dim=DIM).config["action_set"] == names
+    env.close()
+    # an action set in another order moves the prior's columns with it
+    shuffled = list(reversed(names))
+    policy = make_policy(23, dim=DIM, action_set=shuffled)
+    mask = load_hypergraph().action_mask(names)
+    torch.testing.assert_close(policy.knowledge.action_mask, mask.flip(1).float())
+
+
+def test_knowledge_agent_round_trips_through_a_checkpoint(real_obs, tmp_path):
+    torch.manual_seed(0)
+    policy = make_policy(23, dim=DIM, prior_init=0.5)
+    with torch.no_grad():
+        policy.knowledge.weight.mul_(3.0).add_(0.25 * policy.knowledge.action_mask)  # as if trained
+    path = save_checkpoint(tmp_path / "agent.pt", {"policy_config": policy.config, "model": policy.state_dict()})
+    agent = load_agent(path)
+    assert isinstance(agent.knowledge, ApplicabilityPrior) and agent.config == policy.config
+    torch.testing.assert_close(agent.knowledge.weight, policy.knowledge.weight)
+    torch.testing.assert_close(agent(real_obs).logits, policy.eval()(real_obs).logits)
+    torch.manual_seed(1)
+    plain = make_policy(23, dim=DIM, knowledge=False)
+    path = save_checkpoint(tmp_path / "plain.pt", {"policy_config": plain.config, "model": plain.state_dict()})
+    assert load_agent(path).knowledge is None
+
+
+def test_a_checkpoint_from_before_the_knowledge_pathway_still_loads(real_obs):
+    """Its config has no ``knowledge`` key and its weights no prior: it is rebuilt without one."""
+    torch.manual_seed(0)
+    old = make_policy(23, dim=DIM, knowledge=False).eval()
+    config = {key: value for key, value in old.config.items() if key not in ("knowledge", "prior_init", "action_set")}
+    agent = build_agent(config)
+    assert agent.knowledge is None
+    agent.load_state_dict(old.state_dict())
+    torch.testing.assert_close(agent.eval()(real_obs).logits, old(real_obs).logits)
+
+
+def test_uniform_router_init_routes_every_state_evenly(real_obs):
+    torch.manual_seed(0)
+    policy = make_policy(23, dim=DIM, alpha=2.0)  # sparsemax, which a random init leaves with exact zeros
+    out = policy(real_obs)
+    torch.testing.assert_close(out.router_weights, torch.full_like(out.router_weights, 0.25))
+    torch.manual_seed(0)
+    random_init = make_policy(23, dim=DIM, alpha=2.0, uniform_router_init=False)
+    assert not torch.allclose(random_init(real_obs).router_weights, out.router_weights)
+
+
+def test_visual_encoder_shows_the_glyph_under_the_player(real_obs):
+    """With MapMemory's keys the player's crop cell embeds the remembered glyph under the hero, nothing else changes."""
+    from crossmoe.nethack.env import MEMORY_KEYS
+
+    torch.manual_seed(0)
+    encoder = NetHackVisualEncoder(DIM, crop_patch=1).eval()
+    obs = take(real_obs, slice(0, 6))
+    assert set(MEMORY_KEYS) <= set(obs)  # make_vector_env adds the memory by default
+    plain = {key: value for key, value in obs.items() if key not in MEMORY_KEYS}
+    rows = np.arange(6)
+    y, x = obs["blstats"][:, nethack.NLE_BL_Y], obs["blstats"][:, nethack.NLE_BL_X]
+    swapped = {**plain, "glyphs": plain["glyphs"].copy()}
+    swapped["glyphs"][rows, y, x] = obs["map_memory"][rows, y, x]
+    assert not np.array_equal(swapped["glyphs"], plain["glyphs"])
+    with torch.no_grad():
+        remembered, _ = encoder(obs)
+        without, _ = encoder(plain)
+        by_hand, _ = encoder(swapped)
+    crop = encoder.crop_size**2
+    player = encoder.player_cell
+    # the crop is what the glyphs would give with the player's cell showing the remembered glyph
+    torch.testing.assert_close(remembered[:, :crop], by_hand[:, :crop])
+    # only the player's cell differs from the encoding without memory; the map and status tokens do not
+    others = [i for i in range(remembered.shape[1]) if i != player]
+    torch.testing.assert_close(remembered[:, others], without[:, others])
+    assert not torch.allclose(remembered[:, player], without[:, player])

@@ -1,6 +1,8 @@
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from torch.distributions import Categorical
 
 from crossmoe import AuxLossWeights, aux_loss
@@ -103,6 +105,14 @@ def test_policy_output_shapes(fusion, logic):
         assert out.operator_to_expert.tolist() == [0, 1, 2, 3]
     else:
         assert out.operator_scores is None and out.applicable is None and out.operator_to_expert is None
+    assert out.prior is None  # no knowledge pathway (tests/test_knowledge.py)
+
+
+def test_policy_output_prior_defaults_to_none():
+    """Code that builds a PolicyOutput from the eleven fields it had before the knowledge pathway keeps working."""
+    assert PolicyOutput._fields[-1] == "prior"
+    out = PolicyOutput(*range(len(PolicyOutput._fields) - 1))
+    assert out.prior is None and out.operator_to_expert == len(PolicyOutput._fields) - 2
 
 
 def test_applicable_is_the_hypergraphs_applicability_of_the_atoms():
@@ -191,8 +201,10 @@ def _parameters_without_gradient(policy, output):
 @pytest.mark.parametrize("fusion", FUSIONS)
 @pytest.mark.parametrize("logic", LOGICS)
 def test_every_parameter_gets_a_finite_nonzero_gradient(fusion, logic):
-    # float64: a bias that cancels in a softmax over operators leaves a ~1e-9 float32 residue, 1e-17 in float64
-    policy = _policy(logic, fusion).double()
+    # float64: a bias that cancels in a softmax over operators leaves a ~1e-9 float32 residue, 1e-17 in float64.
+    # A random router init: the uniform one zeroes the router's last layer, which blocks its first layer's
+    # gradient until the last layer has moved (test_uniform_router_init_starts_even_and_still_learns).
+    policy = _policy(logic, fusion, uniform_router_init=False).double()
     obs = _obs(16, seed=6, dtype=torch.float64)
     assert _parameters_without_gradient(policy, policy(obs)) == []
 
@@ -533,3 +545,53 @@ def test_a_copy_of_a_compiled_policy_runs_its_own_weights():
     restored = pickle.loads(pickle.dumps(policy))
     assert restored._compiled_forward is not None
     torch.testing.assert_close(restored(obs).logits, original)
+
+
+@pytest.mark.parametrize("alpha", [1.0, 1.5, 2.0])
+def test_uniform_router_init_starts_even_and_still_learns(alpha):
+    policy = _policy(alpha=alpha)
+    obs = _obs(16, seed=30)
+    out = policy(obs)
+    torch.testing.assert_close(out.router_weights, torch.full((16, EXPERTS), 1 / EXPERTS))
+    assert bool((out.router_logits == 0).all())
+    random_init = _policy(alpha=alpha, uniform_router_init=False)(obs)
+    assert not torch.allclose(random_init.router_weights, out.router_weights)
+    # the first step moves the last layer; from then on the gradient reaches the first layer too
+    optimizer = torch.optim.Adam(policy.router.parameters(), lr=1e-2)
+    target = torch.tensor([0, 1, 2, 3]).repeat(4)
+    for step in range(2):
+        optimizer.zero_grad()
+        loss = torch.nn.functional.nll_loss(policy(obs).router_weights.clamp_min(1e-9).log(), target)
+        loss.backward()
+        first = policy.router.net[0].weight.grad
+        assert (first.abs().max() > 0) == (step > 0)
+        optimizer.step()
+    assert not torch.allclose(policy(obs).router_weights, out.router_weights)
+
+
+@given(
+    rows=st.integers(0, 40),
+    columns=st.sampled_from([62, 63, 66, 124, 125, 200]),
+    distinct=st.integers(1, 8),
+    seed=st.integers(0, 2**16),
+)
+def test_unique_rows_of_wide_binary_rows_match_torch_unique(rows, columns, distinct, seed):
+    """Rows wider than one 62-bit key (the NetHack atoms are 66) are packed in chunks; torch.unique(dim=0) agrees."""
+    from crossmoe.encoders import unique_rows
+
+    generator = torch.Generator().manual_seed(seed)
+    pool = (torch.rand(distinct, columns, generator=generator) > 0.5).float()
+    if distinct > 1:
+        pool[1] = pool[0]
+        pool[1, -1] = 1.0 - pool[0, -1]  # rows that differ only in the last chunk's last column
+    x = pool[torch.randint(0, distinct, (rows,), generator=generator)]
+    unique, index = unique_rows(x)
+    expected, expected_index = torch.unique(x, dim=0, return_inverse=True)
+    assert torch.equal(unique[index], x) and index.shape == (rows,) and unique.dtype == x.dtype
+    # the same distinct rows, in some order, each once
+    order = [row.tolist() for row in unique]
+    assert sorted(order) == [row.tolist() for row in expected] and len(set(map(tuple, order))) == len(order)
+    # two inputs share an index exactly when torch.unique gives them one
+    assert torch.equal(
+        index.unsqueeze(0) == index.unsqueeze(1), expected_index.unsqueeze(0) == expected_index.unsqueeze(1)
+    )

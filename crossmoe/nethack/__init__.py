@@ -14,18 +14,31 @@ from crossmoe.nethack.agent import (
 )
 from crossmoe.nethack.atoms import ATOMS, extract_atoms
 from crossmoe.nethack.encoders import NetHackVisualEncoder, blstats_features
-from crossmoe.nethack.env import DEFAULT_OBSERVATION_KEYS, make_env, make_vector_env, split_episode_ends
+from crossmoe.nethack.env import (
+    DEFAULT_OBSERVATION_KEYS,
+    MEMORY_KEYS,
+    EpisodeOutcome,
+    MapMemory,
+    make_env,
+    make_vector_env,
+    split_episode_ends,
+)
 from crossmoe.nethack.glyphs import GLYPH_CLASS, GlyphClass, glyph_class
-from crossmoe.nethack.rules import EXPERT_WORDS, expert_from_label
+from crossmoe.nethack.rules import DEFAULT_PRIORITY, EXPERT_WORDS, RuleAgent, expert_from_label
 
 __all__ = [
     "ATOMS",
     "DEFAULT_OBSERVATION_KEYS",
+    "DEFAULT_PRIORITY",
     "EXPERT_WORDS",
     "GLYPH_CLASS",
+    "MEMORY_KEYS",
     "NETHACK_SCORE_ACTIONS",
+    "EpisodeOutcome",
     "GlyphClass",
+    "MapMemory",
     "NetHackVisualEncoder",
+    "RuleAgent",
     "blstats_features",
     "build_agent",
     "expert_from_label",

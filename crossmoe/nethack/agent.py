@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Any
 
@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from crossmoe.encoders import HypergraphLogicEncoder
-from crossmoe.hypergraph import Hypergraph
+from crossmoe.hypergraph import Hypergraph, action_name
+from crossmoe.knowledge import ApplicabilityPrior
 from crossmoe.nethack.atoms import extract_atoms
 from crossmoe.nethack.encoders import NetHackVisualEncoder
 from crossmoe.nethack.rules import expert_from_label
@@ -63,6 +64,34 @@ def _num_actions(env: Any) -> int:
     return int(space.n)
 
 
+def _env_actions(env: Any) -> list[str] | None:
+    """Names of the NLE actions of a (vector) env, or None when it does not list them."""
+    single = (getattr(env, "envs", None) or [env])[0]  # a SyncVectorEnv holds its envs
+    actions = getattr(getattr(single, "unwrapped", single), "actions", None)
+    if actions is None and hasattr(env, "get_attr"):
+        try:
+            actions = env.get_attr("actions")[0]
+        except Exception:  # an AsyncVectorEnv whose envs lack the attribute
+            actions = None
+    return None if actions is None else [action_name(a) for a in actions]
+
+
+def _action_set(action_set: Sequence[Any] | None, action_dim: int, env: Any) -> list[str]:
+    """The env's actions as hypergraph names: given, read from ``env``, or ``NetHackScore-v0``'s."""
+    if action_set is None and env is not None:
+        action_set = _env_actions(env)
+    if action_set is None:
+        from nle.env.tasks import TASK_ACTIONS  # what NetHackScore-v0 and the other NLE tasks use
+
+        action_set = TASK_ACTIONS
+    names = [action_name(a) for a in action_set]
+    if len(names) != action_dim:
+        raise ValueError(
+            f"action_set must list the env's {action_dim} actions (pass action_set= or env=), got {len(names)}"
+        )
+    return names
+
+
 def _action_dim(action_dim: int | None, env: Any) -> int:
     """``action_dim``, else the env's action count, else ``NetHackScore-v0``'s 23; both given must agree."""
     if action_dim is None:
@@ -86,6 +115,9 @@ def make_policy(
     crop_patch: int = 3,
     num_heads: int = 2,
     head_dim: int | None = 16,
+    knowledge: bool = True,
+    prior_init: float = 1.0,
+    action_set: Sequence[Any] | None = None,
     **policy_kwargs: Any,
 ) -> CrossAttentionMoEPolicy:
     """Build the NetHack agent: atoms and hypergraph, visual tokens, fusion, router, experts and critic.
@@ -122,6 +154,14 @@ def make_policy(
         num_heads: Heads of the cross-attention.
         head_dim: Width of each head (narrower than ``dim // num_heads`` to keep
             the key and value projections of the many map tokens cheap).
+        knowledge: Add the knowledge pathway, an
+            :class:`~crossmoe.knowledge.ApplicabilityPrior` over the actions of
+            the applicable operators; ``False`` is the no-knowledge ablation
+            (the graph then only shapes the context).
+        prior_init: Initial vote of each operator in the prior.
+        action_set: The env's actions (enum members or ``"Enum.MEMBER"``
+            names), which the operators' actions are matched against; read
+            from ``env`` when given, else ``NetHackScore-v0``'s.
         **policy_kwargs: Passed to :class:`~crossmoe.policy.CrossAttentionMoEPolicy`
             (``sparse_topk``, ``alpha``, ``temperature``, ...).
 
@@ -141,6 +181,9 @@ def make_policy(
         effect_passes=effect_passes,
     )
     visual = NetHackVisualEncoder(dim, crop_size=crop_size, crop_patch=crop_patch)
+    # The no-knowledge ablation needs no action set (make_policy(8, knowledge=False) for an 8-action env).
+    actions = _action_set(action_set, action_dim, env) if knowledge or action_set is not None else None
+    prior = ApplicabilityPrior(hypergraph.action_mask(actions), init=prior_init) if knowledge else None
     policy = CrossAttentionMoEPolicy(
         visual,
         logic,
@@ -151,6 +194,7 @@ def make_policy(
         num_heads=num_heads,
         head_dim=head_dim,
         expert_names=hypergraph.experts,
+        knowledge=prior,
         **policy_kwargs,
     )
     policy.config = {
@@ -166,6 +210,9 @@ def make_policy(
         "crop_patch": crop_patch,
         "num_heads": num_heads,
         "head_dim": head_dim,
+        "knowledge": knowledge,
+        "prior_init": prior_init,
+        "action_set": actions,
         **policy_kwargs,
     }
     return policy
@@ -215,6 +262,7 @@ def build_agent(config: Mapping[str, Any]) -> CrossAttentionMoEPolicy | ActorCri
     if kwargs.get("fusion") is None:
         raise ValueError("config['fusion'] is None: the agent used a custom fusion module, which a config cannot hold")
     kwargs["hypergraph"] = Hypergraph.from_dict(kwargs["hypergraph"])
+    kwargs.setdefault("knowledge", False)  # a config from before the knowledge pathway: its weights have no prior
     return make_policy(**kwargs)
 
 

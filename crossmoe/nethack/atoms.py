@@ -6,10 +6,20 @@ batch, vectorised in NumPy over the leading batch dimension ``B``; the columns
 follow :data:`ATOMS`, which is also the list of condition nodes in the shipped
 hypergraph (``hypergraph.json``).
 
-Atoms are stateless: each one reads a single observation. Some facts are
-therefore only partly visible. The player's glyph hides the cell it stands on,
-so ``on_stairs`` relies on the messages NetHack prints there, and the player's
-own cell is never counted as a monster or item.
+Atoms read a single observation. The player's glyph hides the cell it stands
+on, and the player's own cell is never counted as a monster or item. What the
+hero stands on, and the navigation atoms, come from the map memory that
+:class:`~crossmoe.nethack.MapMemory` adds to the observation (``map_memory``
+and ``visited``, which :func:`~crossmoe.nethack.make_env` includes by default).
+Without those keys ``on_stairs_down`` and ``on_stairs_up`` fall back to the
+messages NetHack prints there, and the ``path_*`` atoms stay 0.
+
+Navigation (``path_to_downstairs`` and ``path_<dir>``): a breadth-first
+distance field over the remembered walkable cells, computed for the whole
+batch at once, gives the first step of a shortest path to the down staircase
+when one is known and reachable; otherwise to the nearest unvisited doorway,
+door or corridor cell (the frontier of a level). Doors are never entered or
+left diagonally.
 
 Shapes:
     - glyphs: ``(B, 21, 79)`` glyph ids
@@ -30,7 +40,7 @@ from nle import nethack
 
 from crossmoe.nethack.glyphs import BOULDER_GLYPH, GLYPH_CLASS, PASSABLE_CLASSES, GlyphClass
 
-__all__ = ["ATOMS", "ATOM_INDEX", "OBSERVATION_KEYS", "Hunger", "atom_index", "extract_atoms"]
+__all__ = ["ATOMS", "ATOM_INDEX", "DIRECTIONS", "OBSERVATION_KEYS", "Hunger", "atom_index", "extract_atoms"]
 
 
 class Hunger(IntEnum):
@@ -73,6 +83,15 @@ ATOMS: tuple[str, ...] = (
     "depth_5_plus",
     # monsters
     "monster_adjacent",
+    # a hostile monster (not a pet) on the neighbouring cell in that direction
+    "monster_n",
+    "monster_e",
+    "monster_s",
+    "monster_w",
+    "monster_ne",
+    "monster_se",
+    "monster_sw",
+    "monster_nw",
     "monster_visible",
     "no_monster_visible",
     "pet_adjacent",
@@ -86,7 +105,18 @@ ATOMS: tuple[str, ...] = (
     "stairs_down_adjacent",
     "stairs_down_visible",
     "stairs_up_adjacent",
-    "on_stairs",
+    "on_stairs_down",
+    "on_stairs_up",
+    # navigation: the first step of a shortest path to the down stairs, or else to the nearest unexplored exit
+    "path_to_downstairs",
+    "path_n",
+    "path_e",
+    "path_s",
+    "path_w",
+    "path_ne",
+    "path_se",
+    "path_sw",
+    "path_nw",
     # doors and terrain
     "door_closed_adjacent",
     "door_open_adjacent",
@@ -114,7 +144,19 @@ ATOM_INDEX: dict[str, int] = {name: index for index, name in enumerate(ATOMS)}
 """Column of each atom in the output of :func:`extract_atoms`."""
 
 OBSERVATION_KEYS: tuple[str, ...] = ("glyphs", "blstats", "message", "inv_oclasses")
-"""Observation keys :func:`extract_atoms` reads."""
+"""Observation keys :func:`extract_atoms` needs; it also reads ``map_memory`` and ``visited`` when present."""
+
+DIRECTIONS: tuple[tuple[str, int, int], ...] = (
+    ("n", -1, 0),
+    ("e", 0, 1),
+    ("s", 1, 0),
+    ("w", 0, -1),
+    ("ne", -1, 1),
+    ("se", 1, 1),
+    ("sw", 1, -1),
+    ("nw", -1, -1),
+)
+"""``(name, dy, dx)`` of the eight moves, in the order of ``nle.nethack.CompassDirection``."""
 
 _TRAILING_SHAPES: dict[str, tuple[int, ...]] = {
     "glyphs": tuple(nethack.DUNGEON_SHAPE),
@@ -134,10 +176,11 @@ _MESSAGE_PATTERNS: dict[str, tuple[str, ...]] = {
         "Things that are here",
         "here; eat it?",
     ),
-    # Stepping onto stairs only prints a message when objects lie there too. On
-    # dungeon level 1, pressing "<" on the up staircase asks "Beware, there will
-    # be no return! Still climb?", which also proves the player stands on stairs.
-    "on_stairs": ("There is a staircase", "There is a ladder", "Beware, there will be no return"),
+    # Without a map memory: stepping onto stairs only prints a message when objects lie there too
+    # ("There is a staircase down here."). On dungeon level 1, "<" on the up staircase asks
+    # "Beware, there will be no return! Still climb?": that is the *up* staircase.
+    "on_stairs_down": ("There is a staircase down", "There is a ladder down"),
+    "on_stairs_up": ("There is a staircase up", "There is a ladder up", "Beware, there will be no return"),
     "msg_attacked": ("hits!", "bites!", "misses!", "stings!", "butts!", "kicks!", "touches you", "You are hit"),
     "msg_killed": ("You kill", "You destroy"),
     "msg_locked": ("This door is locked",),
@@ -171,6 +214,14 @@ _MORTAL_DANGER_MASK = nethack.BL_MASK_STONE | nethack.BL_MASK_SLIME | nethack.BL
 
 _PASSABLE = np.zeros(len(GlyphClass), dtype=bool)  # GlyphClass -> walkable
 _PASSABLE[list(PASSABLE_CLASSES)] = True
+# Walkable for path finding, on remembered terrain: no traps, no unknown cells.
+_WALKABLE = _PASSABLE.copy()
+_WALKABLE[[GlyphClass.TRAP, GlyphClass.MONSTER, GlyphClass.PET]] = False
+_DOOR = np.zeros(len(GlyphClass), dtype=bool)  # a door (open or closed) is never entered or left diagonally
+_DOOR[[GlyphClass.DOOR_OPEN, GlyphClass.DOOR_CLOSED]] = True
+_EXIT = _DOOR.copy()  # exploration targets, when not yet visited
+_EXIT[[GlyphClass.DOORWAY, GlyphClass.CORRIDOR]] = True
+_FAR = np.int16(10_000)  # farther than any path on a 21x79 map
 
 
 def atom_index(name: str) -> int:
@@ -208,6 +259,16 @@ def _validated_arrays(obs: Mapping[str, Any]) -> dict[str, np.ndarray]:
             )
         arrays[key] = array
     return arrays
+
+
+def _optional(obs: Mapping[str, Any], key: str, shape: tuple[int, ...]) -> np.ndarray | None:
+    """``obs[key]`` as an array of ``shape``, or None when absent."""
+    if key not in obs:
+        return None
+    array = _as_numpy(obs[key])
+    if array.shape != shape:
+        raise ValueError(f"obs[{key!r}] must have the shape of obs['glyphs'] {shape}, got {tuple(array.shape)}")
+    return array
 
 
 def _contains_any(message: np.ndarray, patterns: tuple[np.ndarray, ...]) -> np.ndarray:
@@ -250,6 +311,81 @@ def _message_atoms(message: np.ndarray) -> dict[str, np.ndarray]:
     return atoms
 
 
+def _first_steps(
+    target: np.ndarray, walkable: np.ndarray, door: np.ndarray, player_y: np.ndarray, player_x: np.ndarray
+) -> np.ndarray:
+    """The first step of a shortest path from the player to any target cell, as ``(B, 8)`` one-hot or all 0.
+
+    A breadth-first distance field, relaxed for the whole batch at once over
+    the 8-neighbourhood until it reaches every player or stops changing; moves into or out of a door
+    cell must be orthogonal. Ties go to the first direction of
+    :data:`DIRECTIONS`. All inputs are ``(B, H, W)`` bool except the ``(B,)``
+    player coordinates; the player's own cell counts as walkable.
+    """
+    batch, rows, cols = target.shape
+    index = np.arange(batch)
+    walkable = walkable.copy()
+    walkable[index, player_y, player_x] = True
+    dist = np.where(target & walkable, 0, _FAR).astype(np.int16)
+    padded = np.full((batch, rows + 2, cols + 2), _FAR, dtype=np.int16)
+    door_padded = np.pad(door, ((0, 0), (1, 1), (1, 1)))
+    inner = (slice(None), slice(1, -1), slice(1, -1))
+    for _ in range(rows * cols):
+        padded[inner] = dist
+        # Orthogonal neighbours, from any cell; the full 3x3 (separable min), from cells that are not doors.
+        orthogonal = np.minimum(
+            np.minimum(padded[:, :-2, 1:-1], padded[:, 2:, 1:-1]), np.minimum(padded[:, 1:-1, :-2], padded[:, 1:-1, 2:])
+        )
+        source = np.where(door_padded, _FAR, padded)
+        across = np.minimum(np.minimum(source[:, :, :-2], source[:, :, 2:]), source[:, :, 1:-1])
+        square = np.minimum(np.minimum(across[:, :-2], across[:, 2:]), across[:, 1:-1])
+        nearest = np.where(door, orthogonal, np.minimum(orthogonal, square))
+        relaxed = np.where(walkable, np.minimum(dist, nearest + 1), _FAR)
+        # Layer k of the search is final after k rounds, so once every player has a distance, its best step is known.
+        if np.array_equal(relaxed, dist) or (relaxed[index, player_y, player_x] < _FAR).all():
+            dist = relaxed
+            break
+        dist = relaxed
+    padded[:, 1:-1, 1:-1] = dist
+    step_dist = np.empty((batch, len(DIRECTIONS)), dtype=np.int16)
+    on_door = door[index, player_y, player_x]
+    for k, (_, dy, dx) in enumerate(DIRECTIONS):
+        y, x = player_y + 1 + dy, player_x + 1 + dx
+        value = padded[index, y, x]
+        if dy and dx:
+            value = np.where(on_door | door_padded[index, y, x], _FAR, value)
+        step_dist[:, k] = value
+    best = step_dist.argmin(axis=1)
+    reachable = step_dist[index, best] < _FAR
+    steps = np.zeros((batch, len(DIRECTIONS)), dtype=bool)
+    steps[index[reachable], best[reachable]] = True
+    return steps
+
+
+def _navigation(
+    memory: np.ndarray, visited: np.ndarray, player_y: np.ndarray, player_x: np.ndarray, alive: np.ndarray
+) -> dict[str, np.ndarray]:
+    """``path_to_downstairs`` and ``path_<dir>`` from the remembered map (see the module docstring)."""
+    memory_class = GLYPH_CLASS[memory]
+    walkable = _WALKABLE[memory_class] & (memory != BOULDER_GLYPH) & (visited != 2)  # 2: a locked door
+    stairs = memory_class == GlyphClass.STAIRS_DOWN
+    index = np.arange(len(memory))
+    stairs[index, player_y, player_x] = False  # standing on them is on_stairs_down, not a path
+    frontier = _EXIT[memory_class] & (visited == 0)
+    known = stairs.any(axis=(1, 2))
+    target = np.where(known[:, None, None], stairs, frontier)
+    steps = _first_steps(target, walkable, _DOOR[memory_class], player_y, player_x) & alive[:, None]
+    atoms = {"path_to_downstairs": known & steps.any(axis=1)}
+    # No path to the stairs (say, behind an undiscovered door): explore instead.
+    blocked = known & ~atoms["path_to_downstairs"] & alive
+    if blocked.any():
+        steps[blocked] = _first_steps(
+            frontier[blocked], walkable[blocked], _DOOR[memory_class[blocked]], player_y[blocked], player_x[blocked]
+        )
+    atoms.update({f"path_{name}": steps[:, k] for k, (name, _, _) in enumerate(DIRECTIONS)})
+    return atoms
+
+
 def extract_atoms(obs: Mapping[str, Any]) -> np.ndarray:
     """Compute the condition atoms of a batch of NetHack observations.
 
@@ -263,7 +399,9 @@ def extract_atoms(obs: Mapping[str, Any]) -> np.ndarray:
 
     Args:
         obs: mapping with batched ``glyphs``, ``blstats``, ``message`` and
-            ``inv_oclasses`` (NumPy arrays or CPU tensors); other keys are ignored.
+            ``inv_oclasses`` (NumPy arrays or CPU tensors), and optionally the
+            :class:`~crossmoe.nethack.MapMemory` keys ``map_memory`` and
+            ``visited``; other keys are ignored.
 
     Returns:
         ``(B, len(ATOMS))`` float32 array of 0/1 values, columns in :data:`ATOMS` order.
@@ -329,6 +467,10 @@ def extract_atoms(obs: Mapping[str, Any]) -> np.ndarray:
 
     monsters_around = around_counts[:, GlyphClass.MONSTER]
     atoms["monster_adjacent"] = monsters_around >= 1
+    for name, dy, dx in DIRECTIONS:
+        atoms[f"monster_{name}"] = (
+            GLYPH_CLASS[padded[batch, player_y + 1 + dy, player_x + 1 + dx]] == GlyphClass.MONSTER
+        )
     atoms["monster_visible"] = visible(GlyphClass.MONSTER)
     atoms["no_monster_visible"] = ~atoms["monster_visible"]
     atoms["pet_adjacent"] = adjacent(GlyphClass.PET)
@@ -355,4 +497,17 @@ def extract_atoms(obs: Mapping[str, Any]) -> np.ndarray:
     atoms["has_food"] = (arrays["inv_oclasses"] == nethack.FOOD_CLASS).any(axis=1)
 
     atoms.update(_message_atoms(arrays["message"]))
+    memory = _optional(obs, "map_memory", glyphs.shape)
+    visited = _optional(obs, "visited", glyphs.shape)
+    if memory is not None and visited is not None:
+        under = GLYPH_CLASS[memory[batch, player_y, player_x]]  # what the hero stands on
+        atoms["on_stairs_down"] |= alive & (under == GlyphClass.STAIRS_DOWN)
+        atoms["on_stairs_up"] |= alive & (under == GlyphClass.STAIRS_UP)
+        atoms["item_here"] |= alive & ((under == GlyphClass.OBJECT) | (under == GlyphClass.FOOD))
+        atoms["stairs_down_visible"] |= (GLYPH_CLASS[memory] == GlyphClass.STAIRS_DOWN).any(axis=(1, 2))
+        atoms.update(_navigation(memory, visited, player_y, player_x, alive))
+    else:
+        atoms.update(
+            dict.fromkeys(("path_to_downstairs", *(f"path_{name}" for name, _, _ in DIRECTIONS)), alive & False)
+        )
     return np.stack([atoms[name] for name in ATOMS], axis=1).astype(np.float32)

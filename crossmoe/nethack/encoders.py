@@ -65,7 +65,9 @@ class NetHackVisualEncoder(nn.Module):
     - **crop** (``crop_size**2`` tokens): the glyphs of an egocentric window
       around the player, each the sum of a glyph-id embedding, a glyph-class
       embedding (:class:`~crossmoe.nethack.glyphs.GlyphClass`) and a position
-      embedding. Cells beyond the map edge are masked out. With
+      embedding. The player's own cell has a class of its own and, when the
+      observation has ``map_memory`` (:class:`~crossmoe.nethack.MapMemory`),
+      the glyph of what the player stands on. Cells beyond the map edge are masked out. With
       ``crop_patch=p > 1`` each ``p x p`` block of cells becomes one token
       instead: the concatenated cell embeddings (width ``cell_dim``) are
       projected linearly, as in a ViT patch embedding, so each cell's place in
@@ -163,7 +165,11 @@ class NetHackVisualEncoder(nn.Module):
         message = obs_tensor(obs, "message", device=device, dtype=torch.long, shape=(batch, *nethack.MESSAGE_SHAPE))
         x = blstats[:, nethack.NLE_BL_X].clamp(0, _COLS - 1)
         y = blstats[:, nethack.NLE_BL_Y].clamp(0, _ROWS - 1)
-        crop, crop_mask = self._crop_tokens(glyphs, x, y)
+        under = None
+        if "map_memory" in obs:  # what the hero stands on (crossmoe.nethack.MapMemory)
+            memory = obs_tensor(obs, "map_memory", device=device, dtype=torch.long, shape=(batch, _ROWS, _COLS))
+            under = memory[torch.arange(batch, device=device), y, x]
+        crop, crop_mask = self._crop_tokens(glyphs, x, y, under)
         tokens = torch.cat(
             [
                 crop,
@@ -176,7 +182,7 @@ class NetHackVisualEncoder(nn.Module):
         mask = torch.cat([crop_mask, crop_mask.new_ones(batch, self.num_patches + 2)], dim=1)
         return tokens, mask
 
-    def _crop_tokens(self, glyphs: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    def _crop_tokens(self, glyphs: Tensor, x: Tensor, y: Tensor, under: Tensor | None) -> tuple[Tensor, Tensor]:
         radius = self.crop_size // 2
         off_map = nethack.MAX_GLYPH
         padded = F.pad(glyphs, (radius, radius, radius, radius), value=off_map)  # (B, 21 + 2r, 79 + 2r)
@@ -186,6 +192,9 @@ class NetHackVisualEncoder(nn.Module):
         crop = padded[batch_index, rows, cols]  # (B, crop_size**2), block-major
         classes = self.glyph_class[crop]
         classes[:, self.player_cell] = self.player_class
+        if under is not None:  # the player's cell: the glyph it hides, with the player's class embedding
+            crop = crop.clone()
+            crop[:, self.player_cell] = under
         cells = self.glyph_embedding(crop) + self.class_embedding(classes)
         kept = crop != off_map
         if self.crop_proj is None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import re
 import sys
 import warnings
 from collections.abc import Mapping, Sequence
@@ -21,12 +22,73 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode
+from nle import nethack
 from nle.env.base import NLE
 
-__all__ = ["DEFAULT_OBSERVATION_KEYS", "NetHackSeeding", "make_env", "make_vector_env", "split_episode_ends"]
+from crossmoe.nethack.glyphs import GLYPH_CLASS, GlyphClass
+
+__all__ = [
+    "DEFAULT_OBSERVATION_KEYS",
+    "MEMORY_KEYS",
+    "EpisodeOutcome",
+    "MapMemory",
+    "NetHackSeeding",
+    "make_env",
+    "make_vector_env",
+    "split_episode_ends",
+]
 
 DEFAULT_OBSERVATION_KEYS: tuple[str, ...] = ("glyphs", "blstats", "message", "inv_oclasses")
 """What the atoms and encoders read. ``screen_descriptions`` is left out: it halves the step rate."""
+
+MEMORY_KEYS: tuple[str, ...] = ("map_memory", "visited")
+"""The keys :class:`MapMemory` adds to each observation."""
+
+_UNSEEN_GLYPH = nethack.GLYPH_CMAP_OFF  # S_stone: what NLE shows for a cell never seen (dark, or solid rock)
+_HOW_DONE = {
+    int(getattr(nethack, name)): name.lower()
+    for name in (
+        "DIED",
+        "CHOKING",
+        "POISONING",
+        "STARVING",
+        "DROWNING",
+        "BURNING",
+        "DISSOLVED",
+        "CRUSHING",
+        "STONING",
+        "TURNED_SLIME",
+        "GENOCIDED",
+        "PANICKED",
+        "TRICKED",
+        "QUIT",
+        "ESCAPED",
+        "ASCENDED",
+    )
+}
+# "The jackal bites!", "The newt just misses!", "It hits!": a monster attacking the hero (pets fighting end
+# with "."). Matched per sentence: one message line often holds several ("You miss the fox.  The fox bites!").
+_ATTACK = re.compile(
+    r"^(?:The |An? )?([^.!?]+?) (?:just )?(?:hits|bites|misses|stings|butts|kicks|claws|touches|stabs|thrusts|"
+    r"swings|slashes|spits|breathes|zaps|grabs|engulfs|explodes)\b[^.!?]*!$"
+)
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+_LOCKED = b"This door is locked"
+_COMPASS_OFFSETS = {
+    "N": (-1, 0),
+    "E": (0, 1),
+    "S": (1, 0),
+    "W": (0, -1),
+    "NE": (-1, 1),
+    "SE": (1, 1),
+    "SW": (1, -1),
+    "NW": (-1, -1),
+}
+_MOVES = {
+    getattr(kind, name): offset
+    for kind in (nethack.CompassDirection, nethack.CompassDirectionLonger)
+    for name, offset in _COMPASS_OFFSETS.items()
+}
 
 
 class NetHackSeeding(gym.Wrapper):
@@ -56,6 +118,118 @@ class NetHackSeeding(gym.Wrapper):
         return self.env.reset(seed=seed, options=options)
 
 
+class MapMemory(gym.Wrapper):
+    """Add a map memory to each observation: ``map_memory`` and ``visited``, both ``(21, 79)``.
+
+    NetHack's own display already remembers terrain and objects out of sight,
+    but a monster, a pet or the hero hides the cell it stands on. ``map_memory``
+    is the last glyph seen at each cell that was not a creature: the staircase
+    under the hero, the item under a monster. Cells never seen hold the
+    unseen-stone glyph. ``visited`` is 1 on the cells the hero has stood
+    on and 2 on a door the hero found locked (by walking into it: "This door
+    is locked"), which path finding then avoids. Both restart on a reset and on a change of level (dungeon number or
+    level), so they describe the current level only. NLE blanks the
+    observation when the game ends; the memory then keeps the last level.
+
+    The atoms that need it (``on_stairs_down``, the ``path_*`` navigation
+    atoms of :func:`~crossmoe.nethack.extract_atoms`) read these keys.
+    """
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        shape = tuple(nethack.DUNGEON_SHAPE)
+        self.observation_space = gym.spaces.Dict(
+            {
+                **env.observation_space.spaces,
+                "map_memory": gym.spaces.Box(0, nethack.MAX_GLYPH, shape, dtype=np.int16),
+                "visited": gym.spaces.Box(0, 2, shape, dtype=np.uint8),
+            }
+        )
+        self._memory = np.full(shape, _UNSEEN_GLYPH, dtype=np.int16)
+        self._visited = np.zeros(shape, dtype=np.uint8)
+        self._level: tuple[int, int] | None = None
+
+    def _observe(self, obs: dict[str, Any], new_episode: bool) -> dict[str, Any]:
+        blstats = obs["blstats"]
+        alive = blstats[nethack.NLE_BL_HPMAX] > 0  # NLE zeroes blstats on the final observation
+        level = (int(blstats[nethack.NLE_BL_DNUM]), int(blstats[nethack.NLE_BL_DLEVEL]))
+        if new_episode or (alive and level != self._level):
+            self._memory.fill(_UNSEEN_GLYPH)
+            self._visited.fill(0)
+        if alive:
+            self._level = level
+            glyphs = obs["glyphs"]
+            cls = GLYPH_CLASS[glyphs]
+            seen = (cls != GlyphClass.MONSTER) & (cls != GlyphClass.PET)
+            np.copyto(self._memory, glyphs, where=seen, casting="unsafe")
+            self._visited[blstats[nethack.NLE_BL_Y], blstats[nethack.NLE_BL_X]] = 1
+        return {**obs, "map_memory": self._memory.copy(), "visited": self._visited.copy()}
+
+    def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+        obs, info = self.env.reset(**kwargs)
+        return self._observe(obs, new_episode=True), info
+
+    def step(self, action: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        obs = self._observe(obs, new_episode=False)
+        if "message" in obs and _LOCKED in bytes(obs["message"]):
+            move = _MOVES.get(self.env.unwrapped.actions[int(action)])
+            if move is not None:
+                rows, cols = self._visited.shape
+                y = int(obs["blstats"][nethack.NLE_BL_Y]) + move[0]
+                x = int(obs["blstats"][nethack.NLE_BL_X]) + move[1]
+                if 0 <= y < rows and 0 <= x < cols:
+                    self._visited[y, x] = 2
+                    obs["visited"] = self._visited.copy()
+        return obs, reward, terminated, truncated, info
+
+
+class EpisodeOutcome(gym.Wrapper):
+    """Say how each episode ended: ``info["outcome"]`` on its last step, a short string.
+
+    ``"killed by <monster>"`` (the last monster whose attack was announced,
+    or ``"died"``), ``"starving"``, ``"drowning"`` and the other NetHack end
+    types in lower case, ``"step cap"`` when NLE's step limit quit the game,
+    ``"task success"`` for a solved MiniHack task, and ``"truncated"`` for a
+    gymnasium time limit. The evaluation harness histograms it.
+    """
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        self._attacker: str | None = None
+
+    def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+        self._attacker = None
+        return self.env.reset(**kwargs)
+
+    def step(self, action: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        raw = obs.get("message")  # absent when observation_keys leave it out
+        message = "" if raw is None else bytes(np.asarray(raw, dtype=np.uint8)).split(b"\0", 1)[0].decode("latin-1")
+        for sentence in _SENTENCE_END.split(message.strip()):
+            match = _ATTACK.match(sentence)
+            if match:  # the last attacker of the line
+                self._attacker = match.group(1).lower()
+        if terminated or truncated:
+            info = dict(info)
+            info["outcome"] = self._outcome(info, terminated)
+        return obs, reward, terminated, truncated, info
+
+    def _outcome(self, info: Mapping[str, Any], terminated: bool) -> str:
+        status = info.get("end_status")
+        if status is not None and int(status) == int(NLE.StepStatus.ABORTED):
+            return "step cap"
+        success = getattr(self.env.unwrapped.StepStatus, "TASK_SUCCESSFUL", None)  # MiniHack's StepStatus
+        if status is not None and success is not None and int(status) == int(success):
+            return "task success"
+        if not terminated:
+            return "truncated"
+        how = _HOW_DONE.get(int(self.env.unwrapped.nethack.how_done()), "unknown")
+        if how == "died":
+            return f"killed by {self._attacker}" if self._attacker else "died"
+        return how
+
+
 def _import_environments(env_id: str) -> None:
     """Check ``env_id`` and import the package that registers it with gymnasium."""
     if not isinstance(env_id, str) or not env_id:
@@ -78,6 +252,7 @@ def make_env(
     *,
     observation_keys: Sequence[str] = DEFAULT_OBSERVATION_KEYS,
     seed: int | None = None,
+    memory: bool = True,
     **kwargs: Any,
 ) -> gym.Env:
     """Create one NLE-family environment (``NetHack*`` or ``MiniHack*``) with reproducible seeding.
@@ -87,12 +262,15 @@ def make_env(
         observation_keys: NLE observation keys to return.
         seed: default seed for the first ``reset()`` when it is called without one;
             ``reset(seed=s)`` always takes precedence. Also seeds ``action_space``.
+        memory: Add the :class:`MapMemory` keys (``map_memory``, ``visited``) and
+            :class:`EpisodeOutcome`'s ``info["outcome"]``.
         **kwargs: passed to ``gym.make``. ``fix_moon_phase`` defaults to ``True`` so that
             the moon phase and other clock effects come from the seed instead of today's date.
 
     Returns:
         The environment, wrapped in :class:`NetHackSeeding` (except ``NetHackChallenge``,
-        which forbids seeding NetHack).
+        which forbids seeding NetHack), then in :class:`EpisodeOutcome` and :class:`MapMemory`
+        when ``memory`` is True.
 
     Raises:
         ValueError: if ``env_id`` is not a non-empty string.
@@ -105,10 +283,12 @@ def make_env(
         env.action_space.seed(seed)
     from nle.env.tasks import NetHackChallenge
 
-    if isinstance(env.unwrapped, NetHackChallenge):
+    if not isinstance(env.unwrapped, NetHackChallenge):
         # The challenge forbids changing NetHack's seeds; reset(seed=...) only seeds np_random there.
-        return env
-    return NetHackSeeding(env, seed=seed)
+        env = NetHackSeeding(env, seed=seed)
+    if memory:
+        env = MapMemory(EpisodeOutcome(env))
+    return env
 
 
 def make_vector_env(

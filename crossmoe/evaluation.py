@@ -1,0 +1,651 @@
+"""Evaluate agents on fresh NetHack episodes, and compare runs with bootstrap confidence intervals.
+
+An *agent* is anything with ``act(obs) -> actions`` (:class:`Agent`): a
+trained policy (:class:`PolicyAgent`), the uniform-random floor
+(:class:`RandomAgent`) or the hypergraph alone
+(:class:`~crossmoe.nethack.rules.RuleAgent`). :func:`evaluate` plays a fixed,
+seeded set of episodes and returns an :class:`EvalResult`: per-episode score,
+return, depth, length and outcome, and for agents with a router the mean
+routing weight of each expert in a few situations (monster adjacent, HP low,
+...). :func:`bootstrap_ci`, :func:`compare_runs` and
+:func:`learning_curves_with_ci` summarise several seeds of a run.
+
+:func:`evaluate` needs the ``nethack`` extra and :func:`plot_curves_with_ci`
+needs matplotlib; both are imported when called, so the statistics work
+without them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "ALL_STEPS",
+    "DEFAULT_SITUATIONS",
+    "METRICS",
+    "Agent",
+    "AgentStep",
+    "CurveWithCI",
+    "EvalResult",
+    "PolicyAgent",
+    "RandomAgent",
+    "bootstrap_ci",
+    "compare_runs",
+    "evaluate",
+    "learning_curves_with_ci",
+    "plot_curves_with_ci",
+]
+
+METRICS: tuple[str, ...] = ("score", "return", "depth", "length")
+"""Per-episode metrics of an :class:`EvalResult`, as named in :meth:`EvalResult.summary`."""
+
+ALL_STEPS = "all steps"
+"""The first row of every usage table: each step counts."""
+
+DEFAULT_SITUATIONS: Mapping[str, tuple[str, ...]] = {
+    "monster adjacent": ("monster_adjacent",),
+    "no monster visible": ("no_monster_visible",),
+    "hp low or critical": ("hp_low", "hp_critical"),
+    "stairs down known": ("on_stairs_down", "path_to_downstairs"),
+    "in corridor": ("in_corridor",),
+    "hungry or weak": ("hungry", "weak"),
+}
+"""Situations of the routing-usage table, after :data:`ALL_STEPS`: a step is in one when any of its atoms holds."""
+
+_MAX_RESAMPLED = 1 << 22  # elements gathered per bootstrap chunk: about 32 MiB of float64
+
+
+# --- agents -----------------------------------------------------------------------------------------------
+
+
+class AgentStep(NamedTuple):
+    """What an agent returns for one batch of observations.
+
+    Shapes:
+        - actions: ``(N,)`` integer actions
+        - router_weights: ``(N, E)`` routing weights of an agent with experts, or None
+    """
+
+    actions: np.ndarray
+    router_weights: np.ndarray | None = None
+
+
+@runtime_checkable
+class Agent(Protocol):
+    """Anything :func:`evaluate` can play: ``act`` maps a batch of observations to actions.
+
+    ``act`` takes the observation dict of a vector env (batched NumPy arrays)
+    and returns the ``(N,)`` actions, as an array or as an :class:`AgentStep`
+    that also carries router weights. Optional members that :func:`evaluate`
+    uses when present: ``reset(seed)``, called once before the first step so
+    that an evaluation is reproducible, and ``expert_names``, the names of
+    the ``E`` experts of the router weights (the agent then also receives the
+    atoms, as ``obs["atoms"]``, instead of computing them again).
+    """
+
+    def act(self, obs: Mapping[str, np.ndarray]) -> np.ndarray | AgentStep: ...
+
+
+def _batch_size(obs: Mapping[str, Any]) -> int:
+    if not isinstance(obs, Mapping) or not obs:
+        raise ValueError(f"obs must be a non-empty dict of batched arrays, got {type(obs).__name__}")
+    return len(next(iter(obs.values())))
+
+
+class RandomAgent:
+    """Uniformly random actions: the floor every agent has to beat.
+
+    Args:
+        num_actions: Size of the env's discrete action space.
+        seed: Seed of the actions; :meth:`reset` restarts them.
+    """
+
+    def __init__(self, num_actions: int, seed: int | None = 0) -> None:
+        if isinstance(num_actions, bool) or not isinstance(num_actions, (int, np.integer)) or num_actions < 1:
+            raise ValueError(f"num_actions must be an integer >= 1, got {num_actions!r}")
+        self.num_actions = int(num_actions)
+        self._rng = np.random.default_rng(seed)
+
+    def reset(self, seed: int | None = None) -> None:
+        """Restart the actions from ``seed``."""
+        self._rng = np.random.default_rng(seed)
+
+    def act(self, obs: Mapping[str, Any]) -> np.ndarray:
+        """``(N,)`` actions drawn uniformly from ``range(num_actions)``."""
+        return self._rng.integers(self.num_actions, size=_batch_size(obs))
+
+
+class PolicyAgent:
+    """A crossmoe policy as an :class:`Agent`: actions, and router weights for a Mixture-of-Experts policy.
+
+    Calls ``policy.get_action_and_value(obs, return_output=True)`` under
+    :func:`torch.inference_mode`. Sampled actions come from the agent's own
+    :class:`torch.Generator`, so an evaluation neither depends on nor advances
+    torch's global random state. The policy is used in the mode it is in:
+    :func:`~crossmoe.nethack.load_agent` returns it in eval mode.
+
+    Args:
+        policy: A :class:`~crossmoe.CrossAttentionMoEPolicy` (its ``router_weights``
+            are recorded, under the names ``policy.experts.names``), an
+            :class:`~crossmoe.ActorCritic`, or any module with that API.
+        deterministic: Take the most likely action instead of sampling.
+        seed: Seed of the sampling; :meth:`reset` restarts it.
+    """
+
+    def __init__(self, policy: nn.Module, deterministic: bool = False, seed: int = 0) -> None:
+        if not callable(getattr(policy, "get_action_and_value", None)):
+            raise ValueError(f"policy must have get_action_and_value (a crossmoe policy), got {type(policy).__name__}")
+        self.policy = policy
+        self.deterministic = deterministic
+        names = getattr(getattr(policy, "experts", None), "names", None)
+        self.expert_names: tuple[str, ...] | None = None if names is None else tuple(names)
+        self._generator = torch.Generator().manual_seed(seed)
+
+    def reset(self, seed: int | None = None) -> None:
+        """Restart the sampling from ``seed`` (``None``: a fresh random seed)."""
+        if seed is None:
+            self._generator.seed()
+        else:
+            self._generator.manual_seed(seed)
+
+    def act(self, obs: Mapping[str, Any]) -> AgentStep:
+        """The actions and (MoE policies) the ``(N, E)`` router weights of a batch."""
+        with torch.inference_mode():
+            actions, *_, output = self.policy.get_action_and_value(obs, deterministic=True, return_output=True)
+            if not self.deterministic:
+                probs = output.logits.float().softmax(dim=-1).cpu()
+                actions = torch.multinomial(probs, 1, generator=self._generator).squeeze(-1)
+            weights = getattr(output, "router_weights", None)
+            return AgentStep(actions.cpu().numpy(), None if weights is None else weights.float().cpu().numpy())
+
+
+# --- one evaluation ---------------------------------------------------------------------------------------
+
+
+def _describe(values: Sequence[float], prefix: str) -> dict[str, float]:
+    array = np.asarray(values, dtype=float)
+    mean, low, high = bootstrap_ci(array)
+    return {
+        f"{prefix}_mean": mean,
+        f"{prefix}_std": float(array.std(ddof=1)) if len(array) > 1 else 0.0,
+        f"{prefix}_median": float(np.median(array)),
+        f"{prefix}_ci_low": low,
+        f"{prefix}_ci_high": high,
+    }
+
+
+@dataclass
+class EvalResult:
+    """The episodes of one :func:`evaluate` call, and the routing usage of its agent.
+
+    Episodes are listed env by env (all of environment 0's, then 1's, ...),
+    each environment's in the order it played them. The usage arrays have one
+    row per situation and one column per expert; they are sums, so results
+    of several evaluations can be pooled by adding them.
+
+    Attributes:
+        env_id, seed, num_envs, max_episode_steps: What was evaluated, as passed to :func:`evaluate`.
+        scores: Largest in-game score seen in each episode.
+        returns: Sum of the env rewards of each episode.
+        depths: Deepest dungeon level reached in each episode.
+        lengths: Agent steps of each episode.
+        outcomes: How each episode ended (``"killed by <monster>"``, ``"starving"``,
+            ``"step cap"``, ...; see :class:`~crossmoe.nethack.env.EpisodeOutcome`).
+        expert_names: Names of the experts (empty for an agent without a router).
+        situations: Names of the usage rows: :data:`ALL_STEPS`, then the situations evaluated.
+        usage_weight: ``(S, E)`` sums of the routing weights over the steps of each situation.
+        usage_top1: ``(S, E)`` counts of the steps whose largest weight is on each expert.
+        usage_steps: ``(S,)`` number of steps in each situation.
+        metadata: Free-form plain data about the run (agent, checkpoint, ...).
+    """
+
+    env_id: str
+    seed: int
+    num_envs: int
+    max_episode_steps: int | None
+    scores: list[float] = field(default_factory=list)
+    returns: list[float] = field(default_factory=list)
+    depths: list[int] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)
+    outcomes: list[str] = field(default_factory=list)
+    expert_names: list[str] = field(default_factory=list)
+    situations: list[str] = field(default_factory=list)
+    usage_weight: list[list[float]] = field(default_factory=list)
+    usage_top1: list[list[int]] = field(default_factory=list)
+    usage_steps: list[int] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_episodes(self) -> int:
+        return len(self.scores)
+
+    def metric(self, name: str) -> np.ndarray:
+        """The per-episode values of ``name``, one of :data:`METRICS` (``"score"``, ``"return"``, ...)."""
+        if name not in METRICS:
+            raise ValueError(f"name must be one of {METRICS}, got {name!r}")
+        return np.asarray(getattr(self, name + "s"), dtype=float)
+
+    def to_dict(self) -> dict[str, Any]:
+        """All fields as plain JSON data; :meth:`from_dict` reads it back."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EvalResult:
+        """The result that :meth:`to_dict` wrote."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"data must hold EvalResult fields only, got unknown keys {unknown}")
+        return cls(**data)
+
+    def outcome_counts(self) -> dict[str, int]:
+        """How many episodes ended each way, most frequent first."""
+        names, counts = np.unique(np.asarray(self.outcomes, dtype=str), return_counts=True)
+        order = np.lexsort((names, -counts))
+        return {str(names[i]): int(counts[i]) for i in order}
+
+    def summary(self) -> dict[str, Any]:
+        """One flat, JSON-ready dict: metadata, then per metric the mean, std, median and 95% bootstrap CI.
+
+        Keys: the :attr:`metadata`, ``env_id``, ``episodes``,
+        ``<metric>_mean``, ``_std`` (sample standard deviation), ``_median``,
+        ``_ci_low`` and ``_ci_high`` for each of ``score``, ``return``,
+        ``depth`` and ``length``, and ``outcomes`` (:meth:`outcome_counts`).
+        With experts also ``expert_usage`` (share of steps whose largest
+        routing weight is on each expert) and ``expert_weight`` (mean
+        routing weight), over all steps.
+        """
+        if not self.num_episodes:
+            raise ValueError("summary needs at least one episode, got an EvalResult with none")
+        summary: dict[str, Any] = {**self.metadata, "env_id": self.env_id, "episodes": self.num_episodes}
+        for name in METRICS:
+            summary.update(_describe(self.metric(name), name))
+        summary["outcomes"] = self.outcome_counts()
+        if self.expert_names and self.usage_steps and self.usage_steps[0]:
+            steps = self.usage_steps[0]  # the first row is ALL_STEPS
+            summary["expert_usage"] = {
+                name: count / steps for name, count in zip(self.expert_names, self.usage_top1[0], strict=True)
+            }
+            summary["expert_weight"] = {
+                name: weight / steps for name, weight in zip(self.expert_names, self.usage_weight[0], strict=True)
+            }
+        return summary
+
+    def usage_table(self, digits: int = 2) -> str:
+        """Markdown table of the mean routing weight of each expert in each situation ("" without experts)."""
+        if not self.expert_names:
+            return ""
+        header = ["situation", "steps", *self.expert_names]
+        lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+        for name, steps, weights in zip(self.situations, self.usage_steps, self.usage_weight, strict=True):
+            cells = [f"{weight / steps:.{digits}f}" if steps else "-" for weight in weights]
+            lines.append("| " + " | ".join([name, str(steps), *cells]) + " |")
+        return "\n".join(lines)
+
+
+class _RunningEpisodes:
+    """Return, length, best score and deepest level so far of the episode each of ``N`` envs is playing."""
+
+    def __init__(self, score: np.ndarray, depth: np.ndarray) -> None:
+        self.score = np.asarray(score, dtype=np.float64)  # from the first observations
+        self.depth = np.asarray(depth, dtype=np.int64)
+        self.episode_return = np.zeros(len(self.score))
+        self.length = np.zeros(len(self.score), dtype=np.int64)
+
+    def update(self, active: np.ndarray, reward: np.ndarray, score: np.ndarray, depth: np.ndarray) -> None:
+        """Add one env step; rows not ``active`` were autoreset steps, whose observation starts the next episode."""
+        self.episode_return = np.where(active, self.episode_return + reward, 0.0)
+        self.length = np.where(active, self.length + 1, 0)
+        # Maxima, because NLE zeroes the bottom line on the death observation.
+        self.score = np.where(active, np.maximum(self.score, score), score)
+        self.depth = np.where(active, np.maximum(self.depth, depth), depth)
+
+
+class _UsageBySituation:
+    """Sums of router weights, top-1 counts and step counts per situation; see :class:`EvalResult`."""
+
+    def __init__(self, situations: Mapping[str, Sequence[str]], atoms: Sequence[str]) -> None:
+        index = {name: c for c, name in enumerate(atoms)}
+        self.names = list(situations)
+        self.atoms = np.zeros((len(situations), len(atoms)), dtype=np.float32)  # (S, C): any of them puts a step in
+        for s, (name, members) in enumerate(situations.items()):
+            unknown = [atom for atom in members if atom not in index]
+            if unknown:
+                raise ValueError(f"situations[{name!r}] must list atoms of ATOMS, got unknown atoms {unknown}")
+            self.atoms[s, [index[atom] for atom in members]] = 1.0
+        self.every_step = self.atoms.sum(axis=1) == 0
+        self.steps = np.zeros(len(situations), dtype=np.int64)
+        self.weight: np.ndarray | None = None  # (S, E) once the first weights arrive
+        self.top1: np.ndarray | None = None
+
+    def add(self, atoms: np.ndarray, weights: np.ndarray, counted: np.ndarray) -> None:
+        """Add the ``(N, E)`` weights of the ``counted`` ``(N,)`` rows, whose atoms are ``(N, C)``."""
+        if self.weight is None:
+            self.weight = np.zeros((len(self.names), weights.shape[1]))
+            self.top1 = np.zeros((len(self.names), weights.shape[1]), dtype=np.int64)
+        member = (((atoms @ self.atoms.T) > 0) | self.every_step) & counted[:, None]  # (N, S)
+        top1 = np.eye(weights.shape[1], dtype=np.int64)[weights.argmax(axis=1)]  # (N, E)
+        self.weight += member.T.astype(np.float64) @ weights
+        self.top1 += member.T.astype(np.int64) @ top1
+        self.steps += member.sum(axis=0)
+
+
+def evaluate(
+    agent: Agent,
+    env_id: str = "NetHackScore-v0",
+    episodes: int = 100,
+    num_envs: int = 8,
+    seed: int = 10_000_000,
+    max_episode_steps: int | None = None,
+    *,
+    situations: Mapping[str, Sequence[str]] = DEFAULT_SITUATIONS,
+    metadata: Mapping[str, Any] | None = None,
+    **env_kwargs: Any,
+) -> EvalResult:
+    """Play exactly ``episodes`` fresh episodes with ``agent`` and record how each went.
+
+    The environments come from :func:`crossmoe.nethack.make_vector_env` with
+    ``seed``, and environment ``i`` contributes its first ``k_i`` episodes
+    (``episodes`` split as evenly as possible), so the set of episodes depends
+    only on the seed, ``num_envs`` and the agent, never on which episodes
+    happen to end first. The agent is ``reset(seed)`` first when it has that
+    method. The default seed lies far from the seeds training runs use.
+
+    Per episode: the largest in-game score seen (NLE zeroes the bottom line on
+    the death observation, hence the maximum), the return (sum of rewards),
+    the deepest level, the length and the outcome (both NLE's own step cap and
+    a ``max_episode_steps`` time limit are ``"step cap"``). For an agent that
+    returns router weights, the weights are summed per situation: a step is in
+    a situation when any of its atoms (:func:`~crossmoe.nethack.extract_atoms`)
+    holds.
+
+    Args:
+        agent: An :class:`Agent`.
+        env_id: A registered NLE or MiniHack id.
+        episodes: Episodes to record, at least 1.
+        num_envs: Environments stepped together (at most ``episodes`` are made).
+        seed: Seed of the environments and of the agent.
+        max_episode_steps: A time limit in agent steps; ``None`` keeps the env's own.
+        situations: ``{name: atoms}``, the rows of the usage table after :data:`ALL_STEPS`;
+            see :data:`DEFAULT_SITUATIONS`.
+        metadata: Plain data stored in the result (agent name, checkpoint, ...).
+        **env_kwargs: Passed to :func:`~crossmoe.nethack.make_vector_env`.
+
+    Example:
+        >>> result = evaluate(RandomAgent(23), episodes=20)  # doctest: +SKIP
+        >>> result.summary()["score_mean"], result.outcome_counts()  # doctest: +SKIP
+    """
+    from nle import nethack  # the nethack extra
+
+    from crossmoe.nethack import ATOMS, extract_atoms, make_vector_env, split_episode_ends
+
+    for name, value in (("episodes", episodes), ("num_envs", num_envs)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if not callable(getattr(agent, "act", None)):
+        raise ValueError(f"agent must have an act(obs) method, got {type(agent).__name__}")
+    if tuple(situations.get(ALL_STEPS, ())):
+        raise ValueError(f"situations[{ALL_STEPS!r}] is every step and takes no atoms, got {situations[ALL_STEPS]}")
+    usage = _UsageBySituation({ALL_STEPS: (), **situations}, ATOMS)
+    num_envs = min(int(num_envs), int(episodes))
+    quota = np.full(num_envs, episodes // num_envs)
+    quota[: episodes % num_envs] += 1
+    if max_episode_steps is not None:
+        env_kwargs["max_episode_steps"] = max_episode_steps
+    envs = make_vector_env(num_envs, seed, env_id, **env_kwargs)
+    if callable(getattr(agent, "reset", None)):
+        agent.reset(seed=seed)
+    expert_names = getattr(agent, "expert_names", None)
+
+    played: list[list[tuple[float, float, int, int, str]]] = [[] for _ in range(num_envs)]
+    try:
+        obs, _ = envs.reset(seed=seed)
+        running = _RunningEpisodes(obs["blstats"][:, nethack.NLE_BL_SCORE], obs["blstats"][:, nethack.NLE_BL_DEPTH])
+        active = np.ones(num_envs, dtype=bool)  # False on the autoreset step after an episode end
+        finished = np.zeros(num_envs, dtype=np.int64)
+        while (finished < quota).any():
+            counting = active & (finished < quota)
+            atoms = None
+            if expert_names is not None:
+                atoms = extract_atoms(obs)
+                obs = {**obs, "atoms": atoms}
+            step = agent.act(obs)
+            if not isinstance(step, AgentStep):
+                step = AgentStep(np.asarray(step))
+            if step.router_weights is not None:
+                atoms = extract_atoms(obs) if atoms is None else atoms
+                usage.add(atoms, np.asarray(step.router_weights, dtype=np.float64), counting)
+            obs, reward, terminated, truncated, info = envs.step(np.asarray(step.actions))
+            _, done, aborted = split_episode_ends(terminated, truncated, info)
+            blstats = obs["blstats"]
+            running.update(active, reward, blstats[:, nethack.NLE_BL_SCORE], blstats[:, nethack.NLE_BL_DEPTH])
+            for i in np.flatnonzero(done & (finished < quota)):  # episode ends only: rare
+                outcome = str(info["outcome"][i]) if "outcome" in info and info["_outcome"][i] else None
+                if outcome == "truncated" or (outcome is None and (aborted[i] or truncated[i])):
+                    outcome = "step cap"
+                elif outcome is None:  # an env without EpisodeOutcome
+                    outcome = "terminated"
+                played[i].append(
+                    (
+                        float(running.score[i]),
+                        float(running.episode_return[i]),
+                        int(running.depth[i]),
+                        int(running.length[i]),
+                        outcome,
+                    )
+                )
+                finished[i] += 1
+            active = ~done
+    finally:
+        envs.close()
+
+    episodes_in_order = [episode for per_env in played for episode in per_env]
+    scores, returns, depths, lengths, outcomes = (list(column) for column in zip(*episodes_in_order, strict=True))
+    routed = usage.weight is not None
+    if routed and expert_names is None:
+        expert_names = [f"expert_{e}" for e in range(usage.weight.shape[1])]
+    return EvalResult(
+        env_id=env_id,
+        seed=seed,
+        num_envs=num_envs,
+        max_episode_steps=max_episode_steps,
+        scores=scores,
+        returns=returns,
+        depths=depths,
+        lengths=lengths,
+        outcomes=outcomes,
+        expert_names=list(expert_names) if routed else [],
+        situations=usage.names if routed else [],
+        usage_weight=usage.weight.tolist() if routed else [],
+        usage_top1=usage.top1.tolist() if routed else [],
+        usage_steps=usage.steps.tolist() if routed else [],
+        metadata=dict(metadata or {}),
+    )
+
+
+# --- statistics across episodes and seeds ---------------------------------------------------------------
+
+
+def _bootstrap_means(values: np.ndarray, num_resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """Means over axis 0 of ``num_resamples`` resamples with replacement: ``(R, *values.shape[1:])``."""
+    n = len(values)
+    chunk = max(1, _MAX_RESAMPLED // max(values.size, 1))
+    means = []
+    for start in range(0, num_resamples, chunk):
+        index = rng.integers(n, size=(min(chunk, num_resamples - start), n))  # (r, n)
+        means.append(values[index].mean(axis=1))
+    return np.concatenate(means)
+
+
+def _check_confidence(confidence: float, num_resamples: int) -> None:
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence!r}")
+    if isinstance(num_resamples, bool) or not isinstance(num_resamples, (int, np.integer)) or num_resamples < 1:
+        raise ValueError(f"num_resamples must be an integer >= 1, got {num_resamples!r}")
+
+
+def bootstrap_ci(
+    values: Sequence[float] | np.ndarray, confidence: float = 0.95, num_resamples: int = 10_000, seed: int = 0
+) -> tuple[float, float, float]:
+    """The mean of ``values`` and its percentile-bootstrap confidence interval.
+
+    Resamples ``values`` with replacement ``num_resamples`` times and takes the
+    ``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` quantiles of the
+    resampled means (Efron & Tibshirani, *An Introduction to the Bootstrap*,
+    1993, ch. 13). Vectorised in NumPy; the same seed gives the same interval.
+
+    Args:
+        values: ``(n,)`` finite numbers, n >= 1.
+        confidence: Coverage of the interval, in (0, 1).
+        num_resamples: Bootstrap resamples.
+        seed: Seed of the resampling.
+
+    Returns:
+        ``(mean, low, high)``, plain floats.
+
+    Example:
+        >>> bootstrap_ci([1.0, 1.0, 1.0])
+        (1.0, 1.0, 1.0)
+    """
+    _check_confidence(confidence, num_resamples)
+    array = np.asarray(values, dtype=np.float64)
+    if array.ndim != 1 or array.size == 0 or not np.isfinite(array).all():
+        raise ValueError(f"values must be a non-empty 1-D sequence of finite numbers, got shape {array.shape}")
+    means = _bootstrap_means(array, num_resamples, np.random.default_rng(seed))
+    low, high = np.quantile(means, [(1 - confidence) / 2, (1 + confidence) / 2])
+    mean = float(array.mean())
+    return mean, float(min(low, mean)), float(max(high, mean))  # guard the rounding of a constant sample
+
+
+def compare_runs(
+    results: Mapping[str, Sequence[float]],
+    confidence: float = 0.95,
+    num_resamples: int = 10_000,
+    seed: int = 0,
+    digits: int = 2,
+) -> str:
+    """Markdown table of each run's mean and bootstrap CI across its seeds.
+
+    Args:
+        results: ``{run name: one value per seed}``, e.g. the ``score_mean`` of
+            each seed's :meth:`EvalResult.summary`.
+        confidence, num_resamples, seed: As in :func:`bootstrap_ci`.
+        digits: Decimals shown.
+
+    Example:
+        >>> print(compare_runs({"moe": [3.0, 5.0], "mlp": [2.0, 2.0]}, num_resamples=100))  # doctest: +SKIP
+        | run | seeds | mean | 95% CI |
+        |---|---:|---:|---:|
+        | moe | 2 | 4.00 | [3.00, 5.00] |
+        | mlp | 2 | 2.00 | [2.00, 2.00] |
+    """
+    if not results:
+        raise ValueError("results must map at least one run name to its values, got none")
+    lines = [f"| run | seeds | mean | {confidence:.0%} CI |", "|---|---:|---:|---:|"]
+    for name, values in results.items():
+        mean, low, high = bootstrap_ci(values, confidence, num_resamples, seed)
+        lines.append(f"| {name} | {len(values)} | {mean:.{digits}f} | [{low:.{digits}f}, {high:.{digits}f}] |")
+    return "\n".join(lines)
+
+
+class CurveWithCI(NamedTuple):
+    """A learning curve averaged over seeds, with a bootstrap band.
+
+    Shapes:
+        - x, mean, low, high: ``(G,)`` on the common grid
+        - seeds: ``(S, G)``, each seed interpolated onto the grid
+    """
+
+    x: np.ndarray
+    mean: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    seeds: np.ndarray
+
+
+def _seed_series(rows: Sequence[Mapping[str, Any]], key: str, x: str) -> tuple[np.ndarray, np.ndarray]:
+    points = sorted((row[x], row[key]) for row in rows if row.get(x) is not None and row.get(key) is not None)
+    return np.asarray([p[0] for p in points], dtype=float), np.asarray([p[1] for p in points], dtype=float)
+
+
+def learning_curves_with_ci(
+    runs: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]],
+    key: str = "score",
+    x: str = "global_step",
+    bins: int = 100,
+    confidence: float = 0.95,
+    num_resamples: int = 2_000,
+    seed: int = 0,
+) -> dict[str, CurveWithCI]:
+    """Average each run's seeds onto a common grid, with a bootstrap confidence band across seeds.
+
+    Each seed's ``(x, key)`` points (rows where either is missing or None are
+    skipped) are linearly interpolated onto ``bins`` evenly spaced points
+    over the range that every seed of the run covers, so no seed is
+    extrapolated. At each grid point the band is the percentile bootstrap
+    of the mean over seeds (:func:`bootstrap_ci`).
+
+    Args:
+        runs: ``{run name: [rows of seed 0, rows of seed 1, ...]}``, each a
+            ``metrics.jsonl`` as :func:`crossmoe.training.read_metrics` reads it.
+        key: The metric to average (``"score"``, ``"rolling_return"``, ...).
+        x: The x-axis column.
+        bins: Grid points, at least 2.
+        confidence, num_resamples, seed: As in :func:`bootstrap_ci`.
+    """
+    _check_confidence(confidence, num_resamples)
+    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 2:
+        raise ValueError(f"bins must be an integer >= 2, got {bins!r}")
+    curves = {}
+    for name, seeds in runs.items():
+        series = [_seed_series(rows, key, x) for rows in seeds]
+        empty = [s for s, (steps, _) in enumerate(series) if len(steps) == 0]
+        if not series or empty:
+            raise ValueError(f"runs[{name!r}] must hold seeds with {key!r} against {x!r}; seeds {empty} have none")
+        start, stop = max(steps[0] for steps, _ in series), min(steps[-1] for steps, _ in series)
+        if start > stop:
+            raise ValueError(f"runs[{name!r}]: the seeds' {x!r} ranges must overlap, got none in common")
+        grid = np.linspace(start, stop, bins)
+        values = np.stack([np.interp(grid, steps, metric) for steps, metric in series])  # (S, G)
+        means = _bootstrap_means(values, num_resamples, np.random.default_rng(seed))  # (R, G)
+        low, high = np.quantile(means, [(1 - confidence) / 2, (1 + confidence) / 2], axis=0)
+        mean = values.mean(axis=0)
+        curves[name] = CurveWithCI(grid, mean, np.minimum(low, mean), np.maximum(high, mean), values)
+    return curves
+
+
+def plot_curves_with_ci(
+    curves: Mapping[str, CurveWithCI],
+    path: str | os.PathLike[str],
+    *,
+    xlabel: str = "env steps",
+    ylabel: str = "score",
+    title: str | None = None,
+) -> Path:
+    """Plot each curve's mean over seeds with its confidence band and save it to ``path``.
+
+    Uses matplotlib's object interface (:class:`~matplotlib.figure.Figure`), as
+    :mod:`crossmoe.plots` does, so it neither needs a display nor changes the
+    global backend.
+    """
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4), layout="constrained")
+    ax = fig.subplots()
+    for name, curve in curves.items():
+        (line,) = ax.plot(curve.x, curve.mean, label=f"{name} (n={len(curve.seeds)})")
+        ax.fill_between(curve.x, curve.low, curve.high, color=line.get_color(), alpha=0.2, lw=0)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title or f"{ylabel}: mean over seeds, bootstrap CI")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.savefig(path, dpi=120)
+    return Path(path)

@@ -1,0 +1,303 @@
+"""The seeded learning study: train every agent of a config on every seed, evaluate, summarise. Resumable.
+
+    python examples/study.py run --config docs/results/study.json                 # everything, in order
+    python examples/study.py run --config docs/results/study.json --shard 0/2 --torch-threads 1 &
+    python examples/study.py run --config docs/results/study.json --shard 1/2 --torch-threads 1 &
+    python examples/study.py report --config docs/results/study.json               # tables and plots
+
+The config (JSON) names the env, the budget, the seeds, the evaluation and
+the agents; each agent is a set of ``examples/ppo_nethack.py`` arguments, or
+one of the built-in floors ``random`` and ``rules`` (evaluated, never
+trained). A run is an (agent, seed) pair, trained in ``runs/<study>/`` by
+``ppo_nethack.py`` in a subprocess, then evaluated on fresh-seed episodes with
+:mod:`crossmoe.evaluation`.
+
+What is committed lives in ``docs/results/<study>/<agent>__s<seed>/``: the
+run's metrics (the columns the report reads), its ``summary.json`` and its
+``eval.json``. A run whose ``eval.json`` exists is finished and skipped, so a
+stopped study picks up where it left off, on this machine or another one
+(training resumes from ``runs/<study>/.../checkpoints/last.pt`` when that is
+there, and starts over otherwise). Evaluation seeds are disjoint from
+training seeds (``eval_seed`` is far from them) and nothing is tuned on them.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import tyro
+
+FLOORS = ("random", "rules")
+# The metrics columns the results keep (the rest of metrics.jsonl stays in runs/).
+KEPT = ("global_step", "update", "episodes", "score", "episodic_return", "episodic_length", "sps", "phase", "alpha")
+KEPT_PREFIXES = ("weight/", "usage/", "aux/", "routing_entropy", "dead_experts", "attention_sparsity", "context_norm")
+
+
+@dataclass
+class Args:
+    command: tyro.conf.Positional[Literal["run", "report", "plan"]]
+    """``run`` trains and evaluates what is missing; ``report`` writes the tables and plots; ``plan`` lists runs."""
+    config: str = "docs/results/study.json"
+    """The study config."""
+    shard: str = "0/1"
+    """``i/n``: this process does every n-th run, starting at the i-th (run n processes side by side)."""
+    torch_threads: int = 1
+    """Torch threads per training run (1 when running shards side by side on 2 cores)."""
+    runs_root: str = "runs"
+    """Where training runs (checkpoints, full metrics) go; not committed."""
+    only: str | None = None
+    """Comma-separated agent names to restrict to."""
+    train_only: bool = False
+    """Train what is missing but leave the evaluation (and the floors) for a later ``run``."""
+
+
+def load_config(path: str | Path) -> dict:
+    config = json.loads(Path(path).read_text())
+    for key in ("name", "env_id", "total_timesteps", "seeds", "agents", "eval"):
+        if key not in config:
+            raise ValueError(f"config {str(path)!r} must have the key {key!r}")
+    return config
+
+
+def plan(config: dict, only: set[str] | None = None) -> list[tuple[str, int | None]]:
+    """The runs in the config's order (``runs``), or every floor and then every agent at every seed."""
+    if "runs" in config:
+        runs = [(agent, seed) for agent, seed in config["runs"]]
+        unknown = sorted({agent for agent, _ in runs} - set(config["agents"]))
+        if unknown:
+            raise ValueError(f"config runs name agents missing from config['agents']: {unknown}")
+    else:
+        runs = [(agent, None) for agent in config["agents"] if agent in FLOORS]
+        runs += [(agent, seed) for seed in config["seeds"] for agent in config["agents"] if agent not in FLOORS]
+    return [(agent, seed) for agent, seed in runs if only is None or agent in only]
+
+
+def result_dir(config: dict, agent: str, seed: int | None, root: Path) -> Path:
+    return root / config["name"] / (agent if seed is None else f"{agent}__s{seed}")
+
+
+def keep_metrics(source: Path, target: Path) -> None:
+    """Copy the columns the report reads from a run's metrics.jsonl."""
+    rows = []
+    for line in source.read_text().splitlines():
+        row = json.loads(line)
+        rows.append({k: v for k, v in row.items() if k in KEPT or k.startswith(KEPT_PREFIXES)})
+    target.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def train(config: dict, agent: str, seed: int, run_dir: Path, torch_threads: int) -> None:
+    """Train one run with ``ppo_nethack.py`` in a subprocess, resuming when a checkpoint is there."""
+    command = [sys.executable, str(Path(__file__).with_name("ppo_nethack.py"))]
+    if (run_dir / "checkpoints" / "last.pt").is_file():
+        command += ["--resume", "--run-dir", str(run_dir), "--total-timesteps", str(config["total_timesteps"])]
+    else:
+        command += [
+            "--env-id",
+            config["env_id"],
+            "--total-timesteps",
+            str(config["total_timesteps"]),
+            "--seed",
+            str(seed),
+            "--run-dir",
+            str(run_dir),
+        ]
+        for key, value in {**config.get("train_args", {}), **config["agents"][agent]}.items():
+            flag = "--" + key.replace("_", "-")
+            if isinstance(value, bool):
+                command.append(flag if value else "--no-" + key.replace("_", "-"))
+            else:
+                command += [flag, str(value)]
+    command += ["--torch-threads", str(torch_threads), "--no-progress"]
+    print(" ".join(command), flush=True)
+    subprocess.run(command, check=True)
+
+
+def evaluate_run(config: dict, agent: str, seed: int | None, run_dir: Path | None) -> dict:
+    """Evaluate a trained run (its ``last.pt``) or a built-in floor on the study's fresh-seed episodes."""
+    from crossmoe.evaluation import PolicyAgent, RandomAgent, evaluate
+    from crossmoe.nethack import load_agent, make_env
+    from crossmoe.nethack.rules import RuleAgent
+
+    spec = config["eval"]
+    if agent == "random":
+        env = make_env(config["env_id"])
+        player = RandomAgent(env.action_space.n, seed=spec["seed"])
+        env.close()
+    elif agent == "rules":
+        player = RuleAgent.for_env(config["env_id"], seed=spec["seed"])
+    else:
+        player = PolicyAgent(load_agent(run_dir / "checkpoints" / "last.pt"))
+    result = evaluate(
+        player, config["env_id"], episodes=spec["episodes"], num_envs=spec.get("num_envs", 8), seed=spec["seed"]
+    )
+    return result.to_dict()
+
+
+def run(args: Args, config: dict) -> None:
+    index, count = (int(part) for part in args.shard.split("/"))
+    only = None if args.only is None else set(args.only.split(","))
+    results = Path("docs/results")
+    for position, (agent, seed) in enumerate(plan(config, only)):
+        if position % count != index:
+            continue
+        out = result_dir(config, agent, seed, results)
+        if (out / "eval.json").is_file():
+            print(f"done already: {out}", flush=True)
+            continue
+        if args.train_only and seed is None:
+            continue
+        out.mkdir(parents=True, exist_ok=True)
+        run_dir = None
+        start = time.time()
+        if seed is not None:
+            run_dir = result_dir(config, agent, seed, Path(args.runs_root))
+            summary = run_dir / "summary.json"
+            if not summary.is_file() or json.loads(summary.read_text())["interrupted"]:
+                train(config, agent, seed, run_dir, args.torch_threads)
+            keep_metrics(run_dir / "metrics.jsonl", out / "metrics.jsonl")
+            shutil.copy(run_dir / "summary.json", out / "summary.json")
+        if args.train_only:
+            continue
+        evaluation = evaluate_run(config, agent, seed, run_dir)
+        evaluation["wall_seconds_eval_and_train"] = time.time() - start
+        (out / "eval.json").write_text(json.dumps(evaluation, indent=2))
+        print(f"finished: {out}", flush=True)
+
+
+def _fmt(mean: float, low: float, high: float, digits: int = 1) -> str:
+    return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def _finetune_mean(rows: list[dict], key: str, fraction: float = 0.1) -> float | None:
+    """Mean of ``key`` over the last ``fraction`` of a run's fine-tune rows (None when absent)."""
+    tail = [row[key] for row in rows if row.get("phase") == "finetune" and row.get(key) is not None]
+    if not tail:
+        return None
+    tail = tail[-max(1, int(len(tail) * fraction)) :]
+    return sum(tail) / len(tail)
+
+
+def report(config: dict, root: Path) -> Path:
+    """Write ``docs/results/<study>/report.md`` and its plots from what is finished."""
+    from crossmoe.evaluation import EvalResult, bootstrap_ci, learning_curves_with_ci, plot_curves_with_ci
+    from crossmoe.training import read_metrics
+
+    out = root / config["name"]
+    evals: dict[str, list[EvalResult]] = {}
+    metrics: dict[str, list[list[dict]]] = {}
+    summaries: dict[str, list[dict]] = {}
+    for agent, seed in plan(config):
+        folder = result_dir(config, agent, seed, root)
+        if not (folder / "eval.json").is_file():
+            continue
+        data = json.loads((folder / "eval.json").read_text())
+        data.pop("wall_seconds_eval_and_train", None)
+        evals.setdefault(agent, []).append(EvalResult.from_dict(data))
+        if seed is not None:
+            metrics.setdefault(agent, []).append(read_metrics(folder / "metrics.jsonl"))
+            summaries.setdefault(agent, []).append(json.loads((folder / "summary.json").read_text()))
+    if not evals:
+        raise ValueError(f"no finished run of study {config['name']!r} under {str(out)!r}")
+    random_score = None
+    if "random" in evals:
+        random_score = float(evals["random"][0].metric("score").mean())
+
+    lines = [
+        f"# Study `{config['name']}`",
+        "",
+        config.get("description", ""),
+        "",
+        f"Env `{config['env_id']}`, {config['total_timesteps']:,} env steps per training run, "
+        f"{config['eval']['episodes']} fresh-seed evaluation episodes per run (seed {config['eval']['seed']}, "
+        "disjoint from the training seeds). Means with 95% percentile-bootstrap CIs: over seeds (each "
+        "seed's mean over its episodes) and, pooled, over all episodes of all seeds. Generated by "
+        "`python examples/study.py report`.",
+        "",
+        "## Evaluation",
+        "",
+        "| agent | seeds | score, mean of seeds [CI] | score, all episodes [CI] | × random | return [CI] "
+        "| max depth | length | env steps/s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for agent, results in evals.items():
+        per_seed = [float(r.metric("score").mean()) for r in results]
+        pooled = {m: [v for r in results for v in r.metric(m)] for m in ("score", "return", "depth", "length")}
+        seeds_ci = _fmt(*bootstrap_ci(per_seed)) if len(per_seed) > 1 else f"{per_seed[0]:.1f}"
+        ratio = "-" if random_score is None else f"{sum(per_seed) / len(per_seed) / random_score:.2f}"
+        sps = summaries.get(agent)
+        sps_text = "-" if not sps else f"{sum(s['sps'] for s in sps) / len(sps):.0f}"
+        lines.append(
+            f"| {agent} | {len(results) if agent not in FLOORS else '-'} | {seeds_ci} | "
+            f"{_fmt(*bootstrap_ci(pooled['score']))} | {ratio} | {_fmt(*bootstrap_ci(pooled['return']))} | "
+            f"{sum(pooled['depth']) / len(pooled['depth']):.2f} | {sum(pooled['length']) / len(pooled['length']):.0f} "
+            f"| {sps_text} |"
+        )
+    lines += ["", "## How episodes ended", "", "| agent | outcomes (episodes) |", "|---|---|"]
+    for agent, results in evals.items():
+        counts: dict[str, int] = {}
+        for result in results:
+            for outcome, count in result.outcome_counts().items():
+                counts[outcome] = counts.get(outcome, 0) + count
+        top = sorted(counts.items(), key=lambda item: -item[1])[:6]
+        lines.append(f"| {agent} | " + ", ".join(f"{name}: {count}" for name, count in top) + " |")
+
+    lines += ["", "## Routing and attention at the end of training (fine-tune, last 10% of updates)", ""]
+    names = ["routing_entropy", "dead_experts", "attention_sparsity", "context_norm"]
+    experts = sorted({k[len("weight/") :] for runs in metrics.values() for k in runs[0][-1] if k.startswith("weight/")})
+    header = ["agent", "seed", *names, *(f"weight/{e}" for e in experts), "experts ≥ 0.10"]
+    lines += ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    for agent, runs in metrics.items():
+        if not any(k.startswith("weight/") for k in runs[0][-1]):
+            continue
+        for seed, rows in zip([s for a, s in plan(config) if a == agent], runs, strict=False):
+            values = [_finetune_mean(rows, key) for key in (*names, *(f"weight/{e}" for e in experts))]
+            alive = sum(1 for v in values[len(names) :] if v is not None and v >= 0.10)
+            cells = ["-" if v is None else f"{v:.3f}" for v in values]
+            lines.append(f"| {agent} | {seed} | " + " | ".join(cells) + f" | {alive} |")
+
+    for agent, results in evals.items():
+        if results[0].expert_names:
+            pooled = EvalResult.from_dict(results[0].to_dict())
+            for other in results[1:]:
+                pooled.usage_weight = [
+                    [a + b for a, b in zip(x, y, strict=True)]
+                    for x, y in zip(pooled.usage_weight, other.usage_weight, strict=True)
+                ]
+                pooled.usage_steps = [a + b for a, b in zip(pooled.usage_steps, other.usage_steps, strict=True)]
+            lines += ["", f"### Mean routing weight by situation: {agent} (evaluation, all seeds)", ""]
+            lines.append(pooled.usage_table())
+
+    trained = {agent: runs for agent, runs in metrics.items() if all(any("score" in r for r in rs) for rs in runs)}
+    if trained:
+        curves = learning_curves_with_ci(trained, key="score")
+        path = plot_curves_with_ci(
+            curves, out / "score_curves.png", ylabel="in-game score (training episodes)", title=config["name"]
+        )
+        lines += ["", "## Learning curves", "", f"![score curves]({path.name})", ""]
+        if random_score is not None:
+            lines.append(f"Uniform random play scores {random_score:.1f} on the evaluation episodes.")
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    return out / "report.md"
+
+
+def main(args: Args) -> None:
+    config = load_config(args.config)
+    if args.command == "plan":
+        for agent, seed in plan(config):
+            done = (result_dir(config, agent, seed, Path("docs/results")) / "eval.json").is_file()
+            print(f"{'done' if done else 'todo'}  {agent}  seed={seed}")
+    elif args.command == "run":
+        run(args, config)
+    else:
+        report(config, Path("docs/results"))
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

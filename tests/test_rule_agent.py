@@ -1,0 +1,123 @@
+"""RuleAgent: the hypergraph played as a fixed-priority agent."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("nle")
+
+from nle import nethack
+from nle.env.tasks import TASK_ACTIONS
+
+from crossmoe.hypergraph import Hypergraph, OperatorSpec, action_name
+from crossmoe.nethack import ATOMS, extract_atoms, make_vector_env
+from crossmoe.nethack.atoms import Hunger
+from crossmoe.nethack.glyphs import screen_symbol
+from crossmoe.nethack.rules import DEFAULT_PRIORITY, RuleAgent
+
+Y, X = 10, 40
+ACTIONS = [action_name(action) for action in TASK_ACTIONS]
+MORE = ACTIONS.index("MiscAction.MORE")
+EAST = ACTIONS.index("CompassDirection.E")
+COMPASS = {ACTIONS.index(f"CompassDirection.{d}") for d in ("N", "E", "S", "W", "NE", "SE", "SW", "NW")}
+
+
+def obs_batch(size: int = 1, monster_east: bool = False, message: str = "") -> dict[str, np.ndarray]:
+    """``size`` copies of a healthy hero alone in solid stone, with no map memory (so no path)."""
+    glyphs = np.full((size, *nethack.DUNGEON_SHAPE), nethack.GLYPH_CMAP_OFF + screen_symbol("S_stone"), np.int16)
+    glyphs[:, Y, X] = nethack.GLYPH_MON_OFF  # the hero
+    if monster_east:
+        glyphs[:, Y, X + 1] = nethack.GLYPH_MON_OFF + 1
+    blstats = np.zeros((size, nethack.NLE_BLSTATS_SIZE), dtype=np.int64)
+    blstats[:, nethack.NLE_BL_X], blstats[:, nethack.NLE_BL_Y] = X, Y
+    blstats[:, nethack.NLE_BL_HP] = blstats[:, nethack.NLE_BL_HPMAX] = 12
+    blstats[:, nethack.NLE_BL_HUNGER] = Hunger.NOT_HUNGRY
+    blstats[:, nethack.NLE_BL_DEPTH] = blstats[:, nethack.NLE_BL_DLEVEL] = 1
+    text = np.zeros((size, nethack.NLE_MESSAGE_SIZE), dtype=np.uint8)
+    text[:, : len(message)] = np.frombuffer(message.encode(), dtype=np.uint8)
+    inventory = np.full((size, nethack.NLE_INVENTORY_SIZE), nethack.MAXOCLASSES, dtype=np.uint8)
+    return {"glyphs": glyphs, "blstats": blstats, "message": text, "inv_oclasses": inventory}
+
+
+def concat(*batches: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {key: np.concatenate([batch[key] for batch in batches]) for key in batches[0]}
+
+
+@pytest.fixture(scope="module")
+def agent() -> RuleAgent:
+    return RuleAgent(seed=0)
+
+
+def test_attacks_the_monster_to_the_east_and_presses_more_at_a_prompt(agent):
+    obs = concat(
+        obs_batch(monster_east=True),
+        obs_batch(message="Really attack the jackal? [yn] (n)"),
+        obs_batch(monster_east=True, message="Really attack the jackal? [yn] (n)"),  # the prompt comes first
+    )
+    operators, actions = agent.select(obs)
+    names = [agent.hypergraph.operators[o] for o in operators]
+    assert names == ["attack_e", "dismiss_prompt", "dismiss_prompt"]
+    assert actions.tolist() == [EAST, MORE, MORE]
+    assert agent.act(obs).tolist() == [EAST, MORE, MORE]
+
+
+def test_picks_uniformly_among_the_chosen_operators_actions(agent):
+    operators, actions = agent.select(obs_batch(800))  # nothing but the fallback applies
+    assert {agent.hypergraph.operators[o] for o in operators} == {"fallback_move"}
+    counts = np.bincount(actions, minlength=len(ACTIONS))
+    assert set(np.flatnonzero(counts)) == COMPASS
+    assert counts[list(COMPASS)].min() > 60 and counts[list(COMPASS)].max() < 140  # 100 expected each
+
+
+def test_seeded_choices_repeat_and_reset_restarts_them():
+    obs = obs_batch(16)
+    first, second = RuleAgent(seed=3), RuleAgent(seed=3)
+    actions = first.act(obs)
+    assert np.array_equal(actions, second.act(obs))
+    assert not np.array_equal(actions, RuleAgent(seed=4).act(obs))
+    first.reset(seed=3)
+    assert np.array_equal(first.act(obs), actions)
+
+
+def test_takes_the_highest_priority_applicable_operator_on_real_games(agent):
+    """Against a per-row loop over the priority list, on 2 x 60 steps of NetHackScore played by the agent."""
+    envs = make_vector_env(2, 123)
+    obs, _ = envs.reset(seed=123)
+    mask = agent.hypergraph.action_mask(ACTIONS).numpy()
+    try:
+        for _ in range(60):
+            operators, actions = agent.select(obs)
+            applicable = agent.hypergraph.applicable(extract_atoms(obs)).numpy()
+            for row in range(2):
+                expected = next(o for o in agent.order if applicable[row, o])
+                assert operators[row] == expected
+                assert mask[operators[row], actions[row]]  # only actions of the chosen operator
+            obs, *_ = envs.step(actions)
+    finally:
+        envs.close()
+
+
+def test_priority_lists_named_operators_first_and_skips_operators_without_actions():
+    agent = RuleAgent(priority=("fallback_move", "attack_e"))
+    assert agent.priority[:2] == ("fallback_move", "attack_e")
+    assert set(agent.priority) == set(agent.hypergraph.operators)  # every operator has an action in TASK_ACTIONS
+    narrow = RuleAgent(["CompassDirection.E", "MiscAction.MORE"], priority=DEFAULT_PRIORITY)
+    assert "attack_n" not in narrow.priority and "attack_e" in narrow.priority
+    assert narrow.act(obs_batch(monster_east=True)).tolist() == [0]  # attack_e's E is action 0 here
+
+
+def test_any_action_when_no_operator_applies():
+    graph = Hypergraph(list(ATOMS), [OperatorSpec("eat", requires=("weak",), actions=("Command.EAT",))])
+    agent = RuleAgent(hypergraph=graph, priority=())
+    operators, actions = agent.select(obs_batch(400))
+    assert (operators == -1).all()
+    assert len(np.unique(actions)) == len(ACTIONS)
+
+
+@pytest.mark.parametrize(
+    ("priority", "match"), [(("attack_e", "no_such_rule"), "no_such_rule"), (("attack_e", "attack_e"), "once")]
+)
+def test_rejects_bad_priority_lists(priority, match):
+    with pytest.raises(ValueError, match=match):
+        RuleAgent(priority=priority)
