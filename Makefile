@@ -8,8 +8,11 @@ BIN := $(VENV)/bin
 # Override for another build, e.g. `make TORCH_SPEC="torch==2.6.0" test`.
 TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= nethack,minihack,examples,test,docs,dev
-# `make demo`: a short PPO run on NetHack (about 4-6 minutes on 2 CPU cores).
-DEMO_ARGS ?= --total-timesteps 200000 --run-dir runs/demo
+# `make demo`: a short PPO run on NetHack, then the agent and uniform random play on the same fresh
+# episodes, and the plot of the score against the random floor (runs/demo/score_vs_random.png).
+DEMO_DIR ?= runs/demo
+DEMO_ARGS ?= --total-timesteps 200000 --run-dir $(DEMO_DIR)
+DEMO_EPISODES ?= 30
 PYTEST_ARGS ?=
 SPHINX := $(BIN)/python -m sphinx -W --keep-going -b html docs docs/_build/html
 
@@ -29,6 +32,9 @@ test: venv
 
 demo: venv
 	$(BIN)/python examples/ppo_nethack.py $(DEMO_ARGS)
+	$(BIN)/python examples/evaluate.py --agent random --episodes $(DEMO_EPISODES) --out $(DEMO_DIR)/random.json
+	$(BIN)/python examples/evaluate.py $(DEMO_DIR)/checkpoints/last.pt --episodes $(DEMO_EPISODES) --out $(DEMO_DIR)/eval.json
+	$(BIN)/python examples/plots.py $(DEMO_DIR) --floor $(DEMO_DIR)/random.json --evaluation $(DEMO_DIR)/eval.json
 
 quickstart: venv
 	$(BIN)/python examples/quickstart.py

@@ -8,7 +8,9 @@ importing this module neither changes the global backend nor needs a display.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -16,7 +18,7 @@ from matplotlib.figure import Figure
 
 from crossmoe.training import read_metrics
 
-__all__ = ["plot_expert_usage", "plot_learning_curves", "plot_routing", "plot_run"]
+__all__ = ["plot_expert_usage", "plot_learning_curves", "plot_routing", "plot_run", "plot_score_against_floor"]
 
 PHASE_COLORS = {"warmup": "tab:blue", "transition": "tab:orange", "finetune": "tab:green"}
 
@@ -135,5 +137,57 @@ def plot_expert_usage(rows: list[dict], path: Path, *, title: str = "Expert usag
         ax.grid(alpha=0.3)
     axes[-1].set_xlabel("env steps")
     fig.suptitle(title)
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def plot_score_against_floor(
+    rows: list[dict],
+    path: Path,
+    floor: Mapping[str, Any],
+    evaluation: Mapping[str, Any] | None = None,
+    *,
+    window: int = 20,
+    label: str = "agent",
+) -> Path:
+    """The in-game score of a run's training episodes against the random floor, and its final evaluation.
+
+    Args:
+        rows: The run's ``metrics.jsonl`` rows (``score`` per update, the mean over the episodes it finished).
+        path: Where to write the figure.
+        floor: :meth:`EvalResult.summary() <crossmoe.evaluation.EvalResult.summary>` of the random agent
+            (``score_mean``, ``score_ci_low``, ``score_ci_high``): drawn as a band.
+        evaluation: The same summary for the trained agent, drawn at the run's last step with its CI.
+        window: Updates in the rolling mean of the training score.
+        label: Name of the agent in the legend.
+    """
+    fig = Figure(figsize=(7, 4), layout="constrained")
+    ax = fig.subplots()
+    steps, scores = _series(rows, "score")
+    if len(scores):
+        kernel = np.ones(min(window, len(scores))) / min(window, len(scores))
+        rolling = np.convolve(scores, kernel, mode="valid")
+        ax.plot(steps, scores, color="C0", alpha=0.25, lw=0.8)
+        ax.plot(steps[len(steps) - len(rolling) :], rolling, color="C0", label=f"{label}: training episodes")
+    ax.axhspan(floor["score_ci_low"], floor["score_ci_high"], color="0.5", alpha=0.25, lw=0)
+    ax.axhline(floor["score_mean"], color="0.35", ls="--", label=f"uniform random: {floor['score_mean']:.1f}")
+    if evaluation is not None:
+        x = rows[-1]["global_step"] if rows else 0.0  # the end of training
+        error = [
+            [evaluation["score_mean"] - evaluation["score_ci_low"]],
+            [evaluation["score_ci_high"] - evaluation["score_mean"]],
+        ]
+        ax.errorbar(
+            [x],
+            [evaluation["score_mean"]],
+            yerr=error,
+            fmt="o",
+            color="C3",
+            capsize=4,
+            label=f"{label}, {evaluation.get('episodes', '?')} fresh episodes: {evaluation['score_mean']:.1f}",
+        )
+    ax.set(xlabel="env steps", ylabel="in-game score", title="In-game score against the random floor (95% CIs)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.savefig(path, dpi=120)
     return path

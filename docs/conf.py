@@ -31,7 +31,7 @@ extensions = [
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 root_doc = "index"
-exclude_patterns = ["_build", "_generated", "Thumbs.db", ".DS_Store"]
+exclude_patterns = ["_build", "_generated", "results", "Thumbs.db", ".DS_Store"]  # results/: included by results.md
 
 # -- autodoc ------------------------------------------------------------------
 autodoc_member_order = "bysource"

@@ -52,6 +52,8 @@ class Args:
     """Torch threads per training run (1 when running shards side by side on 2 cores)."""
     runs_root: str = "runs"
     """Where training runs (checkpoints, full metrics) go; not committed."""
+    results_root: str = "docs/results"
+    """Where the committed summaries go."""
     only: str | None = None
     """Comma-separated agent names to restrict to."""
     train_only: bool = False
@@ -126,16 +128,24 @@ def evaluate_run(config: dict, agent: str, seed: int | None, run_dir: Path | Non
     from crossmoe.nethack.rules import RuleAgent
 
     spec = config["eval"]
-    if agent == "random":
+    if agent in FLOORS:
         env = make_env(config["env_id"])
-        player = RandomAgent(env.action_space.n, seed=spec["seed"])
+        actions = env.unwrapped.actions
         env.close()
-    elif agent == "rules":
-        player = RuleAgent.for_env(config["env_id"], seed=spec["seed"])
+        if agent == "random":
+            player = RandomAgent(len(actions), seed=spec["seed"])
+        else:
+            player = RuleAgent(actions, seed=spec["seed"])
     else:
         player = PolicyAgent(load_agent(run_dir / "checkpoints" / "last.pt"))
     result = evaluate(
-        player, config["env_id"], episodes=spec["episodes"], num_envs=spec.get("num_envs", 8), seed=spec["seed"]
+        player,
+        config["env_id"],
+        episodes=spec["episodes"],
+        num_envs=spec.get("num_envs", 8),
+        seed=spec["seed"],
+        max_episode_steps=spec.get("max_episode_steps"),
+        metadata={"agent": agent, "seed": seed},
     )
     return result.to_dict()
 
@@ -143,7 +153,7 @@ def evaluate_run(config: dict, agent: str, seed: int | None, run_dir: Path | Non
 def run(args: Args, config: dict) -> None:
     index, count = (int(part) for part in args.shard.split("/"))
     only = None if args.only is None else set(args.only.split(","))
-    results = Path("docs/results")
+    results = Path(args.results_root)
     for position, (agent, seed) in enumerate(plan(config, only)):
         if position % count != index:
             continue
@@ -274,7 +284,11 @@ def report(config: dict, root: Path) -> Path:
             lines += ["", f"### Mean routing weight by situation: {agent} (evaluation, all seeds)", ""]
             lines.append(pooled.usage_table())
 
-    trained = {agent: runs for agent, runs in metrics.items() if all(any("score" in r for r in rs) for rs in runs)}
+    trained = {
+        agent: runs
+        for agent, runs in metrics.items()
+        if all(any(row.get("score") is not None for row in rows) for rows in runs)
+    }
     if trained:
         curves = learning_curves_with_ci(trained, key="score")
         path = plot_curves_with_ci(
@@ -291,12 +305,12 @@ def main(args: Args) -> None:
     config = load_config(args.config)
     if args.command == "plan":
         for agent, seed in plan(config):
-            done = (result_dir(config, agent, seed, Path("docs/results")) / "eval.json").is_file()
+            done = (result_dir(config, agent, seed, Path(args.results_root)) / "eval.json").is_file()
             print(f"{'done' if done else 'todo'}  {agent}  seed={seed}")
     elif args.command == "run":
         run(args, config)
     else:
-        report(config, Path("docs/results"))
+        print(report(config, Path(args.results_root)))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,20 @@
+"""crossmoe.plots.plot_score_against_floor: the demo's final picture."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("matplotlib")
+
+from crossmoe.plots import plot_score_against_floor  # noqa: E402
+
+
+def test_score_against_floor_writes_a_png(tmp_path):
+    rows = [{"global_step": 2048 * (i + 1), "score": float(i % 7) * 10} for i in range(30)]
+    rows.insert(3, {"global_step": 7000, "score": None})  # updates without a finished episode are skipped
+    floor = {"score_mean": 30.0, "score_ci_low": 25.0, "score_ci_high": 35.0}
+    evaluation = {"score_mean": 60.0, "score_ci_low": 50.0, "score_ci_high": 70.0, "episodes": 30}
+    path = plot_score_against_floor(rows, tmp_path / "score.png", floor, evaluation)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Without an evaluation, and for a run that finished no episode, the floor alone is drawn.
+    assert plot_score_against_floor([], tmp_path / "floor.png", floor).is_file()

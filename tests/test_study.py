@@ -1,0 +1,95 @@
+"""examples/study.py on a tiny config: trains, evaluates, writes the committed summaries, skips what is done."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDY = ROOT / "examples" / "study.py"
+
+pytest.importorskip("nle")
+
+TINY = {
+    "name": "tiny",
+    "env_id": "NetHackScore-v0",
+    "total_timesteps": 256,
+    "seeds": [1],
+    "eval": {"episodes": 2, "seed": 10_000_000, "num_envs": 2, "max_episode_steps": 40},
+    "train_args": {"num_envs": 2, "num_steps": 64, "num_minibatches": 2, "compile": "off", "dim": 32, "plots": False},
+    "agents": {
+        "random": {},
+        "rules": {},
+        "moe": {"policy": "moe"},
+        "mlp": {"policy": "mlp"},
+    },
+}
+
+
+def study(tmp_path: Path, *args: str) -> str:
+    command = [sys.executable, str(STUDY), *args, "--config", str(tmp_path / "study.json")]
+    command += ["--runs-root", str(tmp_path / "runs"), "--results-root", str(tmp_path / "results")]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=None, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_study_runs_skips_what_is_finished_and_reports(tmp_path):
+    (tmp_path / "study.json").write_text(json.dumps(TINY))
+    assert study(tmp_path, "plan").count("todo") == 4
+
+    study(tmp_path, "run", "--torch-threads", "1")
+    results = tmp_path / "results" / "tiny"
+    for name in ("moe__s1", "mlp__s1"):
+        assert (results / name / "metrics.jsonl").is_file()
+        assert json.loads((results / name / "summary.json").read_text())["global_step"] == 256
+        evaluation = json.loads((results / name / "eval.json").read_text())
+        assert len(evaluation["scores"]) == 2
+    for floor in ("random", "rules"):
+        floor_eval = json.loads((results / floor / "eval.json").read_text())
+        assert len(floor_eval["scores"]) == 2 and floor_eval["expert_names"] == []
+    moe_eval = json.loads((results / "moe__s1" / "eval.json").read_text())
+    assert moe_eval["expert_names"] == ["survival", "combat", "exploration", "general"]
+    # The committed metrics keep the columns the report reads, and not the rest.
+    row = json.loads((results / "moe__s1" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert "weight/combat" in row and "global_step" in row and "learning_rate" not in row
+
+    assert study(tmp_path, "plan").count("done") == 4
+    checkpoint = tmp_path / "runs" / "tiny" / "moe__s1" / "checkpoints" / "last.pt"
+    before = checkpoint.stat().st_mtime_ns
+    output = study(tmp_path, "run", "--torch-threads", "1")
+    assert output.count("done already") == 4
+    assert checkpoint.stat().st_mtime_ns == before  # nothing was trained again
+
+    report = Path(study(tmp_path, "report").strip().splitlines()[-1])
+    text = report.read_text()
+    for agent in ("random", "rules", "moe", "mlp"):
+        assert f"| {agent} |" in text
+    assert "Mean routing weight by situation: moe" in text
+
+
+def test_an_interrupted_run_is_finished_on_the_next_call(tmp_path):
+    config = {**TINY, "agents": {"mlp": {"policy": "mlp"}}}
+    (tmp_path / "study.json").write_text(json.dumps(config))
+    # A run stopped midway leaves its checkpoint and a summary marked interrupted, and no eval.json.
+    run_dir = tmp_path / "runs" / "tiny" / "mlp__s1"
+    subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "ppo_nethack.py"), "--env-id", "NetHackScore-v0"]
+        + ["--total-timesteps", "128", "--seed", "1", "--run-dir", str(run_dir), "--policy", "mlp"]
+        + ["--num-envs", "2", "--num-steps", "64", "--num-minibatches", "2", "--compile", "off", "--dim", "32"]
+        + ["--no-plots", "--no-progress", "--torch-threads", "1"],
+        check=True,
+        capture_output=True,
+        cwd=tmp_path,
+        timeout=600,
+    )
+    summary = run_dir / "summary.json"
+    summary.write_text(json.dumps({**json.loads(summary.read_text()), "interrupted": True}))
+    output = study(tmp_path, "run", "--torch-threads", "1")
+    assert "--resume" in output
+    assert json.loads(summary.read_text())["global_step"] == 256
+    assert (tmp_path / "results" / "tiny" / "mlp__s1" / "eval.json").is_file()
