@@ -196,7 +196,8 @@ def _finetune_mean(rows: list[dict], key: str, fraction: float = 0.1) -> float |
 
 def report(config: dict, root: Path) -> Path:
     """Write ``docs/results/<study>/report.md`` and its plots from what is finished."""
-    from crossmoe.evaluation import EvalResult, bootstrap_ci, learning_curves_with_ci, plot_curves_with_ci
+    from crossmoe.evaluation import EvalResult
+    from crossmoe.stats import bootstrap_ci, learning_curves_with_ci, plot_curves_with_ci
     from crossmoe.training import read_metrics
 
     out = root / config["name"]

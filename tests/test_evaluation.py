@@ -1,4 +1,4 @@
-"""crossmoe.evaluation: bootstrap statistics, learning curves across seeds, agents and the evaluation loop."""
+"""crossmoe.stats (bootstrap statistics, curves across seeds) and crossmoe.evaluation (agents, the episode loop)."""
 
 from __future__ import annotations
 
@@ -8,17 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from crossmoe.evaluation import (
-    ALL_STEPS,
-    DEFAULT_SITUATIONS,
-    AgentStep,
-    EvalResult,
-    RandomAgent,
-    bootstrap_ci,
-    compare_runs,
-    learning_curves_with_ci,
-    plot_curves_with_ci,
-)
+from crossmoe.evaluation import ALL_STEPS, DEFAULT_SITUATIONS, AgentStep, EvalResult, RandomAgent
+from crossmoe.stats import bootstrap_ci, compare_runs, learning_curves_with_ci, plot_curves_with_ci
 
 # --- bootstrap_ci ------------------------------------------------------------------------------------------
 

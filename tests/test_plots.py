@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from crossmoe.plots import plot_score_against_floor  # noqa: E402
+from crossmoe.plots import plot_score_against_floor
 
 
 def test_score_against_floor_writes_a_png(tmp_path):

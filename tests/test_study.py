@@ -77,11 +77,11 @@ def test_an_interrupted_run_is_finished_on_the_next_call(tmp_path):
     (tmp_path / "study.json").write_text(json.dumps(config))
     # A run stopped midway leaves its checkpoint and a summary marked interrupted, and no eval.json.
     run_dir = tmp_path / "runs" / "tiny" / "mlp__s1"
+    arguments = ["--env-id", "NetHackScore-v0", "--total-timesteps", "128", "--seed", "1", "--run-dir", str(run_dir)]
+    arguments += ["--policy", "mlp", "--num-envs", "2", "--num-steps", "64", "--num-minibatches", "2"]
+    arguments += ["--compile", "off", "--dim", "32", "--no-plots", "--no-progress", "--torch-threads", "1"]
     subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "ppo_nethack.py"), "--env-id", "NetHackScore-v0"]
-        + ["--total-timesteps", "128", "--seed", "1", "--run-dir", str(run_dir), "--policy", "mlp"]
-        + ["--num-envs", "2", "--num-steps", "64", "--num-minibatches", "2", "--compile", "off", "--dim", "32"]
-        + ["--no-plots", "--no-progress", "--torch-threads", "1"],
+        [sys.executable, str(ROOT / "examples" / "ppo_nethack.py"), *arguments],
         check=True,
         capture_output=True,
         cwd=tmp_path,
