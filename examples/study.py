@@ -114,6 +114,8 @@ def train(config: dict, agent: str, seed: int, run_dir: Path, torch_threads: int
             flag = "--" + key.replace("_", "-")
             if isinstance(value, bool):
                 command.append(flag if value else "--no-" + key.replace("_", "-"))
+            elif isinstance(value, dict):
+                command += [flag, json.dumps(value)]  # e.g. --schedule-coefficients
             else:
                 command += [flag, str(value)]
     command += ["--torch-threads", str(torch_threads), "--no-progress"]
