@@ -446,3 +446,33 @@ def test_visual_encoder_shows_the_glyph_under_the_player(real_obs):
     others = [i for i in range(remembered.shape[1]) if i != player]
     torch.testing.assert_close(remembered[:, others], without[:, others])
     assert not torch.allclose(remembered[:, player], without[:, player])
+
+
+@pytest.mark.parametrize("vectorization", ["sync", "async"])
+def test_action_set_is_read_through_vector_wrappers(vectorization):
+    """The PPO example wraps its vector env (RecordEpisodeStatistics): the prior still gets the env's own actions."""
+    pytest.importorskip("minihack")
+    import gymnasium as gym
+
+    from crossmoe.nethack import make_vector_env
+
+    envs = gym.wrappers.vector.RecordEpisodeStatistics(
+        make_vector_env(2, 0, "MiniHack-Room-5x5-v0", vectorization=vectorization)
+    )
+    try:
+        policy = make_policy(env=envs, dim=32)
+    finally:
+        envs.close()
+    compass = [f"CompassDirection.{d}" for d in ("N", "E", "S", "W", "NE", "SE", "SW", "NW")]
+    assert policy.config["action_set"] == compass
+    assert policy.knowledge.action_mask.shape[1] == 8
+
+
+def test_an_env_that_does_not_list_its_actions_needs_an_action_set():
+    import gymnasium as gym
+
+    env = gym.make("CartPole-v1")
+    with pytest.raises(ValueError, match=r"action_set must be given: the env .* does not list its NLE actions"):
+        make_policy(env=env, dim=32)
+    policy = make_policy(env=env, dim=32, action_set=["MiscAction.MORE", "Command.SEARCH"])
+    assert policy.action_dim == 2

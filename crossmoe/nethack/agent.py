@@ -66,12 +66,13 @@ def _num_actions(env: Any) -> int:
 
 def _env_actions(env: Any) -> list[str] | None:
     """Names of the NLE actions of a (vector) env, or None when it does not list them."""
-    single = (getattr(env, "envs", None) or [env])[0]  # a SyncVectorEnv holds its envs
+    base = getattr(env, "unwrapped", env)  # a vector env's wrappers unwrap to the vector env itself
+    single = (getattr(base, "envs", None) or [base])[0]  # a SyncVectorEnv holds its envs
     actions = getattr(getattr(single, "unwrapped", single), "actions", None)
-    if actions is None and hasattr(env, "get_attr"):
+    if actions is None and hasattr(base, "get_attr"):
         try:
-            actions = env.get_attr("actions")[0]
-        except Exception:  # an AsyncVectorEnv whose envs lack the attribute
+            actions = base.get_attr("actions")[0]  # an AsyncVectorEnv asks its workers
+        except (AttributeError, IndexError):
             actions = None
     return None if actions is None else [action_name(a) for a in actions]
 
@@ -80,6 +81,8 @@ def _action_set(action_set: Sequence[Any] | None, action_dim: int, env: Any) -> 
     """The env's actions as hypergraph names: given, read from ``env``, or ``NetHackScore-v0``'s."""
     if action_set is None and env is not None:
         action_set = _env_actions(env)
+        if action_set is None:
+            raise ValueError(f"action_set must be given: the env {type(env).__name__} does not list its NLE actions")
     if action_set is None:
         from nle.env.tasks import TASK_ACTIONS  # what NetHackScore-v0 and the other NLE tasks use
 
