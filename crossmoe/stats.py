@@ -174,12 +174,14 @@ def plot_curves_with_ci(
     xlabel: str = "env steps",
     ylabel: str = "score",
     title: str | None = None,
+    references: Mapping[str, float] | None = None,
 ) -> Path:
     """Plot each curve's mean over seeds with its confidence band and save it to ``path``.
 
     Uses matplotlib's object interface (:class:`~matplotlib.figure.Figure`), as
     :mod:`crossmoe.plots` does, so it neither needs a display nor changes the
-    global backend.
+    global backend. ``references`` (``{label: value}``, such as the random
+    floor's mean score) are drawn as dashed horizontal lines.
     """
     from matplotlib.figure import Figure
 
@@ -188,6 +190,8 @@ def plot_curves_with_ci(
     for name, curve in curves.items():
         (line,) = ax.plot(curve.x, curve.mean, label=f"{name} (n={len(curve.seeds)})")
         ax.fill_between(curve.x, curve.low, curve.high, color=line.get_color(), alpha=0.2, lw=0)
+    for index, (name, value) in enumerate((references or {}).items()):
+        ax.axhline(value, color=f"{0.2 + 0.25 * index:.2f}", ls="--", lw=1, label=f"{name}: {value:.1f}")
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title or f"{ylabel}: mean over seeds, bootstrap CI")
     ax.grid(alpha=0.3)
     ax.legend()

@@ -187,6 +187,19 @@ def _fmt(mean: float, low: float, high: float, digits: int = 1) -> str:
     return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
+SMOOTHING = 10  # updates in the rolling mean of the training score before the curves are averaged over seeds
+
+
+def _rolling(rows: list[dict], key: str, window: int) -> list[dict]:
+    """The rows that have ``key``, with ``key`` replaced by its rolling mean over the last ``window`` of them."""
+    kept = [row for row in rows if row.get(key) is not None]
+    out = []
+    for i, row in enumerate(kept):
+        recent = kept[max(0, i - window + 1) : i + 1]
+        out.append({**row, key: sum(r[key] for r in recent) / len(recent)})
+    return out
+
+
 def _finetune_mean(rows: list[dict], key: str, fraction: float = 0.1) -> float | None:
     """Mean of ``key`` over the last ``fraction`` of a run's fine-tune rows (None when absent)."""
     tail = [row[key] for row in rows if row.get("phase") == "finetune" and row.get(key) is not None]
@@ -293,9 +306,18 @@ def report(config: dict, root: Path) -> Path:
         if all(any(row.get("score") is not None for row in rows) for rows in runs)
     }
     if trained:
-        curves = learning_curves_with_ci(trained, key="score")
+        smoothed = {agent: [_rolling(rows, "score", SMOOTHING) for rows in runs] for agent, runs in trained.items()}
+        curves = learning_curves_with_ci(smoothed, key="score")
+        references = {}
+        for floor in FLOORS:
+            if floor in evals:
+                references[f"{floor} (evaluation)"] = float(evals[floor][0].metric("score").mean())
         path = plot_curves_with_ci(
-            curves, out / "score_curves.png", ylabel="in-game score (training episodes)", title=config["name"]
+            curves,
+            out / "score_curves.png",
+            ylabel=f"in-game score (training episodes, mean of {SMOOTHING} updates)",
+            title=f"{config['name']}: mean over seeds, 95% bootstrap band",
+            references=references,
         )
         lines += ["", "## Learning curves", "", f"![score curves]({path.name})", ""]
         if random_score is not None:
