@@ -1,0 +1,112 @@
+"""What the SB3 and RLlib integrations share: building the policy, observation dtypes, minibatch aux losses."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from crossmoe.losses import AuxLossWeights, aux_loss
+from crossmoe.policy import CrossAttentionMoEPolicy
+from crossmoe.schedule import TemperatureAnnealingScheduler
+
+__all__ = ["PRESETS", "build_policy", "default_schedule", "minibatch_aux_loss", "restore_dtypes"]
+
+PRESETS = ("nethack",)
+"""Names accepted by :func:`build_policy`'s ``preset``."""
+
+
+def build_policy(
+    action_space: Any,
+    *,
+    preset: str | None = None,
+    visual_encoder: nn.Module | None = None,
+    logic_encoder: nn.Module | None = None,
+    action_set: Sequence[Any] | None = None,
+    **policy_kwargs: Any,
+) -> CrossAttentionMoEPolicy:
+    """A :class:`~crossmoe.CrossAttentionMoEPolicy` for a ``Discrete`` action space: a preset or your encoders.
+
+    Args:
+        action_space: The env's (single) action space; it must be ``Discrete``.
+        preset: ``"nethack"`` builds :func:`crossmoe.nethack.make_policy`
+            (atoms, hypergraph, NetHack visual tokens and, unless
+            ``knowledge=False``, the knowledge pathway over ``action_set``).
+        visual_encoder, logic_encoder: Your own encoders (the
+            :class:`~crossmoe.encoders.VisualEncoder` and
+            :class:`~crossmoe.encoders.LogicEncoder` protocols), used when
+            ``preset`` is None.
+        action_set: The env's NLE actions, for the NetHack knowledge pathway
+            (default: ``NetHackScore-v0``'s).
+        **policy_kwargs: Passed to :func:`~crossmoe.nethack.make_policy` or
+            :class:`~crossmoe.CrossAttentionMoEPolicy` (``dim``, ``fusion``, ...).
+    """
+    n = getattr(action_space, "n", None)
+    if n is None or getattr(action_space, "shape", None) not in ((), None):
+        raise ValueError(f"action_space must be Discrete, got {action_space!r}")
+    action_dim = int(n)
+    if preset is not None:
+        if visual_encoder is not None or logic_encoder is not None:
+            raise ValueError("pass either preset or visual_encoder and logic_encoder, not both")
+        if preset != "nethack":
+            raise ValueError(f"preset must be one of {PRESETS} or None, got {preset!r}")
+        from crossmoe.nethack import make_policy
+
+        return make_policy(action_dim, action_set=action_set, **policy_kwargs)
+    if visual_encoder is None or logic_encoder is None:
+        raise ValueError(
+            f"give preset (one of {PRESETS}) or both visual_encoder and logic_encoder, "
+            f"got visual_encoder={type(visual_encoder).__name__}, logic_encoder={type(logic_encoder).__name__}"
+        )
+    return CrossAttentionMoEPolicy(visual_encoder, logic_encoder, action_dim, **policy_kwargs)
+
+
+def restore_dtypes(obs: Mapping[str, Any], observation_space: Any) -> dict[str, Any]:
+    """Cast each entry of a dict observation back to its space's dtype (buffers store float32).
+
+    SB3's rollout buffers keep every observation as float32, which holds the
+    NLE arrays (integers below 2**24) exactly; the encoders need them as
+    integers again (glyph ids, message bytes). Keys the space does not name
+    pass through.
+    """
+    spaces = getattr(observation_space, "spaces", None)
+    if spaces is None:
+        return dict(obs)
+    restored = dict(obs)
+    for key, value in obs.items():
+        space = spaces.get(key)
+        dtype = getattr(space, "dtype", None)
+        if dtype is None or not isinstance(value, (Tensor, np.ndarray)):
+            continue
+        if isinstance(value, Tensor):
+            target = torch.from_numpy(np.empty(0, dtype=dtype)).dtype
+            if value.dtype != target:
+                restored[key] = value.to(target)
+        elif value.dtype != dtype:
+            restored[key] = value.astype(dtype)
+    return restored
+
+
+def minibatch_aux_loss(output: Any, weights: AuxLossWeights, **kwargs: Any) -> tuple[Tensor, dict[str, Tensor]]:
+    """:func:`crossmoe.aux_loss` on a shuffled ``(B, ...)`` minibatch: every term but the temporal one.
+
+    The temporal term compares each step's routing with the previous step of
+    the same episode, so it needs the rollout in time order. SB3 and RLlib
+    shuffle steps into minibatches, so the integrations leave it out (its
+    weight is set to 0); ``examples/ppo_nethack.py`` keeps it by cutting
+    minibatches along envs. ``kwargs`` go to :func:`crossmoe.aux_loss`.
+    """
+    if weights.temporal != 0.0:
+        weights = dataclasses.replace(weights, temporal=0.0)
+    return aux_loss(output, weights, **kwargs)
+
+
+def default_schedule(total_env_steps: int, **kwargs: Any) -> TemperatureAnnealingScheduler:
+    """The recipe's routing schedule (20% softmax warm-up, annealing to 60%, sparsemax fine-tune) in env steps."""
+    if int(total_env_steps) < 1:
+        raise ValueError(f"total_env_steps must be a positive integer, got {total_env_steps!r}")
+    return TemperatureAnnealingScheduler.from_fractions(int(total_env_steps), unit="env_steps", **kwargs)

@@ -1,0 +1,313 @@
+"""Stable-Baselines3 integration: a crossmoe actor-critic policy, and a PPO with the aux losses and the schedule.
+
+.. code-block:: python
+
+    from crossmoe.integrations.sb3 import CrossMoEPolicy, MoEPPO
+    from crossmoe.nethack import make_env
+
+    model = MoEPPO(CrossMoEPolicy, make_env("NetHackScore-v0"), policy_kwargs={"preset": "nethack"})
+    model.learn(100_000)  # aux losses logged as train/aux/<name>, alpha as train/routing_alpha
+    model.save("agent.zip")
+    model = MoEPPO.load("agent.zip", env=make_env("NetHackScore-v0"))
+
+:class:`CrossMoEPolicy` is an SB3 ``ActorCriticPolicy`` whose network is a
+:class:`~crossmoe.CrossAttentionMoEPolicy`: the NetHack agent
+(``preset="nethack"``) or one built from your encoders. :class:`MoEPPO` is
+SB3's ``PPO`` plus what makes crossmoe train well: it sets the router's alpha
+and temperature from the routing schedule before every rollout, and adds the
+weighted auxiliary losses to PPO's loss, logging each one.
+
+SB3 shuffles single steps into minibatches, so the temporal consistency term,
+which needs consecutive steps of an episode, is left out
+(:func:`~crossmoe.integrations.common.minibatch_aux_loss`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+try:
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.distributions import CategoricalDistribution
+    from stable_baselines3.common.policies import ActorCriticPolicy
+except ImportError as error:  # pragma: no cover - exercised only without the extra
+    raise ImportError('crossmoe.integrations.sb3 needs Stable-Baselines3: pip install "crossmoe[sb3]"') from error
+
+import torch
+from gymnasium import spaces
+from torch import Tensor, nn
+
+from crossmoe.diagnostics import moe_diagnostics
+from crossmoe.hypergraph import action_name
+from crossmoe.integrations.common import build_policy, default_schedule, minibatch_aux_loss, restore_dtypes
+from crossmoe.losses import AuxLossWeights
+from crossmoe.schedule import RoutingState, TemperatureAnnealingScheduler
+
+__all__ = ["CrossMoEPolicy", "MoEPPO"]
+
+
+class _AddToLoss(torch.autograd.Function):
+    """``carrier`` unchanged, with ``extra`` (a scalar) added to any loss that ``carrier``'s gradient reaches.
+
+    SB3's ``PPO.train`` builds its loss from what ``evaluate_actions`` returns.
+    Passing the log-probabilities through this function adds the auxiliary
+    loss to that loss without rewriting ``train``: in the backward pass,
+    ``extra`` receives gradient 1, exactly as if it had been added to the
+    total, once per backward (autograd sums the carrier's uses first).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, carrier: Tensor, extra: Tensor) -> Tensor:
+        return carrier.view_as(carrier)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor]:
+        return grad, torch.ones((), dtype=grad.dtype, device=grad.device)
+
+
+class CrossMoEPolicy(ActorCriticPolicy):
+    """An SB3 actor-critic policy whose network is a :class:`~crossmoe.CrossAttentionMoEPolicy`.
+
+    Use it with :class:`MoEPPO` (plain ``PPO`` trains it too, without the
+    auxiliary losses or the routing schedule). Dict observations reach the
+    crossmoe encoders untouched: SB3's rollout buffer stores them as
+    float32, and the policy casts them back to the observation space's
+    dtypes (:func:`~crossmoe.integrations.common.restore_dtypes`).
+
+    Args:
+        observation_space, action_space, lr_schedule: Given by SB3.
+        preset: ``"nethack"`` for the NetHack agent
+            (:func:`crossmoe.nethack.make_policy`); ``None`` to build from
+            ``visual_encoder`` and ``logic_encoder``.
+        visual_encoder, logic_encoder: Your encoders when ``preset`` is None.
+        action_set: The env's NLE actions, for the NetHack knowledge pathway.
+            :class:`MoEPPO` reads them from the env when not given.
+        use_sde: Must be False (the action space is ``Discrete``).
+        optimizer_class, optimizer_kwargs: As in SB3 (Adam with ``eps=1e-5`` by default).
+        **model_kwargs: Passed to :func:`crossmoe.nethack.make_policy` or
+            :class:`~crossmoe.CrossAttentionMoEPolicy` (``dim``, ``fusion``,
+            ``knowledge``, ...).
+
+    Attributes:
+        model: The :class:`~crossmoe.CrossAttentionMoEPolicy`.
+        aux_weights: The auxiliary-loss weights of the current update (set by
+            :class:`MoEPPO`); ``None`` adds no auxiliary loss.
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        lr_schedule: Any,
+        preset: str | None = None,
+        visual_encoder: nn.Module | None = None,
+        logic_encoder: nn.Module | None = None,
+        action_set: Sequence[Any] | None = None,
+        use_sde: bool = False,
+        optimizer_class: type[torch.optim.Optimizer] = torch.optim.Adam,
+        optimizer_kwargs: dict[str, Any] | None = None,
+        **model_kwargs: Any,
+    ) -> None:
+        if not isinstance(action_space, spaces.Discrete):
+            raise ValueError(f"action_space must be gymnasium.spaces.Discrete, got {action_space!r}")
+        if use_sde:
+            raise ValueError("use_sde must be False: gSDE is for continuous actions, the action space is Discrete")
+        self._model_args = {
+            "preset": preset,
+            "visual_encoder": visual_encoder,
+            "logic_encoder": logic_encoder,
+            "action_set": None if action_set is None else [action_name(a) for a in action_set],
+            **model_kwargs,
+        }
+        self.aux_weights: AuxLossWeights | None = None
+        self.aux_options: dict[str, Any] = {}
+        self.aux_log: defaultdict[str, list[float]] = defaultdict(list)
+        super().__init__(
+            observation_space,
+            action_space,
+            lr_schedule,
+            ortho_init=False,
+            optimizer_class=optimizer_class,
+            optimizer_kwargs=optimizer_kwargs,
+        )
+
+    def _build(self, lr_schedule: Any) -> None:
+        self.model = build_policy(self.action_space, **self._model_args)
+        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        for key in ("net_arch", "activation_fn", "ortho_init", "log_std_init", "full_std", "use_expln"):
+            data.pop(key, None)
+        for key in ("squash_output", "features_extractor_class", "features_extractor_kwargs", "normalize_images"):
+            data.pop(key, None)
+        return {**data, **self._model_args}
+
+    def _outputs(self, obs: Any) -> Any:
+        if isinstance(obs, dict):
+            obs = restore_dtypes(obs, self.observation_space)
+        return self.model(obs)
+
+    def _distribution(self, logits: Tensor) -> CategoricalDistribution:
+        return self.action_dist.proba_distribution(action_logits=logits)
+
+    def forward(self, obs: Any, deterministic: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+        """Actions, values ``(B, 1)`` and log-probabilities, as SB3's rollout expects."""
+        output = self._outputs(obs)
+        distribution = self._distribution(output.logits)
+        actions = distribution.get_actions(deterministic=deterministic)
+        return actions, output.value.unsqueeze(-1), distribution.log_prob(actions)
+
+    def evaluate_actions(self, obs: Any, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Values, log-probabilities and entropy of ``actions``, carrying the auxiliary loss when training."""
+        output = self._outputs(obs)
+        distribution = self._distribution(output.logits)
+        log_prob = distribution.log_prob(actions)
+        if self.aux_weights is not None and torch.is_grad_enabled():
+            total, parts = minibatch_aux_loss(output, self.aux_weights, **self.aux_options)
+            log_prob = _AddToLoss.apply(log_prob, total)
+            for name, value in parts.items():
+                self.aux_log[f"aux/{name}"].append(float(value))
+            attention = None if output.attention is None else output.attention.detach()
+            for name, value in moe_diagnostics(
+                output.router_weights.detach(), attention, output.context.detach(), names=self.model.experts.names
+            ).items():
+                self.aux_log[f"routing/{name}"].append(float(value))
+        return output.value.unsqueeze(-1), log_prob, distribution.entropy()
+
+    def get_distribution(self, obs: Any) -> CategoricalDistribution:
+        return self._distribution(self._outputs(obs).logits)
+
+    def predict_values(self, obs: Any) -> Tensor:
+        return self._outputs(obs).value.unsqueeze(-1)
+
+    def _predict(self, observation: Any, deterministic: bool = False) -> Tensor:
+        return self.get_distribution(observation).get_actions(deterministic=deterministic)
+
+
+def _env_action_names(env: Any) -> list[str] | None:
+    """The NLE action names of an SB3 ``VecEnv``'s first env, or None when it has none."""
+    try:
+        actions = env.get_attr("actions", indices=[0])[0]
+    except (AttributeError, IndexError):
+        return None
+    try:
+        return [action_name(a) for a in actions]
+    except (TypeError, ValueError):
+        return None
+
+
+class MoEPPO(PPO):
+    """SB3's ``PPO`` with crossmoe's auxiliary losses and routing schedule, for :class:`CrossMoEPolicy`.
+
+    - Before every rollout it sets the router's alpha and temperature from
+      ``schedule`` at ``num_timesteps`` (env steps), and the auxiliary-loss
+      weights to ``aux_weights`` scaled by the phase's coefficients.
+    - Every minibatch adds the weighted auxiliary losses (all but the
+      temporal term, see :func:`~crossmoe.integrations.common.minibatch_aux_loss`)
+      to PPO's loss, and logs each unweighted term as ``train/aux/<name>``,
+      the routing diagnostics as ``train/routing/<name>``, and the schedule as
+      ``train/routing_alpha``, ``train/routing_temperature`` and ``train/routing_phase``.
+    - ``save``/``load`` keep the schedule and the weights as plain data.
+
+    Args:
+        policy: :class:`CrossMoEPolicy` (or a subclass).
+        env: A gymnasium env or an SB3 ``VecEnv`` (NetHack or MiniHack, e.g.
+            from :func:`crossmoe.nethack.make_env`).
+        aux_weights: Auxiliary-loss weights. By default :class:`~crossmoe.AuxLossWeights`,
+            without the alignment term when the logic encoder has no
+            hypergraph (no ``operator_to_expert``) to align with.
+        schedule: The routing schedule in env steps; by default the recipe's
+            (:func:`~crossmoe.integrations.common.default_schedule`) over the
+            first ``learn`` call's ``total_timesteps``.
+        alignment_target, alignment_smoothing, weighted_diversity: As in
+            :func:`crossmoe.aux_loss`.
+        **kwargs: SB3 ``PPO`` arguments (``n_steps``, ``batch_size``, ``learning_rate``, ...).
+    """
+
+    def __init__(
+        self,
+        policy: type[CrossMoEPolicy] | str,
+        env: Any,
+        *,
+        aux_weights: AuxLossWeights | None = None,
+        schedule: TemperatureAnnealingScheduler | None = None,
+        alignment_target: str = "balanced",
+        alignment_smoothing: float = 0.1,
+        weighted_diversity: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        if isinstance(policy, str) or not issubclass(policy, CrossMoEPolicy):
+            raise ValueError(f"policy must be CrossMoEPolicy or a subclass of it, got {policy!r}")
+        if aux_weights is not None and not isinstance(aux_weights, AuxLossWeights):
+            raise ValueError(f"aux_weights must be an AuxLossWeights, got {type(aux_weights).__name__}")
+        if schedule is not None and not isinstance(schedule, TemperatureAnnealingScheduler):
+            raise ValueError(f"schedule must be a TemperatureAnnealingScheduler, got {type(schedule).__name__}")
+        # Plain data, so that SB3's save writes them as JSON (an object would be pickled).
+        self.aux_weights_state = None if aux_weights is None else dataclasses.asdict(aux_weights)
+        self.schedule_state = None if schedule is None else schedule.state_dict()
+        self.aux_options = {
+            "alignment_target": alignment_target,
+            "alignment_smoothing": float(alignment_smoothing),
+            "weighted_diversity": bool(weighted_diversity),
+        }
+        super().__init__(policy, env, **kwargs)
+
+    @property
+    def schedule(self) -> TemperatureAnnealingScheduler | None:
+        """The routing schedule (rebuilt from its plain-data state)."""
+        return None if self.schedule_state is None else TemperatureAnnealingScheduler(**self.schedule_state)
+
+    @property
+    def aux_weights(self) -> AuxLossWeights:
+        """The auxiliary-loss weights before the phase's coefficients."""
+        return AuxLossWeights(**self.aux_weights_state)
+
+    def _setup_model(self) -> None:
+        kwargs = self.policy_kwargs
+        if kwargs.get("preset") == "nethack" and kwargs.get("action_set") is None and self.env is not None:
+            names = _env_action_names(self.env)
+            if names is not None:
+                self.policy_kwargs = {**kwargs, "action_set": names}
+        super()._setup_model()
+        if self.aux_weights_state is None:
+            graph = getattr(self.policy.model.logic_encoder, "operator_to_expert", None) is not None
+            self.aux_weights_state = dataclasses.asdict(AuxLossWeights() if graph else AuxLossWeights(alignment=0.0))
+
+    def _setup_learn(self, total_timesteps: int, *args: Any, **kwargs: Any) -> Any:
+        total, callback = super()._setup_learn(total_timesteps, *args, **kwargs)
+        if self.schedule_state is None:
+            self.schedule_state = default_schedule(total).state_dict()
+        return total, callback
+
+    def routing_state(self) -> RoutingState:
+        """The routing state (phase, alpha, temperature, coefficients) at ``num_timesteps``."""
+        schedule = self.schedule
+        if schedule is None:
+            raise ValueError("schedule is not set: pass schedule= or call learn() first")
+        return schedule(self.num_timesteps)
+
+    def collect_rollouts(self, *args: Any, **kwargs: Any) -> bool:
+        state = self.routing_state()
+        state.apply(self.policy.model)
+        self.policy.aux_weights = self.aux_weights.scaled(state.coefficients)
+        self.policy.aux_options = dict(self.aux_options)
+        self._routing = state
+        return super().collect_rollouts(*args, **kwargs)
+
+    def train(self) -> None:
+        self.policy.aux_log.clear()
+        super().train()
+        for name, values in self.policy.aux_log.items():
+            self.logger.record(f"train/{name}", sum(values) / len(values))
+        self.policy.aux_log.clear()
+        state = getattr(self, "_routing", None) or self.routing_state()
+        self.logger.record("train/routing_alpha", state.alpha)
+        self.logger.record("train/routing_temperature", state.temperature)
+        self.logger.record("train/routing_phase", state.phase, exclude="tensorboard")
+
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "_routing"]
