@@ -30,7 +30,7 @@ def _nethack_batch(steps=12, seed=0):
     rows = []
     rng = np.random.default_rng(seed)
     for _ in range(steps):
-        rows.append(obs)
+        rows.append({key: np.array(value) for key, value in obs.items()})  # NLE reuses its arrays
         obs, _, terminated, truncated, _ = env.step(int(rng.integers(env.action_space.n)))
         if terminated or truncated:
             obs, _ = env.reset()
