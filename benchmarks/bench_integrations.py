@@ -101,6 +101,7 @@ def worker_sb3(updates: int) -> dict:
 
 def worker_rllib(updates: int) -> dict:
     import ray
+
     from crossmoe.integrations.rllib import nethack_ppo_config
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)

@@ -12,10 +12,22 @@ from torch import nn
 from crossmoe.functional import check_temperature
 from crossmoe.losses import AuxLossWeights
 
-__all__ = ["PHASES", "UNITS", "RoutingState", "TemperatureAnnealingScheduler"]
+__all__ = ["KEEP_EXPERTS_ALIVE", "PHASES", "UNITS", "RoutingState", "TemperatureAnnealingScheduler"]
 
 PHASES = ("warmup", "transition", "finetune")
 UNITS = ("episodes", "updates", "env_steps")
+
+KEEP_EXPERTS_ALIVE: dict[str, dict[str, float]] = {
+    "transition": {"load_balance": 10.0},
+    "finetune": {"load_balance": 10.0},
+}
+"""Phase coefficients that keep every expert in use under sparsemax: the load-balance weight x10 from the annealing on.
+
+With the plain weights, sparsemax routes one or two of four experts to zero
+in the fine-tune of the NetHack agent; with these, all four keep a mean
+routing weight of at least 0.10, at no cost in score (``docs/results.md``).
+The NetHack training paths use them by default (``examples/ppo_nethack.py``,
+:func:`crossmoe.integrations.common.default_schedule`)."""
 
 
 class RoutingState(NamedTuple):

@@ -67,6 +67,7 @@ from crossmoe import AuxLossWeights, TemperatureAnnealingScheduler, aux_loss
 from crossmoe.diagnostics import moe_diagnostics
 from crossmoe.nethack import make_baseline_policy, make_policy, make_vector_env, split_episode_ends
 from crossmoe.plots import plot_run
+from crossmoe.schedule import KEEP_EXPERTS_ALIVE
 from crossmoe.training import (
     GracefulExit,
     MetricsLogger,
@@ -165,8 +166,10 @@ class Args:
     """End of the annealing to sparsemax; default 60% of the run (3000 for episodes)."""
     schedule_total: float | None = None
     """Planned schedule length; default the run's length (5000 for episodes)."""
-    schedule_coefficients: str = ""
-    """Per-phase multipliers of the aux-loss weights, as JSON, e.g. ``'{"finetune": {"load_balance": 2}}'``."""
+    schedule_coefficients: str = json.dumps(KEEP_EXPERTS_ALIVE)
+    """Per-phase multipliers of the aux-loss weights, as JSON, e.g. ``'{"finetune": {"load_balance": 2}}'``.
+    The default, ``crossmoe.schedule.KEEP_EXPERTS_ALIVE``, multiplies the load-balance weight by 10 from the
+    annealing on, which keeps all four experts in use in the sparsemax fine-tune; ``""`` multiplies nothing."""
 
     checkpoint_every: int = 10
     """Write ``checkpoints/last.pt`` every this many updates."""

@@ -219,6 +219,7 @@ def report(config: dict, root: Path) -> Path:
     evals: dict[str, list[EvalResult]] = {}
     metrics: dict[str, list[list[dict]]] = {}
     summaries: dict[str, list[dict]] = {}
+    seeds: dict[str, list[int]] = {}  # the finished seeds of each agent, in the order of metrics[agent]
     for agent, seed in plan(config):
         folder = result_dir(config, agent, seed, root)
         if not (folder / "eval.json").is_file():
@@ -228,6 +229,7 @@ def report(config: dict, root: Path) -> Path:
         evals.setdefault(agent, []).append(EvalResult.from_dict(data))
         if seed is not None:
             metrics.setdefault(agent, []).append(read_metrics(folder / "metrics.jsonl"))
+            seeds.setdefault(agent, []).append(seed)
             summaries.setdefault(agent, []).append(json.loads((folder / "summary.json").read_text()))
     if not evals:
         raise ValueError(f"no finished run of study {config['name']!r} under {str(out)!r}")
@@ -282,7 +284,7 @@ def report(config: dict, root: Path) -> Path:
     for agent, runs in metrics.items():
         if not any(k.startswith("weight/") for k in runs[0][-1]):
             continue
-        for seed, rows in zip([s for a, s in plan(config) if a == agent], runs, strict=False):
+        for seed, rows in zip(seeds[agent], runs, strict=True):
             values = [_finetune_mean(rows, key) for key in (*names, *(f"weight/{e}" for e in experts))]
             alive = sum(1 for v in values[len(names) :] if v is not None and v >= 0.10)
             cells = ["-" if v is None else f"{v:.3f}" for v in values]

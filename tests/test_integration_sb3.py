@@ -19,6 +19,7 @@ from crossmoe.encoders import BoxEncoder, LearnedQueries
 from crossmoe.integrations.common import build_policy, minibatch_aux_loss, restore_dtypes
 from crossmoe.integrations.sb3 import CrossMoEPolicy, MoEPPO
 from crossmoe.nethack import make_env
+from crossmoe.schedule import KEEP_EXPERTS_ALIVE
 
 SMALL = {"preset": "nethack", "dim": 32}
 
@@ -139,6 +140,7 @@ def test_default_schedule_spans_the_first_learn_call():
     env.close()
     assert model.schedule.total == 128
     assert (model.schedule.warmup, model.schedule.transition) == (26, 77)
+    assert model.schedule.coefficients == KEEP_EXPERTS_ALIVE
 
 
 def test_save_load_round_trip_keeps_weights_schedule_and_counters(tmp_path):

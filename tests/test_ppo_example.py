@@ -145,6 +145,17 @@ def test_recipe_schedule_counts_episodes():
     assert (scaled.warmup, scaled.transition, scaled.total) == (800, 2400, 4000)
     weighted = ppo.make_scheduler(ppo.Args(schedule_coefficients='{"finetune": {"load_balance": 2}}'), 10)
     assert weighted(10**9).coefficients == {"load_balance": 2.0} and weighted(0).coefficients == {}
+    plain = ppo.make_scheduler(ppo.Args(schedule_coefficients=""), 10)
+    assert plain(10**9).coefficients == {}
+
+
+def test_default_schedule_keeps_experts_alive_from_the_annealing_on():
+    """The load-balance weight x10 once annealing starts: what kept all four experts in use (docs/results.md)."""
+    schedule = ppo.make_scheduler(ppo.Args(num_envs=4, num_steps=10), num_iterations=100)
+    assert schedule(0).coefficients == {}
+    assert schedule(1000).coefficients == schedule(10**6).coefficients == {"load_balance": 10.0}
+    weights = ppo.Args().aux.scaled(schedule(10**6).coefficients)
+    assert weights.load_balance == 10 * ppo.Args().aux.load_balance
 
 
 def test_nan_injection_rolls_back_and_training_recovers(tmp_path):

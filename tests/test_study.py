@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -70,6 +72,13 @@ def test_study_runs_skips_what_is_finished_and_reports(tmp_path):
     for agent in ("random", "rules", "moe", "mlp"):
         assert f"| {agent} |" in text
     assert "Mean routing weight by situation: moe" in text
+
+    # With seeds 1 and 3 finished and 2 not, the per-seed rows name seeds 1 and 3.
+    (tmp_path / "study.json").write_text(json.dumps({**TINY, "seeds": [1, 2, 3]}))
+    shutil.copytree(results / "moe__s1", results / "moe__s3")
+    text = Path(study(tmp_path, "report").strip().splitlines()[-1]).read_text()
+    routing_rows = re.findall(r"^\| moe \| (\d) \| (?:-|\d+\.\d{3}) \| (?:-|\d+\.\d{3}) \|", text, flags=re.MULTILINE)
+    assert routing_rows == ["1", "3"]
 
 
 def test_an_interrupted_run_is_finished_on_the_next_call(tmp_path):

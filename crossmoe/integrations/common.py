@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from crossmoe.losses import AuxLossWeights, aux_loss
 from crossmoe.policy import CrossAttentionMoEPolicy
-from crossmoe.schedule import TemperatureAnnealingScheduler
+from crossmoe.schedule import KEEP_EXPERTS_ALIVE, TemperatureAnnealingScheduler
 
 __all__ = ["PRESETS", "build_policy", "default_schedule", "minibatch_aux_loss", "restore_dtypes"]
 
@@ -106,7 +106,13 @@ def minibatch_aux_loss(output: Any, weights: AuxLossWeights, **kwargs: Any) -> t
 
 
 def default_schedule(total_env_steps: int, **kwargs: Any) -> TemperatureAnnealingScheduler:
-    """The recipe's routing schedule (20% softmax warm-up, annealing to 60%, sparsemax fine-tune) in env steps."""
+    """The recipe's routing schedule (20% softmax warm-up, annealing to 60%, sparsemax fine-tune) in env steps.
+
+    The coefficients default to :data:`~crossmoe.schedule.KEEP_EXPERTS_ALIVE`, as in
+    ``examples/ppo_nethack.py``; ``kwargs`` go to
+    :meth:`TemperatureAnnealingScheduler.from_fractions <crossmoe.TemperatureAnnealingScheduler.from_fractions>`.
+    """
     if int(total_env_steps) < 1:
         raise ValueError(f"total_env_steps must be a positive integer, got {total_env_steps!r}")
+    kwargs.setdefault("coefficients", KEEP_EXPERTS_ALIVE)
     return TemperatureAnnealingScheduler.from_fractions(int(total_env_steps), unit="env_steps", **kwargs)
