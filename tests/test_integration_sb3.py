@@ -145,7 +145,7 @@ def test_default_schedule_spans_the_first_learn_call():
 
 def test_save_load_round_trip_keeps_weights_schedule_and_counters(tmp_path):
     env = make_env("NetHackScore-v0", seed=0)
-    schedule = TemperatureAnnealingScheduler(100, 200, 1000, "env_steps", coefficients={"finetune": {"alignment": 2}})
+    schedule = TemperatureAnnealingScheduler(100, 150, 1000, "env_steps", coefficients={"finetune": {"alignment": 2}})
     weights = AuxLossWeights(load_balance=0.05)
     model = MoEPPO(
         CrossMoEPolicy, env, policy_kwargs=SMALL, schedule=schedule, aux_weights=weights, n_steps=64, batch_size=64
@@ -154,6 +154,9 @@ def test_save_load_round_trip_keeps_weights_schedule_and_counters(tmp_path):
     model.save(tmp_path / "agent.zip")
     loaded = MoEPPO.load(tmp_path / "agent.zip", env=make_env("NetHackScore-v0", seed=1))
     assert loaded.schedule.state_dict() == schedule.state_dict()
+    # A loaded model predicts at the routing of its step (the router's alpha is not a weight).
+    assert float(loaded.policy.model.router.alpha) == pytest.approx(schedule(128).alpha)
+    assert float(loaded.policy.model.router.temperature) == pytest.approx(schedule(128).temperature)
     assert loaded.aux_weights == weights
     assert loaded.num_timesteps == 128
     assert loaded.policy_kwargs["action_set"] == model.policy_kwargs["action_set"]

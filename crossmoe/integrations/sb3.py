@@ -273,6 +273,8 @@ class MoEPPO(PPO):
             if names is not None:
                 self.policy_kwargs = {**kwargs, "action_set": names}
         super()._setup_model()
+        if self.schedule_state is not None:  # a loaded model predicts at the routing of its step
+            self.routing_state().apply(self.policy.model)
         if self.aux_weights_state is None:
             graph = getattr(self.policy.model.logic_encoder, "operator_to_expert", None) is not None
             self.aux_weights_state = dataclasses.asdict(AuxLossWeights() if graph else AuxLossWeights(alignment=0.0))
