@@ -2,6 +2,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
@@ -53,3 +54,26 @@ def research_path():
 def research_file(research_path):
     """The parsed JSON of :func:`research_path`."""
     return json.loads(research_path.read_text())
+
+
+@pytest.fixture(scope="session")
+def nethack_play():
+    """Twelve steps of seeded random play on NetHackScore-v0: ``(observations, observation_space, actions)``.
+
+    Each observation is a dict of copies (NLE reuses its arrays from step to step).
+    """
+    pytest.importorskip("nle")
+    from crossmoe.nethack import make_env
+
+    env = make_env("NetHackScore-v0", seed=0)
+    obs, _ = env.reset(seed=0)
+    rows = []
+    rng = np.random.default_rng(0)
+    for _ in range(12):
+        rows.append({key: np.array(value) for key, value in obs.items()})
+        obs, _, terminated, truncated, _ = env.step(int(rng.integers(env.action_space.n)))
+        if terminated or truncated:
+            obs, _ = env.reset()
+    space, actions = env.observation_space, tuple(env.unwrapped.actions)
+    env.close()
+    return rows, space, actions

@@ -32,7 +32,6 @@ from crossmoe.integrations.rllib import (
     RoutingScheduleCallback,
     nethack_ppo_config,
 )
-from crossmoe.nethack import make_env
 
 SMALL = {"preset": "nethack", "dim": 32}
 MODULE = "default_policy"
@@ -48,20 +47,10 @@ def ray_session():
         ray.shutdown()
 
 
-def _nethack_batch(steps=12, seed=0):
+def _nethack_batch(play, steps=12):
     """Real NetHackScore-v0 observations (random play) as RLlib batches them: a dict of (B, ...) tensors."""
-    env = make_env("NetHackScore-v0", seed=seed)
-    obs, _ = env.reset(seed=seed)
-    rows = []
-    rng = np.random.default_rng(seed)
-    for _ in range(steps):
-        rows.append({key: np.array(value) for key, value in obs.items()})  # NLE reuses its arrays
-        obs, _, terminated, truncated, _ = env.step(int(rng.integers(env.action_space.n)))
-        if terminated or truncated:
-            obs, _ = env.reset()
-    space, actions = env.observation_space, tuple(env.unwrapped.actions)
-    env.close()
-    return {key: torch.as_tensor(np.stack([row[key] for row in rows])) for key in rows[0]}, space, actions
+    rows, space, actions = play
+    return {key: torch.as_tensor(np.stack([row[key] for row in rows[:steps]])) for key in rows[0]}, space, actions
 
 
 def _module(space, actions, **config):
@@ -114,8 +103,8 @@ def _assert_routing(module, routing):
 # --- the module, against the plain crossmoe policy -------------------------------------------------
 
 
-def test_module_matches_the_crossmoe_policy_it_wraps():
-    obs, space, actions = _nethack_batch()
+def test_module_matches_the_crossmoe_policy_it_wraps(nethack_play):
+    obs, space, actions = _nethack_batch(nethack_play)
     module = _module(space, actions)
     module.set_routing(RoutingState("transition", 1.5, 0.8, {}))
     reference = build_policy(spaces.Discrete(len(actions)), action_set=actions, **SMALL)
@@ -138,8 +127,8 @@ def test_module_matches_the_crossmoe_policy_it_wraps():
     torch.testing.assert_close(module.forward_inference(floats)[Columns.ACTION_DIST_INPUTS], expected.logits)
 
 
-def test_module_state_carries_the_routing():
-    _, space, actions = _nethack_batch(steps=1)
+def test_module_state_carries_the_routing(nethack_play):
+    _, space, actions = _nethack_batch(nethack_play, steps=1)
     module, other = _module(space, actions), _module(space, actions)
     routing = RoutingState("finetune", 2.0, 0.5, {"alignment": 2.0})
     module.set_routing(routing)
@@ -162,9 +151,9 @@ def test_module_takes_your_encoders_and_ignores_rllib_model_keys():
     assert "crossmoe_operator_scores" not in out  # LearnedQueries gives no operator scores
 
 
-def test_learner_adds_the_masked_phase_scaled_aux_loss():
+def test_learner_adds_the_masked_phase_scaled_aux_loss(nethack_play):
     """PPO's loss plus minibatch_aux_loss of the unmasked rows, with the routing phase's multipliers."""
-    obs, space, actions = _nethack_batch(steps=10)
+    obs, space, actions = _nethack_batch(nethack_play, steps=10)
     weights = AuxLossWeights(load_balance=1.0, router_z=0.1, diversity=0.3, orthogonality=0.2, alignment=0.5)
     config = nethack_ppo_config(model_config={"dim": 32}, aux_weights=weights, seed=0)
     learner = config.build_learner(spaces={MODULE: (space, spaces.Discrete(len(actions)))})
@@ -199,8 +188,8 @@ def test_learner_adds_the_masked_phase_scaled_aux_loss():
         assert float(learner.metrics.peek((MODULE, f"aux/{name}"))) == pytest.approx(float(value), rel=1e-5), name
 
 
-def test_bad_input_is_named():
-    _, space, actions = _nethack_batch(steps=1)
+def test_bad_input_is_named(nethack_play):
+    _, space, actions = _nethack_batch(nethack_play, steps=1)
     with pytest.raises(ValueError, match="preset must be one of"):
         _module(space, actions, preset="atari")
     with pytest.raises(ValueError, match=r"action_space must be gymnasium\.spaces\.Discrete, got Box"):

@@ -24,21 +24,11 @@ from crossmoe.schedule import KEEP_EXPERTS_ALIVE
 SMALL = {"preset": "nethack", "dim": 32}
 
 
-def _nethack_batch(steps=12, seed=0):
+def _nethack_batch(play, steps=12):
     """Real NetHackScore-v0 observations (random play), stacked as SB3's buffer holds them: float32."""
-    env = make_env("NetHackScore-v0", seed=seed)
-    obs, _ = env.reset(seed=seed)
-    rows = []
-    rng = np.random.default_rng(seed)
-    for _ in range(steps):
-        rows.append({key: np.array(value) for key, value in obs.items()})  # NLE reuses its arrays
-        obs, _, terminated, truncated, _ = env.step(int(rng.integers(env.action_space.n)))
-        if terminated or truncated:
-            obs, _ = env.reset()
-    space = env.observation_space
-    env.close()
-    stacked = {key: torch.as_tensor(np.stack([row[key] for row in rows]), dtype=torch.float32) for key in rows[0]}
-    return stacked, space
+    rows, space, _ = play
+    stacked = {key: torch.as_tensor(np.stack([row[key] for row in rows[:steps]])) for key in rows[0]}
+    return {key: value.float() for key, value in stacked.items()}, space
 
 
 def _progress(folder):
@@ -46,16 +36,16 @@ def _progress(folder):
         return list(csv.DictReader(f))
 
 
-def test_restore_dtypes_is_exact_for_nle_arrays():
-    obs, space = _nethack_batch(steps=4)
+def test_restore_dtypes_is_exact_for_nle_arrays(nethack_play):
+    obs, space = _nethack_batch(nethack_play, steps=4)
     restored = restore_dtypes(obs, space)
     for key, value in restored.items():
         assert value.dtype == torch.from_numpy(np.empty(0, dtype=space[key].dtype)).dtype, key
         assert torch.equal(value.double(), obs[key].double()), key
 
 
-def test_policy_matches_the_crossmoe_network_it_wraps():
-    obs, space = _nethack_batch()
+def test_policy_matches_the_crossmoe_network_it_wraps(nethack_play):
+    obs, space = _nethack_batch(nethack_play)
     policy = CrossMoEPolicy(space, spaces.Discrete(23), lambda _: 3e-4, **SMALL).eval()
     reference = policy.model(restore_dtypes(obs, space))
     actions = torch.arange(len(obs["glyphs"])) % 23
@@ -69,9 +59,9 @@ def test_policy_matches_the_crossmoe_network_it_wraps():
     assert torch.equal(greedy, reference.logits.argmax(-1))
 
 
-def test_aux_loss_reaches_the_gradient_once():
+def test_aux_loss_reaches_the_gradient_once(nethack_play):
     """PPO's loss built from evaluate_actions' outputs gets exactly the weighted aux loss's gradient added."""
-    obs, space = _nethack_batch()
+    obs, space = _nethack_batch(nethack_play)
     weights = AuxLossWeights(load_balance=1.0, alignment=0.5, diversity=0.3, temporal=0.01)
     actions = torch.arange(len(obs["glyphs"])) % 23
     advantages = torch.linspace(-1, 1, len(actions))
@@ -99,8 +89,8 @@ def test_aux_loss_reaches_the_gradient_once():
             torch.testing.assert_close(got[name], parameter.grad, msg=name)
 
 
-def test_no_aux_loss_without_weights_or_gradients():
-    obs, space = _nethack_batch(steps=4)
+def test_no_aux_loss_without_weights_or_gradients(nethack_play):
+    obs, space = _nethack_batch(nethack_play, steps=4)
     policy = CrossMoEPolicy(space, spaces.Discrete(23), lambda _: 3e-4, **SMALL)
     policy.aux_weights = AuxLossWeights()
     with torch.no_grad():

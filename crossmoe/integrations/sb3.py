@@ -188,18 +188,6 @@ class CrossMoEPolicy(ActorCriticPolicy):
         return self.get_distribution(observation).get_actions(deterministic=deterministic)
 
 
-def _env_action_names(env: Any) -> list[str] | None:
-    """The NLE action names of an SB3 ``VecEnv``'s first env, or None when it has none."""
-    try:
-        actions = env.get_attr("actions", indices=[0])[0]
-    except (AttributeError, IndexError):
-        return None
-    try:
-        return [action_name(a) for a in actions]
-    except (TypeError, ValueError):
-        return None
-
-
 class MoEPPO(PPO):
     """SB3's ``PPO`` with crossmoe's auxiliary losses and routing schedule, for :class:`CrossMoEPolicy`.
 
@@ -269,7 +257,9 @@ class MoEPPO(PPO):
     def _setup_model(self) -> None:
         kwargs = self.policy_kwargs
         if kwargs.get("preset") == "nethack" and kwargs.get("action_set") is None and self.env is not None:
-            names = _env_action_names(self.env)
+            from crossmoe.nethack.agent import _env_actions  # reads a VecEnv's first env, or its workers
+
+            names = _env_actions(self.env)
             if names is not None:
                 self.policy_kwargs = {**kwargs, "action_set": names}
         super()._setup_model()
