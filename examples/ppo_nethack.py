@@ -173,6 +173,9 @@ class Args:
 
     checkpoint_every: int = 10
     """Write ``checkpoints/last.pt`` every this many updates."""
+    snapshot_at: tuple[int, ...] = ()
+    """Also keep ``checkpoints/step_<N>.pt`` at the first update at or past each of these env steps
+    (e.g. ``1000000`` to evaluate a 2M-step run at 1M)."""
     best_window: int = 100
     """``best.pt`` tracks the best mean return over this many recent episodes."""
     nan_lr_factor: float = 0.5
@@ -193,6 +196,7 @@ class Args:
 SCHEDULE_COUNTER = {"env_steps": "global_step", "updates": "update", "episodes": "episodes"}
 RESUMABLE = (
     "total_timesteps",
+    "snapshot_at",
     "device",
     "progress",
     "plots",
@@ -307,6 +311,8 @@ def main(args: Args) -> dict:
         saved.update({name: getattr(args, name) for name in RESUMABLE})
         saved["aux"] = AuxLossWeights(**saved["aux"])
         args = Args(**saved)
+    if any(step <= 0 for step in args.snapshot_at):
+        raise ValueError(f"snapshot_at must be positive env-step counts, got {args.snapshot_at}")
     if args.num_envs % args.num_minibatches:
         raise ValueError(
             f"num_minibatches must divide num_envs={args.num_envs} (minibatches are env columns), "
@@ -588,6 +594,9 @@ def main(args: Args) -> dict:
                 save("best.pt")
             if counters["update"] % args.checkpoint_every == 0:
                 save("last.pt")
+            for step in args.snapshot_at:
+                if counters["global_step"] - batch_size < step <= counters["global_step"]:
+                    save(f"step_{step}.pt")
             bar.update(counters["global_step"] - bar.n)
             bar.set_postfix(
                 sps=f"{row['sps']:.0f}",

@@ -118,13 +118,18 @@ def train(config: dict, agent: str, seed: int, run_dir: Path, torch_threads: int
                 command += [flag, json.dumps(value)]  # e.g. --schedule-coefficients
             else:
                 command += [flag, str(value)]
+    snapshots = [str(spec["step"]) for spec in config.get("snapshot_evals", [])]
+    if snapshots:
+        command += ["--snapshot-at", *snapshots]
     command += ["--torch-threads", str(torch_threads), "--no-progress"]
     print(" ".join(command), flush=True)
     subprocess.run(command, check=True)
 
 
-def evaluate_run(config: dict, agent: str, seed: int | None, run_dir: Path | None) -> dict:
-    """Evaluate a trained run (its ``last.pt``) or a built-in floor on the study's fresh-seed episodes."""
+def evaluate_run(
+    config: dict, agent: str, seed: int | None, run_dir: Path | None, checkpoint: str = "last.pt", episodes: int | None = None
+) -> dict:
+    """Evaluate a trained run (its ``checkpoint``) or a built-in floor on the study's fresh-seed episodes."""
     from crossmoe.evaluation import PolicyAgent, RandomAgent, evaluate
     from crossmoe.nethack import load_agent, make_env
     from crossmoe.nethack.rules import RuleAgent
@@ -139,11 +144,11 @@ def evaluate_run(config: dict, agent: str, seed: int | None, run_dir: Path | Non
         else:
             player = RuleAgent(actions, seed=spec["seed"])
     else:
-        player = PolicyAgent(load_agent(run_dir / "checkpoints" / "last.pt"))
+        player = PolicyAgent(load_agent(run_dir / "checkpoints" / checkpoint))
     result = evaluate(
         player,
         config["env_id"],
-        episodes=spec["episodes"],
+        episodes=spec["episodes"] if episodes is None else episodes,
         num_envs=spec.get("num_envs", 8),
         seed=spec["seed"],
         max_episode_steps=spec.get("max_episode_steps"),
@@ -177,6 +182,14 @@ def run(args: Args, config: dict) -> None:
             shutil.copy(run_dir / "summary.json", out / "summary.json")
         if args.train_only:
             continue
+        if seed is not None:
+            for snapshot in config.get("snapshot_evals", []):  # e.g. a 2M-step run looked at at 1M
+                target = out / f"eval_step_{snapshot['step']}.json"
+                if not target.is_file():
+                    evaluation = evaluate_run(
+                        config, agent, seed, run_dir, f"step_{snapshot['step']}.pt", snapshot.get("episodes")
+                    )
+                    target.write_text(json.dumps(evaluation, indent=2))
         evaluation = evaluate_run(config, agent, seed, run_dir)
         evaluation["wall_seconds_eval_and_train"] = time.time() - start
         (out / "eval.json").write_text(json.dumps(evaluation, indent=2))
@@ -267,6 +280,36 @@ def report(config: dict, root: Path) -> Path:
             f"{sum(pooled['depth']) / len(pooled['depth']):.2f} | {sum(pooled['length']) / len(pooled['length']):.0f} "
             f"| {sps_text} |"
         )
+    for snapshot in config.get("snapshot_evals", []):
+        step = snapshot["step"]
+        rows = []
+        for agent in evals:
+            results = [
+                EvalResult.from_dict(
+                    {k: v for k, v in json.loads(path.read_text()).items() if k != "wall_seconds_eval_and_train"}
+                )
+                for seed in config["seeds"]
+                if (path := result_dir(config, agent, seed, root) / f"eval_step_{step}.json").is_file()
+            ]
+            if not results:
+                continue
+            per_seed = [float(r.metric("score").mean()) for r in results]
+            returns = [v for r in results for v in r.metric("return")]
+            ratio = "-" if random_score is None else f"{sum(per_seed) / len(per_seed) / random_score:.2f}"
+            seeds_ci = _fmt(*bootstrap_ci(per_seed)) if len(per_seed) > 1 else f"{per_seed[0]:.1f}"
+            rows.append(
+                f"| {agent} | {len(results)} | {seeds_ci} | {', '.join(f'{v:.1f}' for v in per_seed)} | {ratio} "
+                f"| {_fmt(*bootstrap_ci(returns))} |"
+            )
+        if rows:
+            lines += [
+                "",
+                f"## At {step:,} env steps ({snapshot.get('episodes', config['eval']['episodes'])} episodes per seed)",
+                "",
+                "| agent | seeds | score, mean of seeds [CI] | per seed | × random | return [CI] |",
+                "|---|---:|---:|---|---:|---:|",
+                *rows,
+            ]
     lines += ["", "## How episodes ended", "", "| agent | outcomes (episodes) |", "|---|---|"]
     for agent, results in evals.items():
         counts: dict[str, int] = {}

@@ -102,3 +102,18 @@ def test_an_interrupted_run_is_finished_on_the_next_call(tmp_path):
     assert "--resume" in output
     assert json.loads(summary.read_text())["global_step"] == 256
     assert (tmp_path / "results" / "tiny" / "mlp__s1" / "eval.json").is_file()
+
+
+def test_snapshot_evals_look_at_a_run_midway(tmp_path):
+    from crossmoe.training import load_checkpoint
+
+    config = {**TINY, "agents": {"mlp": {"policy": "mlp"}}, "snapshot_evals": [{"step": 128, "episodes": 3}]}
+    (tmp_path / "study.json").write_text(json.dumps(config))
+    study(tmp_path, "run", "--torch-threads", "1")
+    snapshot = tmp_path / "runs" / "tiny" / "mlp__s1" / "checkpoints" / "step_128.pt"
+    assert load_checkpoint(snapshot)["counters"]["global_step"] == 128  # not the end of the 256-step run
+    evaluation = json.loads((tmp_path / "results" / "tiny" / "mlp__s1" / "eval_step_128.json").read_text())
+    assert len(evaluation["scores"]) == 3  # the snapshot's own episode count, not the final eval's 2
+    text = Path(study(tmp_path, "report").strip().splitlines()[-1]).read_text()
+    assert "## At 128 env steps (3 episodes per seed)" in text
+    assert re.search(r"^\| mlp \| 1 \| \d+\.\d \|", text, flags=re.MULTILINE)
