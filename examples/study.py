@@ -8,7 +8,12 @@
 The config (JSON) names the env, the budget, the seeds, the evaluation and
 the agents; each agent is a set of ``examples/ppo_nethack.py`` arguments, or
 one of the built-in floors ``random`` and ``rules`` (evaluated, never
-trained). A run is an (agent, seed) pair, trained in ``runs/<study>/`` by
+trained). Optional keys: an agent's own ``env_id`` and ``{"floor": "random"}``
+(a ladder of tasks in one study, see ``docs/results/minihack-ladder.json``);
+``snapshot_evals`` (``[{"step": 1000000, "episodes": 50}]``: also evaluate
+each run at that env step); ``return_thresholds`` (``{env_id: return}``: the
+report's steps-to-threshold table); ``curve_metric`` (``"score"`` or
+``"episodic_return"``). A run is an (agent, seed) pair, trained in ``runs/<study>/`` by
 ``ppo_nethack.py`` in a subprocess, then evaluated on fresh-seed episodes with
 :mod:`crossmoe.evaluation`.
 
@@ -65,7 +70,23 @@ def load_config(path: str | Path) -> dict:
     for key in ("name", "env_id", "total_timesteps", "seeds", "agents", "eval"):
         if key not in config:
             raise ValueError(f"config {str(path)!r} must have the key {key!r}")
+    if config.get("curve_metric", "score") not in ("score", "episodic_return"):
+        raise ValueError(f"config curve_metric must be 'score' or 'episodic_return', got {config['curve_metric']!r}")
+    for agent, spec in config["agents"].items():
+        floor = spec.get("floor")
+        if floor is not None and floor not in FLOORS:
+            raise ValueError(f"config agent {agent!r}: floor must be one of {FLOORS}, got {floor!r}")
     return config
+
+
+def floor_of(config: dict, agent: str) -> str | None:
+    """``"random"`` or ``"rules"`` for a built-in floor (by name, or by its ``floor`` key), else None."""
+    return agent if agent in FLOORS else config["agents"][agent].get("floor")
+
+
+def env_of(config: dict, agent: str) -> str:
+    """The agent's env: its own ``env_id`` (e.g. one rung of a MiniHack ladder) or the study's."""
+    return config["agents"][agent].get("env_id", config["env_id"])
 
 
 def plan(config: dict, only: set[str] | None = None) -> list[tuple[str, int | None]]:
@@ -76,8 +97,9 @@ def plan(config: dict, only: set[str] | None = None) -> list[tuple[str, int | No
         if unknown:
             raise ValueError(f"config runs name agents missing from config['agents']: {unknown}")
     else:
-        runs = [(agent, None) for agent in config["agents"] if agent in FLOORS]
-        runs += [(agent, seed) for seed in config["seeds"] for agent in config["agents"] if agent not in FLOORS]
+        floors = [agent for agent in config["agents"] if floor_of(config, agent)]
+        runs = [(agent, None) for agent in floors]
+        runs += [(agent, seed) for seed in config["seeds"] for agent in config["agents"] if agent not in floors]
     return [(agent, seed) for agent, seed in runs if only is None or agent in only]
 
 
@@ -102,7 +124,7 @@ def train(config: dict, agent: str, seed: int, run_dir: Path, torch_threads: int
     else:
         command += [
             "--env-id",
-            config["env_id"],
+            env_of(config, agent),
             "--total-timesteps",
             str(config["total_timesteps"]),
             "--seed",
@@ -110,7 +132,8 @@ def train(config: dict, agent: str, seed: int, run_dir: Path, torch_threads: int
             "--run-dir",
             str(run_dir),
         ]
-        for key, value in {**config.get("train_args", {}), **config["agents"][agent]}.items():
+        spec = {key: value for key, value in config["agents"][agent].items() if key != "env_id"}
+        for key, value in {**config.get("train_args", {}), **spec}.items():
             flag = "--" + key.replace("_", "-")
             if isinstance(value, bool):
                 command.append(flag if value else "--no-" + key.replace("_", "-"))
@@ -127,7 +150,12 @@ def train(config: dict, agent: str, seed: int, run_dir: Path, torch_threads: int
 
 
 def evaluate_run(
-    config: dict, agent: str, seed: int | None, run_dir: Path | None, checkpoint: str = "last.pt", episodes: int | None = None
+    config: dict,
+    agent: str,
+    seed: int | None,
+    run_dir: Path | None,
+    checkpoint: str = "last.pt",
+    episodes: int | None = None,
 ) -> dict:
     """Evaluate a trained run (its ``checkpoint``) or a built-in floor on the study's fresh-seed episodes."""
     from crossmoe.evaluation import PolicyAgent, RandomAgent, evaluate
@@ -135,11 +163,13 @@ def evaluate_run(
     from crossmoe.nethack.rules import RuleAgent
 
     spec = config["eval"]
-    if agent in FLOORS:
-        env = make_env(config["env_id"])
+    env_id = env_of(config, agent)
+    floor = floor_of(config, agent)
+    if floor is not None:
+        env = make_env(env_id)
         actions = env.unwrapped.actions
         env.close()
-        if agent == "random":
+        if floor == "random":
             player = RandomAgent(len(actions), seed=spec["seed"])
         else:
             player = RuleAgent(actions, seed=spec["seed"])
@@ -147,7 +177,7 @@ def evaluate_run(
         player = PolicyAgent(load_agent(run_dir / "checkpoints" / checkpoint))
     result = evaluate(
         player,
-        config["env_id"],
+        env_id,
         episodes=spec["episodes"] if episodes is None else episodes,
         num_envs=spec.get("num_envs", 8),
         seed=spec["seed"],
@@ -213,6 +243,11 @@ def _rolling(rows: list[dict], key: str, window: int) -> list[dict]:
     return out
 
 
+def _steps_to(rows: list[dict], threshold: float) -> int | None:
+    """The first ``global_step`` at which the (smoothed) training return reaches ``threshold``, or None."""
+    return next((row["global_step"] for row in rows if row["episodic_return"] >= threshold), None)
+
+
 def _finetune_mean(rows: list[dict], key: str, fraction: float = 0.1) -> float | None:
     """Mean of ``key`` over the last ``fraction`` of a run's fine-tune rows (None when absent)."""
     tail = [row[key] for row in rows if row.get("phase") == "finetune" and row.get(key) is not None]
@@ -246,9 +281,12 @@ def report(config: dict, root: Path) -> Path:
             summaries.setdefault(agent, []).append(json.loads((folder / "summary.json").read_text()))
     if not evals:
         raise ValueError(f"no finished run of study {config['name']!r} under {str(out)!r}")
-    random_score = None
-    if "random" in evals:
-        random_score = float(evals["random"][0].metric("score").mean())
+    random_scores = {  # the random floor's mean score on each env that has one
+        env_of(config, agent): float(results[0].metric("score").mean())
+        for agent, results in evals.items()
+        if floor_of(config, agent) == "random"
+    }
+    random_score = random_scores.get(config["env_id"])
 
     lines = [
         f"# Study `{config['name']}`",
@@ -271,11 +309,12 @@ def report(config: dict, root: Path) -> Path:
         per_seed = [float(r.metric("score").mean()) for r in results]
         pooled = {m: [v for r in results for v in r.metric(m)] for m in ("score", "return", "depth", "length")}
         seeds_ci = _fmt(*bootstrap_ci(per_seed)) if len(per_seed) > 1 else f"{per_seed[0]:.1f}"
-        ratio = "-" if random_score is None else f"{sum(per_seed) / len(per_seed) / random_score:.2f}"
+        floor_score = random_scores.get(env_of(config, agent))
+        ratio = "-" if not floor_score else f"{sum(per_seed) / len(per_seed) / floor_score:.2f}"
         sps = summaries.get(agent)
         sps_text = "-" if not sps else f"{sum(s['sps'] for s in sps) / len(sps):.0f}"
         lines.append(
-            f"| {agent} | {len(results) if agent not in FLOORS else '-'} | {seeds_ci} | "
+            f"| {agent} | {len(results) if floor_of(config, agent) is None else '-'} | {seeds_ci} | "
             f"{_fmt(*bootstrap_ci(pooled['score']))} | {ratio} | {_fmt(*bootstrap_ci(pooled['return']))} | "
             f"{sum(pooled['depth']) / len(pooled['depth']):.2f} | {sum(pooled['length']) / len(pooled['length']):.0f} "
             f"| {sps_text} |"
@@ -295,7 +334,8 @@ def report(config: dict, root: Path) -> Path:
                 continue
             per_seed = [float(r.metric("score").mean()) for r in results]
             returns = [v for r in results for v in r.metric("return")]
-            ratio = "-" if random_score is None else f"{sum(per_seed) / len(per_seed) / random_score:.2f}"
+            floor_score = random_scores.get(env_of(config, agent))
+            ratio = "-" if not floor_score else f"{sum(per_seed) / len(per_seed) / floor_score:.2f}"
             seeds_ci = _fmt(*bootstrap_ci(per_seed)) if len(per_seed) > 1 else f"{per_seed[0]:.1f}"
             rows.append(
                 f"| {agent} | {len(results)} | {seeds_ci} | {', '.join(f'{v:.1f}' for v in per_seed)} | {ratio} "
@@ -345,28 +385,56 @@ def report(config: dict, root: Path) -> Path:
             lines += ["", f"### Mean routing weight by situation: {agent} (evaluation, all seeds)", ""]
             lines.append(pooled.usage_table())
 
-    trained = {
-        agent: runs
-        for agent, runs in metrics.items()
-        if all(any(row.get("score") is not None for row in rows) for rows in runs)
-    }
-    if trained:
-        smoothed = {agent: [_rolling(rows, "score", SMOOTHING) for rows in runs] for agent, runs in trained.items()}
-        curves = learning_curves_with_ci(smoothed, key="score")
+    thresholds = config.get("return_thresholds", {})
+    rows = []
+    for agent, runs in metrics.items():
+        threshold = thresholds.get(env_of(config, agent))
+        if threshold is None:
+            continue
+        reached = [_steps_to(_rolling(run_rows, "episodic_return", SMOOTHING), threshold) for run_rows in runs]
+        cells = ", ".join("not reached" if step is None else f"{step / 1e3:.0f}k" for step in reached)
+        returns = [float(result.metric("return").mean()) for result in evals[agent]]
+        seeds_ci = _fmt(*bootstrap_ci(returns), digits=2) if len(returns) > 1 else f"{returns[0]:.2f}"
+        rows.append(f"| {agent} | {env_of(config, agent)} | {threshold} | {cells} | {seeds_ci} |")
+    if rows:
+        lines += [
+            "",
+            f"## Steps to threshold (training return, mean of {SMOOTHING} updates) and final return",
+            "",
+            "| agent | env | return threshold | env steps to it, per seed | evaluation return, mean of seeds [CI] |",
+            "|---|---|---:|---|---:|",
+            *rows,
+        ]
+
+    metric = config.get("curve_metric", "score")
+    label = {"score": "in-game score", "episodic_return": "return"}.get(metric, metric)
+    envs = sorted({env_of(config, agent) for agent in metrics})
+    for env_id in envs:
+        trained = {
+            agent: runs
+            for agent, runs in metrics.items()
+            if env_of(config, agent) == env_id and all(any(row.get(metric) is not None for row in r) for r in runs)
+        }
+        if not trained:
+            continue
+        smoothed = {agent: [_rolling(rows, metric, SMOOTHING) for rows in runs] for agent, runs in trained.items()}
+        curves = learning_curves_with_ci(smoothed, key=metric)
         references = {}
-        for floor in FLOORS:
-            if floor in evals:
-                references[f"{floor} (evaluation)"] = float(evals[floor][0].metric("score").mean())
+        for agent, results in evals.items():
+            if floor_of(config, agent) is not None and env_of(config, agent) == env_id:
+                references[f"{agent} (evaluation)"] = float(results[0].metric(metric.removeprefix("episodic_")).mean())
+        name = f"{metric.removeprefix('episodic_')}_curves.png" if len(envs) == 1 else f"curves_{env_id}.png"
         path = plot_curves_with_ci(
             curves,
-            out / "score_curves.png",
-            ylabel=f"in-game score (training episodes, mean of {SMOOTHING} updates)",
-            title=f"{config['name']}: mean over seeds, 95% bootstrap band",
+            out / name,
+            ylabel=f"{label} (training episodes, mean of {SMOOTHING} updates)",
+            title=f"{config['name']}{'' if len(envs) == 1 else ': ' + env_id}: mean over seeds, 95% bootstrap band",
             references=references,
         )
-        lines += ["", "## Learning curves", "", f"![score curves]({path.name})", ""]
-        if random_score is not None:
-            lines.append(f"Uniform random play scores {random_score:.1f} on the evaluation episodes.")
+        heading = "## Learning curves" + ("" if len(envs) == 1 else f": {env_id}")
+        lines += ["", heading, "", f"![{label} curves]({path.name})", ""]
+    if random_score is not None:
+        lines.append(f"Uniform random play scores {random_score:.1f} on the evaluation episodes.")
     (out / "report.md").write_text("\n".join(lines) + "\n")
     return out / "report.md"
 

@@ -117,3 +117,43 @@ def test_snapshot_evals_look_at_a_run_midway(tmp_path):
     text = Path(study(tmp_path, "report").strip().splitlines()[-1]).read_text()
     assert "## At 128 env steps (3 episodes per seed)" in text
     assert re.search(r"^\| mlp \| 1 \| \d+\.\d \|", text, flags=re.MULTILINE)
+
+
+def test_a_ladder_gives_each_agent_its_env_a_floor_per_env_and_steps_to_threshold(tmp_path):
+    room = "MiniHack-Room-5x5-v0"
+    config = {
+        **TINY,
+        "agents": {
+            "room__random": {"env_id": room, "floor": "random"},
+            "room__mlp": {"env_id": room, "policy": "mlp"},
+            "score__mlp": {"policy": "mlp"},
+        },
+        "return_thresholds": {room: -100.0},  # reached at the first logged episode
+        "curve_metric": "episodic_return",
+    }
+    (tmp_path / "study.json").write_text(json.dumps(config))
+    assert study(tmp_path, "plan").splitlines()[0] == "todo  room__random  seed=None"  # floors first
+    study(tmp_path, "run", "--torch-threads", "1")
+    results = tmp_path / "results" / "tiny"
+    assert json.loads((results / "room__random" / "eval.json").read_text())["env_id"] == room
+    assert json.loads((results / "room__mlp__s1" / "eval.json").read_text())["env_id"] == room
+    assert json.loads((tmp_path / "runs" / "tiny" / "room__mlp__s1" / "args.json").read_text())["env_id"] == room
+    assert json.loads((results / "score__mlp__s1" / "eval.json").read_text())["env_id"] == "NetHackScore-v0"
+
+    text = Path(study(tmp_path, "report").strip().splitlines()[-1]).read_text()
+    first_episode = next(
+        json.loads(line)["global_step"]
+        for line in (results / "room__mlp__s1" / "metrics.jsonl").read_text().splitlines()
+        if json.loads(line).get("episodic_return") is not None
+    )
+    assert f"| room__mlp | {room} | -100.0 | {first_episode / 1e3:.0f}k |" in text
+    assert "| score__mlp |" in text and "| score__mlp | NetHackScore-v0 |" not in text  # no threshold there
+    assert (results / f"curves_{room}.png").is_file()  # one figure per env (NetHack had no finished episode)
+    assert "| room__random | - |" in text  # a floor, not a trained agent
+
+
+def test_a_floor_must_be_a_built_in_one(tmp_path):
+    (tmp_path / "study.json").write_text(json.dumps({**TINY, "agents": {"x": {"floor": "oracle"}}}))
+    command = [sys.executable, str(STUDY), "plan", "--config", str(tmp_path / "study.json")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "floor must be one of" in done.stderr
