@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ApplicabilityPrior"]
+__all__ = ["ApplicabilityPrior", "AttentionDirectionPrior"]
 
 
 class ApplicabilityPrior(nn.Module):
@@ -56,3 +56,111 @@ class ApplicabilityPrior(nn.Module):
 
     def extra_repr(self) -> str:
         return f"num_operators={self.num_operators}, num_actions={self.num_actions}"
+
+
+class AttentionDirectionPrior(nn.Module):
+    r"""What from the graph, where from the attention: the operators' attention steers their moves.
+
+    An operator whose actions move in two or more directions ("approach the
+    monster", "step onto the item", "flee") does not say *where* to go; its
+    cross-attention over the visual tokens does. Each visual token lies in a
+    known direction from the agent (``directions``), so the attention of
+    operator :math:`o` gives a mass per direction, and that mass becomes the
+    operator's vote on the moves in that direction:
+
+    .. math::
+        b_{ba} = \sum_o \mathbb{1}[o \text{ applicable in } b]
+            \Big( W_{oa} K_{oa} + g_o S_{oa} \sum_k \big(\bar a_{bo} T_b\big)_k D_{ka} \Big)
+
+    with :math:`\bar a_{bo}` the attention of operator :math:`o` over the
+    ``N`` tokens (mean over heads), :math:`T_b` the ``(N, K)`` directions of
+    the tokens (rows of zeros for tokens with no direction, such as status
+    tokens), :math:`D` the ``(K, A)`` moves of each direction, :math:`S` the
+    steering operators' move entries and :math:`K` every other entry of the
+    operators' action mask, which keeps the fixed vote of
+    :class:`ApplicabilityPrior` (``init`` split over the operator's actions;
+    an operator with a single move direction, such as "attack north", keeps
+    its fixed vote). The gains :math:`g_o` start at ``direction_init``.
+    Gradients reach :math:`W`, :math:`g` and, through the attention, the
+    queries and keys of the fusion, so PPO teaches each operator where to
+    look. The bias is added to the policy's logits, which can always
+    override it.
+
+    Args:
+        action_mask: ``(O, A)`` bool, operator ``o`` uses action ``a``.
+        direction_actions: ``(K, A)`` bool, action ``a`` moves in direction ``k``.
+        init: Initial fixed vote of each operator, as in :class:`ApplicabilityPrior`.
+        direction_init: Initial gain of each steering operator's attention vote.
+
+    Shapes:
+        - applicable: ``(B, O)`` bool
+        - attention: ``(B, H, O, N)`` (a :class:`~crossmoe.fusion.FusionOutput`'s attention)
+        - directions: ``(B, N, K)`` or ``(N, K)``, the share of each token lying in each direction
+        - output: ``(B, A)``, to add to the policy's logits
+    """
+
+    uses_attention = True  # CrossAttentionMoEPolicy passes it the attention and the tokens' directions
+
+    def __init__(
+        self, action_mask: Tensor, direction_actions: Tensor, init: float = 1.0, direction_init: float = 1.0
+    ) -> None:
+        super().__init__()
+        action_mask = torch.as_tensor(action_mask, dtype=torch.bool)
+        direction_actions = torch.as_tensor(direction_actions, dtype=torch.bool)
+        if action_mask.dim() != 2 or 0 in action_mask.shape:
+            raise ValueError(
+                f"action_mask must be a non-empty (O, A) bool tensor, got shape {tuple(action_mask.shape)}"
+            )
+        if direction_actions.dim() != 2 or direction_actions.shape[1] != action_mask.shape[1]:
+            raise ValueError(
+                f"direction_actions must be (K, A) with A={action_mask.shape[1]}, got shape "
+                f"{tuple(direction_actions.shape)}"
+            )
+        for name, value in (("init", init), ("direction_init", direction_init)):
+            if not isinstance(value, (int, float)) or value != value:
+                raise ValueError(f"{name} must be a number, got {value!r}")
+        self.num_operators, self.num_actions = action_mask.shape
+        self.num_directions = direction_actions.shape[0]
+        moves = direction_actions.any(0)  # (A,)
+        directions_used = (action_mask.float() @ direction_actions.float().t()) > 0  # (O, K)
+        steers = directions_used.sum(1) >= 2  # (O,)
+        steer_mask = action_mask & moves & steers[:, None]
+        keep_mask = action_mask & ~steer_mask
+        self.register_buffer("direction_actions", direction_actions.float())
+        self.register_buffer("keep_mask", keep_mask.float())
+        self.register_buffer("steer_mask", steer_mask.float())
+        self.register_buffer("steers", steers.float())
+        per_action = init / action_mask.sum(dim=1, keepdim=True).clamp_min(1)
+        self.weight = nn.Parameter(per_action * self.keep_mask)
+        self.gain = nn.Parameter(direction_init * self.steers)
+
+    def forward(self, applicable: Tensor, attention: Tensor, directions: Tensor) -> Tensor:
+        batch = applicable.shape[0]
+        if applicable.dim() != 2 or applicable.shape[1] != self.num_operators:
+            raise ValueError(
+                f"applicable must be (B, O) with O={self.num_operators}, got shape {tuple(applicable.shape)}"
+            )
+        if attention.dim() != 4 or attention.shape[0] != batch or attention.shape[2] != self.num_operators:
+            raise ValueError(
+                f"attention must be (B, H, O, N) with B={batch}, O={self.num_operators}, got shape "
+                f"{tuple(attention.shape)}"
+            )
+        tokens = attention.shape[-1]
+        if directions.shape[-2:] != (tokens, self.num_directions) or directions.dim() not in (2, 3):
+            raise ValueError(
+                f"directions must be (B, N, K) or (N, K) with N={tokens}, K={self.num_directions}, got shape "
+                f"{tuple(directions.shape)}"
+            )
+        looks = attention.mean(1)  # (B, O, N)
+        directions = directions.to(looks.dtype)
+        toward = looks @ directions  # (B, O, K): the attention mass in each direction
+        votes = (toward @ self.direction_actions) * self.steer_mask  # (B, O, A)
+        applicable = applicable.to(self.weight.dtype)
+        fixed = applicable @ (self.weight * self.keep_mask)
+        return fixed + torch.einsum("bo,boa->ba", applicable * (self.gain * self.steers), votes)
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_operators={self.num_operators}, num_actions={self.num_actions}, "
+            f"num_directions={self.num_directions}, steering={int(self.steers.sum())}"
+        )

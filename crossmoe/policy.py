@@ -214,7 +214,11 @@ class CrossAttentionMoEPolicy(ActorCriticBase):
             ``applicable (B, O)`` operators to a ``(B, A)`` bias added to the
             logits, such as :class:`~crossmoe.knowledge.ApplicabilityPrior`;
             ``None`` for none. It needs a logic encoder that reports
-            ``applicable``.
+            ``applicable``. A pathway with ``uses_attention = True``, such as
+            :class:`~crossmoe.knowledge.AttentionDirectionPrior`, is called
+            as ``knowledge(applicable, attention, directions)``, with the
+            fusion's attention maps and the visual encoder's
+            ``token_directions(obs)``.
         uniform_router_init: Start the router's last layer at zero, so every
             expert gets the same weight in every state at the start, and the
             losses, not the random init, decide the first routing (a random
@@ -265,6 +269,11 @@ class CrossAttentionMoEPolicy(ActorCriticBase):
         self.experts = SemanticExpertBank(dim, action_dim, num_experts, expert_hidden_dim, names=expert_names)
         self.critic = nn.Sequential(nn.Linear(dim, critic_hidden_dim), nn.Tanh(), nn.Linear(critic_hidden_dim, 1))
         self.knowledge = knowledge
+        if getattr(knowledge, "uses_attention", False) and not hasattr(visual_encoder, "token_directions"):
+            raise ValueError(
+                f"knowledge {type(knowledge).__name__} steers by attention and needs a visual encoder with "
+                f"token_directions(obs), got {type(visual_encoder).__name__}"
+            )
         with torch.no_grad():
             # Near-uniform initial policy and a critic on the scale of the returns, as PPO implementations do.
             self.experts.w2.mul_(0.01)
@@ -323,7 +332,15 @@ class CrossAttentionMoEPolicy(ActorCriticBase):
         if self.knowledge is not None:
             if logic.applicable is None:
                 raise ValueError("a knowledge pathway needs a logic encoder that returns applicable operators")
-            prior = self.knowledge(logic.applicable)
+            if getattr(self.knowledge, "uses_attention", False):  # e.g. AttentionDirectionPrior
+                if attention is None:
+                    raise ValueError(
+                        f"the knowledge pathway {type(self.knowledge).__name__} needs attention maps, but the fusion "
+                        f"{type(self.fusion).__name__} returns none (use fusion='cross_attention')"
+                    )
+                prior = self.knowledge(logic.applicable, attention, self.visual_encoder.token_directions(obs))
+            else:
+                prior = self.knowledge(logic.applicable)
             logits = logits + prior
         return PolicyOutput(
             logits=logits,

@@ -106,6 +106,10 @@ class Args:
     knowledge: bool = True
     """The knowledge pathway: a learned prior over the applicable operators' actions (``moe`` only;
     ``--no-knowledge`` is the ablation)."""
+    knowledge_pathway: Literal["prior", "attention"] = "prior"
+    """``prior``: each applicable operator votes for its actions (``ApplicabilityPrior``); ``attention``: operators
+    that move in several directions vote for the directions their cross-attention reads
+    (``AttentionDirectionPrior``, ``--fusion cross_attention`` only)."""
     device: str = "cpu"
     """Torch device."""
     vectorization: Literal["sync", "async"] = "sync"
@@ -259,6 +263,7 @@ def make_agent(args: Args, envs: gym.vector.VectorEnv) -> nn.Module:
             dim=args.dim,
             fusion=args.fusion,
             knowledge=args.knowledge,
+            knowledge_pathway=args.knowledge_pathway,
             uniform_router_init=args.uniform_router_init,
         )
     return make_baseline_policy(env=envs, dim=args.dim)
@@ -616,6 +621,7 @@ def main(args: Args) -> dict:
         "policy": args.policy,
         "fusion": args.fusion if moe else None,
         "knowledge": args.knowledge if moe else None,
+        "knowledge_pathway": args.knowledge_pathway if moe and args.knowledge else None,
         "seed": args.seed,
         "global_step": counters["global_step"],
         "updates": counters["update"],

@@ -175,7 +175,7 @@ def test_invalid_minibatch_split_is_rejected(tmp_path):
         _run(tmp_path, num_minibatches=4)
 
 
-@pytest.mark.parametrize("options", [{"fusion": "concat"}, {"policy": "mlp"}])
+@pytest.mark.parametrize("options", [{"fusion": "concat"}, {"policy": "mlp"}, {"knowledge_pathway": "attention"}])
 def test_ablations_train(tmp_path, options):
     summary, rows = _run(tmp_path, total_timesteps=128, **options)
     assert summary["global_step"] == 128 and len(rows) == 2

@@ -13,7 +13,7 @@ from crossmoe.nethack.agent import (
     make_policy,
 )
 from crossmoe.nethack.atoms import ATOMS, extract_atoms
-from crossmoe.nethack.encoders import NetHackVisualEncoder, blstats_features
+from crossmoe.nethack.encoders import COMPASS, NetHackVisualEncoder, blstats_features, compass_direction
 from crossmoe.nethack.env import (
     DEFAULT_OBSERVATION_KEYS,
     MEMORY_KEYS,
@@ -28,6 +28,7 @@ from crossmoe.nethack.rules import DEFAULT_PRIORITY, EXPERT_WORDS, RuleAgent, ex
 
 __all__ = [
     "ATOMS",
+    "COMPASS",
     "DEFAULT_OBSERVATION_KEYS",
     "DEFAULT_PRIORITY",
     "EXPERT_WORDS",
@@ -41,6 +42,7 @@ __all__ = [
     "RuleAgent",
     "blstats_features",
     "build_agent",
+    "compass_direction",
     "expert_from_label",
     "extract_atoms",
     "glyph_class",

@@ -6,16 +6,16 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from importlib import resources
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from crossmoe.encoders import HypergraphLogicEncoder
 from crossmoe.hypergraph import Hypergraph, action_name
-from crossmoe.knowledge import ApplicabilityPrior
+from crossmoe.knowledge import ApplicabilityPrior, AttentionDirectionPrior
 from crossmoe.nethack.atoms import extract_atoms
-from crossmoe.nethack.encoders import NetHackVisualEncoder
+from crossmoe.nethack.encoders import COMPASS, NetHackVisualEncoder
 from crossmoe.nethack.rules import expert_from_label
 from crossmoe.policy import ActorCritic, CrossAttentionMoEPolicy
 from crossmoe.schedule import RoutingState
@@ -120,6 +120,7 @@ def make_policy(
     head_dim: int | None = 16,
     knowledge: bool = True,
     prior_init: float = 1.0,
+    knowledge_pathway: Literal["prior", "attention"] = "prior",
     action_set: Sequence[Any] | None = None,
     **policy_kwargs: Any,
 ) -> CrossAttentionMoEPolicy:
@@ -162,6 +163,12 @@ def make_policy(
             the applicable operators; ``False`` is the no-knowledge ablation
             (the graph then only shapes the context).
         prior_init: Initial vote of each operator in the prior.
+        knowledge_pathway: ``"prior"``, the
+            :class:`~crossmoe.knowledge.ApplicabilityPrior` (design (a)), or
+            ``"attention"``, the
+            :class:`~crossmoe.knowledge.AttentionDirectionPrior` (design (b)):
+            operators that move in several directions vote for the directions
+            their cross-attention reads (``fusion="cross_attention"`` only).
         action_set: The env's actions (enum members or ``"Enum.MEMBER"``
             names), which the operators' actions are matched against; read
             from ``env`` when given, else ``NetHackScore-v0``'s.
@@ -186,7 +193,23 @@ def make_policy(
     visual = NetHackVisualEncoder(dim, crop_size=crop_size, crop_patch=crop_patch)
     # The no-knowledge ablation needs no action set (make_policy(8, knowledge=False) for an 8-action env).
     actions = _action_set(action_set, action_dim, env) if knowledge or action_set is not None else None
-    prior = ApplicabilityPrior(hypergraph.action_mask(actions), init=prior_init) if knowledge else None
+    if knowledge_pathway not in ("prior", "attention"):
+        raise ValueError(f"knowledge_pathway must be 'prior' or 'attention', got {knowledge_pathway!r}")
+    prior = None
+    if knowledge and knowledge_pathway == "attention":
+        if fusion != "cross_attention":
+            raise ValueError(
+                f"knowledge_pathway='attention' steers by the cross-attention, so fusion must be 'cross_attention', "
+                f"got {fusion if isinstance(fusion, str) else type(fusion).__name__!r}"
+            )
+        direction_actions = torch.tensor(
+            [[name in (f"CompassDirection.{d}", f"CompassDirectionLonger.{d}") for name in actions] for d in COMPASS]
+        )
+        prior = AttentionDirectionPrior(
+            hypergraph.action_mask(actions), direction_actions, init=prior_init, direction_init=prior_init
+        )
+    elif knowledge:
+        prior = ApplicabilityPrior(hypergraph.action_mask(actions), init=prior_init)
     policy = CrossAttentionMoEPolicy(
         visual,
         logic,
@@ -215,6 +238,7 @@ def make_policy(
         "head_dim": head_dim,
         "knowledge": knowledge,
         "prior_init": prior_init,
+        "knowledge_pathway": knowledge_pathway,
         "action_set": actions,
         **policy_kwargs,
     }

@@ -15,7 +15,7 @@ from crossmoe._cache import DeviceCache
 from crossmoe.encoders import obs_tensor
 from crossmoe.nethack.glyphs import GLYPH_CLASS, GlyphClass
 
-__all__ = ["NetHackVisualEncoder", "blstats_features"]
+__all__ = ["COMPASS", "NetHackVisualEncoder", "blstats_features", "compass_direction"]
 
 _ROWS, _COLS = nethack.DUNGEON_SHAPE
 _CONDITION_MASKS = tuple(
@@ -24,6 +24,27 @@ _CONDITION_MASKS = tuple(
 _NUM_HUNGER_STATES = 7  # satiated .. starved: NetHack's u.uhs enum (hack.h), which nle does not export
 _HASH_MULTIPLIER = 2654435761  # Knuth's multiplicative hash constant
 _CONDITION_MASKS_ON: DeviceCache[Tensor] = DeviceCache()
+
+
+COMPASS = ("N", "NE", "E", "SE", "S", "SW", "W", "NW")
+"""The eight move directions, in the order of :meth:`NetHackVisualEncoder.token_directions`."""
+
+
+def compass_direction(dy: Tensor, dx: Tensor) -> Tensor:
+    """Index into :data:`COMPASS` of the 45-degree sector of each offset (rows grow southwards), ``-1`` at 0.
+
+    Example:
+        >>> compass_direction(torch.tensor([-5.0, 0.0, 2.0]), torch.tensor([1.0, 0.0, -3.0])).tolist()
+        [0, -1, 5]
+    """
+    angle = torch.atan2(-dy.float(), dx.float())  # counterclockwise from east; north is +pi/2
+    from_east = torch.round(angle / (math.pi / 4)).long() % 8  # 0 E, 1 NE, 2 N, ... 7 SE
+    return torch.where((dy == 0) & (dx == 0), -1, (2 - from_east) % 8)
+
+
+def _one_hot_direction(dy: Tensor, dx: Tensor) -> Tensor:
+    sector = compass_direction(dy, dx)
+    return F.one_hot(sector.clamp_min(0), len(COMPASS)).float() * (sector >= 0).unsqueeze(-1).float()
 
 
 def _condition_masks(device: torch.device) -> Tensor:
@@ -156,6 +177,15 @@ class NetHackVisualEncoder(nn.Module):
         patch_id = (rows[:, None] * grid_cols + cols[None, :])[:_ROWS, :_COLS]  # (21, 79) patch of each cell
         self.register_buffer("patch_id", patch_id.contiguous(), persistent=False)
         self.register_buffer("patch_area", torch.bincount(patch_id.flatten()).float(), persistent=False)
+        # Directions for knowledge pathways that steer by attention (crossmoe.knowledge.AttentionDirectionPrior).
+        centre = (torch.arange(side) * crop_patch + (crop_patch - 1) / 2 - crop_size // 2).float()
+        block_dy, block_dx = torch.meshgrid(centre, centre, indexing="ij")
+        crop_directions = _one_hot_direction(block_dy.flatten(), block_dx.flatten())
+        self.register_buffer("crop_directions", crop_directions, persistent=False)
+        cell_rows, cell_cols = torch.meshgrid(torch.arange(_ROWS).float(), torch.arange(_COLS).float(), indexing="ij")
+        for name, coordinate in (("patch_centre_row", cell_rows), ("patch_centre_col", cell_cols)):
+            total = torch.zeros(self.num_patches).index_add_(0, patch_id.flatten(), coordinate.flatten())
+            self.register_buffer(name, total / self.patch_area, persistent=False)
 
     def forward(self, obs: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
         device = self.crop_position.device
@@ -181,6 +211,25 @@ class NetHackVisualEncoder(nn.Module):
         )
         mask = torch.cat([crop_mask, crop_mask.new_ones(batch, self.num_patches + 2)], dim=1)
         return tokens, mask
+
+    def token_directions(self, obs: Mapping[str, Any]) -> Tensor:
+        """``(B, N, 8)``: the :data:`COMPASS` direction (one-hot) in which each token lies from the player.
+
+        A crop block lies in the direction of its centre; a coarse patch in
+        the direction of its centre from the player's cell (none for the patch
+        the player is in); the blstats and message tokens in none (zeros).
+        """
+        device = self.crop_position.device
+        blstats = obs_tensor(obs, "blstats", device=device, dtype=torch.long, shape=(None, nethack.NLE_BLSTATS_SIZE))
+        batch = blstats.shape[0]
+        x = blstats[:, nethack.NLE_BL_X].clamp(0, _COLS - 1)
+        y = blstats[:, nethack.NLE_BL_Y].clamp(0, _ROWS - 1)
+        coarse = _one_hot_direction(self.patch_centre_row - y[:, None], self.patch_centre_col - x[:, None])
+        own_patch = F.one_hot(self.patch_id[y, x], self.num_patches).bool()  # (B, P)
+        coarse = coarse.masked_fill(own_patch.unsqueeze(-1), 0.0)
+        return torch.cat(
+            [self.crop_directions.expand(batch, -1, -1), coarse, coarse.new_zeros(batch, 2, len(COMPASS))], dim=1
+        )
 
     def _crop_tokens(self, glyphs: Tensor, x: Tensor, y: Tensor, under: Tensor | None) -> tuple[Tensor, Tensor]:
         radius = self.crop_size // 2
