@@ -141,7 +141,7 @@ def train(config: dict, agent: str, seed: int, run_dir: Path, torch_threads: int
                 command += [flag, json.dumps(value)]  # e.g. --schedule-coefficients
             else:
                 command += [flag, str(value)]
-    snapshots = [str(spec["step"]) for spec in config.get("snapshot_evals", [])]
+    snapshots = [str(snapshot["step"]) for snapshot in config.get("snapshot_evals", [])]
     if snapshots:
         command += ["--snapshot-at", *snapshots]
     command += ["--torch-threads", str(torch_threads), "--no-progress"]
@@ -243,6 +243,25 @@ def _rolling(rows: list[dict], key: str, window: int) -> list[dict]:
     return out
 
 
+def _read_eval(path: Path):
+    """An ``eval.json`` as an :class:`~crossmoe.evaluation.EvalResult` (without the study's timing field)."""
+    from crossmoe.evaluation import EvalResult
+
+    data = json.loads(path.read_text())
+    data.pop("wall_seconds_eval_and_train", None)
+    return EvalResult.from_dict(data)
+
+
+def _seed_scores(results: list, random_score: float | None) -> tuple[list[float], str, str]:
+    """Each seed's mean score, their mean with its bootstrap CI over seeds, and that mean over random play's."""
+    from crossmoe.stats import bootstrap_ci
+
+    per_seed = [float(r.metric("score").mean()) for r in results]
+    seeds_ci = _fmt(*bootstrap_ci(per_seed)) if len(per_seed) > 1 else f"{per_seed[0]:.1f}"
+    ratio = "-" if not random_score else f"{sum(per_seed) / len(per_seed) / random_score:.2f}"
+    return per_seed, seeds_ci, ratio
+
+
 def _steps_to(rows: list[dict], threshold: float) -> int | None:
     """The first ``global_step`` at which the (smoothed) training return reaches ``threshold``, or None."""
     return next((row["global_step"] for row in rows if row["episodic_return"] >= threshold), None)
@@ -272,9 +291,7 @@ def report(config: dict, root: Path) -> Path:
         folder = result_dir(config, agent, seed, root)
         if not (folder / "eval.json").is_file():
             continue
-        data = json.loads((folder / "eval.json").read_text())
-        data.pop("wall_seconds_eval_and_train", None)
-        evals.setdefault(agent, []).append(EvalResult.from_dict(data))
+        evals.setdefault(agent, []).append(_read_eval(folder / "eval.json"))
         if seed is not None:
             metrics.setdefault(agent, []).append(read_metrics(folder / "metrics.jsonl"))
             seeds.setdefault(agent, []).append(seed)
@@ -306,11 +323,8 @@ def report(config: dict, root: Path) -> Path:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for agent, results in evals.items():
-        per_seed = [float(r.metric("score").mean()) for r in results]
         pooled = {m: [v for r in results for v in r.metric(m)] for m in ("score", "return", "depth", "length")}
-        seeds_ci = _fmt(*bootstrap_ci(per_seed)) if len(per_seed) > 1 else f"{per_seed[0]:.1f}"
-        floor_score = random_scores.get(env_of(config, agent))
-        ratio = "-" if not floor_score else f"{sum(per_seed) / len(per_seed) / floor_score:.2f}"
+        _, seeds_ci, ratio = _seed_scores(results, random_scores.get(env_of(config, agent)))
         sps = summaries.get(agent)
         sps_text = "-" if not sps else f"{sum(s['sps'] for s in sps) / len(sps):.0f}"
         lines.append(
@@ -324,19 +338,14 @@ def report(config: dict, root: Path) -> Path:
         rows = []
         for agent in evals:
             results = [
-                EvalResult.from_dict(
-                    {k: v for k, v in json.loads(path.read_text()).items() if k != "wall_seconds_eval_and_train"}
-                )
+                _read_eval(path)
                 for seed in config["seeds"]
                 if (path := result_dir(config, agent, seed, root) / f"eval_step_{step}.json").is_file()
             ]
             if not results:
                 continue
-            per_seed = [float(r.metric("score").mean()) for r in results]
+            per_seed, seeds_ci, ratio = _seed_scores(results, random_scores.get(env_of(config, agent)))
             returns = [v for r in results for v in r.metric("return")]
-            floor_score = random_scores.get(env_of(config, agent))
-            ratio = "-" if not floor_score else f"{sum(per_seed) / len(per_seed) / floor_score:.2f}"
-            seeds_ci = _fmt(*bootstrap_ci(per_seed)) if len(per_seed) > 1 else f"{per_seed[0]:.1f}"
             rows.append(
                 f"| {agent} | {len(results)} | {seeds_ci} | {', '.join(f'{v:.1f}' for v in per_seed)} | {ratio} "
                 f"| {_fmt(*bootstrap_ci(returns))} |"
@@ -407,7 +416,7 @@ def report(config: dict, root: Path) -> Path:
         ]
 
     metric = config.get("curve_metric", "score")
-    label = {"score": "in-game score", "episodic_return": "return"}.get(metric, metric)
+    label = {"score": "in-game score", "episodic_return": "return"}[metric]
     envs = sorted({env_of(config, agent) for agent in metrics})
     for env_id in envs:
         trained = {
