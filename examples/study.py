@@ -262,9 +262,12 @@ def _seed_scores(results: list, random_score: float | None) -> tuple[list[float]
     return per_seed, seeds_ci, ratio
 
 
-def _steps_to(rows: list[dict], threshold: float) -> int | None:
-    """The first ``global_step`` at which the (smoothed) training return reaches ``threshold``, or None."""
-    return next((row["global_step"] for row in rows if row["episodic_return"] >= threshold), None)
+def _steps_to(rows: list[dict], threshold: float, window: int = SMOOTHING) -> int | None:
+    """The first ``global_step`` at which the training return, averaged over the last ``window`` updates
+    that finished episodes, reaches ``threshold``, or None. Averages over fewer updates (the first ones)
+    do not count: one lucky early episode is not learning."""
+    smoothed = _rolling(rows, "episodic_return", window)[window - 1 :]
+    return next((row["global_step"] for row in smoothed if row["episodic_return"] >= threshold), None)
 
 
 def _finetune_mean(rows: list[dict], key: str, fraction: float = 0.1) -> float | None:
@@ -400,7 +403,8 @@ def report(config: dict, root: Path) -> Path:
         threshold = thresholds.get(env_of(config, agent))
         if threshold is None:
             continue
-        reached = [_steps_to(_rolling(run_rows, "episodic_return", SMOOTHING), threshold) for run_rows in runs]
+        window = config.get("threshold_window", SMOOTHING)
+        reached = [_steps_to(run_rows, threshold, window) for run_rows in runs]
         cells = ", ".join("not reached" if step is None else f"{step / 1e3:.0f}k" for step in reached)
         returns = [float(result.metric("return").mean()) for result in evals[agent]]
         seeds_ci = _fmt(*bootstrap_ci(returns), digits=2) if len(returns) > 1 else f"{returns[0]:.2f}"

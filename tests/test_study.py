@@ -129,6 +129,7 @@ def test_a_ladder_gives_each_agent_its_env_a_floor_per_env_and_steps_to_threshol
             "score__mlp": {"policy": "mlp"},
         },
         "return_thresholds": {room: -100.0},  # reached at the first logged episode
+        "threshold_window": 1,  # a tiny run has too few updates for the default window of 10
         "curve_metric": "episodic_return",
     }
     (tmp_path / "study.json").write_text(json.dumps(config))
@@ -157,3 +158,20 @@ def test_a_floor_must_be_a_built_in_one(tmp_path):
     command = [sys.executable, str(STUDY), "plan", "--config", str(tmp_path / "study.json")]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0 and "floor must be one of" in done.stderr
+
+
+def test_steps_to_threshold_needs_a_full_window_of_updates(monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("study_module", STUDY)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "study_module", module)  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    # One lucky episode at the first update, then failures, then learning from update 13 on.
+    returns = [0.9] + [-1.0] * 11 + [1.0] * 20
+    rows = [{"global_step": 100 * (i + 1), "episodic_return": r} for i, r in enumerate(returns)]
+    rows.insert(3, {"global_step": 350, "episodic_return": None})  # an update without a finished episode
+    # Mean of the last 10 finished-episode updates first reaches 0.5 with 8 of them at +1: update 20.
+    assert module._steps_to(rows, 0.5, window=10) == 2000
+    assert module._steps_to(rows, 0.5, window=1) == 100  # no smoothing: the lucky first update counts
+    assert module._steps_to(rows, 2.0, window=10) is None
