@@ -266,6 +266,8 @@ def _steps_to(rows: list[dict], threshold: float, window: int = SMOOTHING) -> in
     """The first ``global_step`` at which the training return, averaged over the last ``window`` updates
     that finished episodes, reaches ``threshold``, or None. Averages over fewer updates (the first ones)
     do not count: one lucky early episode is not learning."""
+    if not isinstance(window, int) or window < 1:
+        raise ValueError(f"threshold_window must be a positive int (updates), got {window!r}")
     smoothed = _rolling(rows, "episodic_return", window)[window - 1 :]
     return next((row["global_step"] for row in smoothed if row["episodic_return"] >= threshold), None)
 
@@ -398,12 +400,12 @@ def report(config: dict, root: Path) -> Path:
             lines.append(pooled.usage_table())
 
     thresholds = config.get("return_thresholds", {})
+    window = config.get("threshold_window", SMOOTHING)
     rows = []
     for agent, runs in metrics.items():
         threshold = thresholds.get(env_of(config, agent))
         if threshold is None:
             continue
-        window = config.get("threshold_window", SMOOTHING)
         reached = [_steps_to(run_rows, threshold, window) for run_rows in runs]
         cells = ", ".join("not reached" if step is None else f"{step / 1e3:.0f}k" for step in reached)
         returns = [float(result.metric("return").mean()) for result in evals[agent]]

@@ -175,3 +175,5 @@ def test_steps_to_threshold_needs_a_full_window_of_updates(monkeypatch):
     assert module._steps_to(rows, 0.5, window=10) == 2000
     assert module._steps_to(rows, 0.5, window=1) == 100  # no smoothing: the lucky first update counts
     assert module._steps_to(rows, 2.0, window=10) is None
+    with pytest.raises(ValueError, match="threshold_window must be a positive int"):
+        module._steps_to(rows, 0.5, window=0)
