@@ -151,6 +151,8 @@ def test_a_ladder_gives_each_agent_its_env_a_floor_per_env_and_steps_to_threshol
     assert "| score__mlp |" in text and "| score__mlp | NetHackScore-v0 |" not in text  # no threshold there
     assert (results / f"curves_{room}.png").is_file()  # one figure per env (NetHack had no finished episode)
     assert "| room__random | - |" in text  # a floor, not a trained agent
+    assert f"Envs `{room}`, `NetHackScore-v0`," in text  # the header names every env of a ladder
+    assert "Uniform random play scores" not in text  # one env's floor would mislabel the others
 
 
 def test_a_floor_must_be_a_built_in_one(tmp_path):
