@@ -208,6 +208,9 @@ def run(args: Args, config: dict) -> None:
             summary = run_dir / "summary.json"
             if not summary.is_file() or json.loads(summary.read_text())["interrupted"]:
                 train(config, agent, seed, run_dir, args.torch_threads)
+                if json.loads(summary.read_text())["interrupted"]:  # stopped (SIGTERM): the study stops too
+                    print(f"stopped before the end: {run_dir}; rerun to resume it", flush=True)
+                    return
             keep_metrics(run_dir / "metrics.jsonl", out / "metrics.jsonl")
             shutil.copy(run_dir / "summary.json", out / "summary.json")
         if args.train_only:

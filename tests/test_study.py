@@ -162,13 +162,40 @@ def test_a_floor_must_be_a_built_in_one(tmp_path):
     assert done.returncode != 0 and "floor must be one of" in done.stderr
 
 
-def test_steps_to_threshold_needs_a_full_window_of_updates(monkeypatch):
+@pytest.fixture
+def module(monkeypatch):
+    """examples/study.py imported, to call its functions without a subprocess."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("study_module", STUDY)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "study_module", module)  # dataclasses look their module up there
-    spec.loader.exec_module(module)
+    loaded = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "study_module", loaded)  # dataclasses look their module up there
+    spec.loader.exec_module(loaded)
+    return loaded
+
+
+def test_a_run_stopped_by_sigterm_is_not_evaluated_and_stops_the_study(tmp_path, module, monkeypatch):
+    # ppo_nethack.py exits cleanly on SIGTERM with a summary marked interrupted; evaluating that
+    # half-trained checkpoint would write an eval.json and so mark the run finished for good.
+    trained = []
+
+    def stopped_training(config, agent, seed, run_dir, torch_threads):
+        trained.append((agent, seed))
+        run_dir.mkdir(parents=True)
+        (run_dir / "summary.json").write_text(json.dumps({"interrupted": True, "global_step": 64}))
+
+    monkeypatch.setattr(module, "train", stopped_training)
+    config = {**TINY, "seeds": [1, 2], "agents": {"mlp": {"policy": "mlp"}}}
+    args = module.Args(
+        command="run", runs_root=str(tmp_path / "runs"), results_root=str(tmp_path / "results"), torch_threads=1
+    )
+    module.run(args, config)
+    assert trained == [("mlp", 1)]  # seed 2 is left for the rerun that resumes seed 1
+    assert not list((tmp_path / "results").rglob("eval*.json"))
+    assert not list((tmp_path / "results").rglob("summary.json"))
+
+
+def test_steps_to_threshold_needs_a_full_window_of_updates(module):
     # One lucky episode at the first update, then failures, then learning from update 13 on.
     returns = [0.9] + [-1.0] * 11 + [1.0] * 20
     rows = [{"global_step": 100 * (i + 1), "episodic_return": r} for i, r in enumerate(returns)]
