@@ -275,6 +275,21 @@ def _steps_to(rows: list[dict], threshold: float, window: int = SMOOTHING) -> in
     return next((row["global_step"] for row in smoothed if row["episodic_return"] >= threshold), None)
 
 
+def _training_sps(rows: list[dict]) -> float | None:
+    """A run's env steps per second of training: its steps over the time its updates took.
+
+    Each row's ``sps`` covers one update (rollout and PPO step), so a run resumed from its checkpoint, or
+    run with different thread counts in parts, is timed over all of its updates and never over the gap
+    (``summary.json``'s ``sps`` covers only the last process)."""
+    steps, seconds, previous = 0, 0.0, 0
+    for row in rows:
+        if row.get("sps"):
+            steps += row["global_step"] - previous
+            seconds += (row["global_step"] - previous) / row["sps"]
+        previous = row["global_step"]
+    return steps / seconds if seconds > 0 else None
+
+
 def _finetune_mean(rows: list[dict], key: str, fraction: float = 0.1) -> float | None:
     """Mean of ``key`` over the last ``fraction`` of a run's fine-tune rows (None when absent)."""
     tail = [row[key] for row in rows if row.get("phase") == "finetune" and row.get(key) is not None]
@@ -293,7 +308,6 @@ def report(config: dict, root: Path) -> Path:
     out = root / config["name"]
     evals: dict[str, list[EvalResult]] = {}
     metrics: dict[str, list[list[dict]]] = {}
-    summaries: dict[str, list[dict]] = {}
     seeds: dict[str, list[int]] = {}  # the finished seeds of each agent, in the order of metrics[agent]
     for agent, seed in plan(config):
         folder = result_dir(config, agent, seed, root)
@@ -303,7 +317,6 @@ def report(config: dict, root: Path) -> Path:
         if seed is not None:
             metrics.setdefault(agent, []).append(read_metrics(folder / "metrics.jsonl"))
             seeds.setdefault(agent, []).append(seed)
-            summaries.setdefault(agent, []).append(json.loads((folder / "summary.json").read_text()))
     if not evals:
         raise ValueError(f"no finished run of study {config['name']!r} under {str(out)!r}")
     random_scores = {  # the random floor's mean score on each env that has one
@@ -335,8 +348,8 @@ def report(config: dict, root: Path) -> Path:
     for agent, results in evals.items():
         pooled = {m: [v for r in results for v in r.metric(m)] for m in ("score", "return", "depth", "length")}
         _, seeds_ci, ratio = _seed_scores(results, random_scores.get(env_of(config, agent)))
-        sps = summaries.get(agent)
-        sps_text = "-" if not sps else f"{sum(s['sps'] for s in sps) / len(sps):.0f}"
+        sps = [_training_sps(rows) for rows in metrics.get(agent, [])]
+        sps_text = "-" if not sps or None in sps else f"{sum(sps) / len(sps):.0f}"
         lines.append(
             f"| {agent} | {len(results) if floor_of(config, agent) is None else '-'} | {seeds_ci} | "
             f"{_fmt(*bootstrap_ci(pooled['score']))} | {ratio} | {_fmt(*bootstrap_ci(pooled['return']))} | "

@@ -206,3 +206,14 @@ def test_steps_to_threshold_needs_a_full_window_of_updates(module):
     assert module._steps_to(rows, 2.0, window=10) is None
     with pytest.raises(ValueError, match="threshold_window must be a positive int"):
         module._steps_to(rows, 0.5, window=0)
+
+
+def test_training_speed_is_timed_over_every_update_of_a_resumed_run(module):
+    # 4 updates of 1,000 steps: two at 500 steps/s (2 s each), then a resume on fewer threads at
+    # 250 steps/s (4 s each). summary.json's sps, from the last process, would say 250.
+    rows = [{"global_step": 1000 * (i + 1), "sps": sps} for i, sps in enumerate([500, 500, 250, 250])]
+    assert module._training_sps(rows) == pytest.approx(4000 / 12)
+    # A row without a speed (an older metrics file) counts neither its steps nor any time.
+    rows[1] = {"global_step": 2000}
+    assert module._training_sps(rows) == pytest.approx(3000 / 10)
+    assert module._training_sps([]) is None
