@@ -271,6 +271,10 @@ class HypergraphLogicEncoder(nn.Module):
             )
         return values
 
+    def applicable_operators(self, obs: Mapping[str, Any]) -> Tensor:
+        """The ``(B, O)`` bool applicability of a prepared observation's operators."""
+        return self.hypergraph.applicable(self.activations(obs))
+
     def prepare(self, obs: dict[str, Any]) -> dict[str, Any]:
         """Store ``atoms(obs)`` under ``key`` when the observation lacks it (the policy calls this eagerly)."""
         if self.key not in obs and self.atoms is not None:

@@ -17,6 +17,7 @@ this convention (:class:`Fusion` states it as a protocol).
 
 from __future__ import annotations
 
+import numbers
 from typing import NamedTuple, Protocol, runtime_checkable
 
 import torch
@@ -70,12 +71,30 @@ class CrossAttentionFusion(nn.Module):
     distinct row and are gathered per sample; only the part that depends on
     the visual tokens runs per sample. Both shortcuts are exact.
 
+    With ``applicable_queries=True`` only the operators whose preconditions
+    hold (``logic.applicable``) read the visual tokens: an operator that
+    cannot fire has nothing to look for, so its :math:`g_o` is 0 and its
+    attention row is 0, while its token and score still enter the pool. The
+    applicable operators of each sample are gathered, ``K`` per sample
+    (padded and masked), and only they attend, so the attention costs
+    ``B * K`` rows instead of ``B * O``; on NetHack ``K`` is about 8 of 59
+    operators. In eager mode ``K`` is the batch's largest applicable count;
+    under ``torch.compile`` it is ``max_queries`` when that is set (a static
+    cap; the caller must make sure no sample exceeds it, as
+    :class:`~crossmoe.CrossAttentionMoEPolicy` does before it runs its
+    compiled graph), else ``O``. The result equals the full computation with
+    the non-applicable operators' gated outputs and attention masked to 0.
+    Without ``logic.applicable`` every operator queries.
+
     Args:
         dim: Width ``D`` of both token streams and of the context.
         num_heads: Attention heads ``H``.
         sparse_topk: Fraction of kept visual tokens each attention row may use, in ``(0, 1]``.
         dropout: Attention dropout (keep 0 for PPO).
         head_dim: Width of each head; ``None`` means ``dim // num_heads``.
+        applicable_queries: Only the applicable operators query the visual tokens (see above).
+        max_queries: Under ``torch.compile``, the static number of gathered operators per sample
+            (``None``: all ``O``). Eager mode ignores it.
 
     Shapes:
         - visual_tokens: ``(B, N, D)``; visual_mask: ``(B, N)`` bool or None
@@ -84,36 +103,96 @@ class CrossAttentionFusion(nn.Module):
     """
 
     def __init__(
-        self, dim: int, num_heads: int = 4, sparse_topk: float = 0.3, dropout: float = 0.0, head_dim: int | None = None
+        self,
+        dim: int,
+        num_heads: int = 4,
+        sparse_topk: float = 0.3,
+        dropout: float = 0.0,
+        head_dim: int | None = None,
+        *,
+        applicable_queries: bool = False,
+        max_queries: int | None = None,
     ) -> None:
         super().__init__()
+        if not isinstance(applicable_queries, bool):
+            raise TypeError(f"applicable_queries must be a bool, got {type(applicable_queries).__name__}")
+        if max_queries is not None and (
+            not isinstance(max_queries, numbers.Integral) or isinstance(max_queries, bool) or max_queries < 1
+        ):
+            raise ValueError(f"max_queries must be a positive integer or None, got {max_queries!r}")
         self.dim = dim
+        self.applicable_queries = applicable_queries
+        self.max_queries = None if max_queries is None else int(max_queries)
         self.attention = CausalGatedCrossAttention(dim, num_heads, sparse_topk, dropout, head_dim=head_dim)
         self.pool_score = nn.Linear(dim, 1, bias=False)  # a bias would cancel in the softmax
         self.pool_norm = nn.LayerNorm(dim)
 
     def forward(self, visual_tokens: Tensor, visual_mask: Tensor | None, logic: LogicOutput) -> FusionOutput:
-        tokens, scores, _, index = logic
+        tokens, scores, applicable, index = logic
         attn = self.attention
         if visual_mask is not None and not is_compiling():  # a host sync: eager mode only
             check_mask_keeps_a_key(visual_mask, "visual_mask")
-        q, gate = attn.project_query(tokens)  # (U or B, ...): once per distinct token set
-        token_score = self.pool_score(tokens).squeeze(-1)  # w . t_o, (U or B, O)
+        token_score = self.pool_score(tokens).squeeze(-1)  # w . t_o, (U or B, O): once per distinct token set
         if index is not None:
             # index_select, not x[index]: its backward (index_add) is far faster on the CPU than index_put.
-            q, gate, token_score = (x.index_select(0, index) for x in (q, gate, token_score))
-        gated, attention = attn.attend(q, gate, *attn.project_context(visual_tokens), visual_mask)  # (B, O, H*d)
+            token_score = token_score.index_select(0, index)
+        pool_logits = token_score if scores is None else token_score + scores  # (B, O)
         gated_score_weight = attn.to_out.weight.t() @ self.pool_score.weight.squeeze(0)  # W_out^T w, (H*d,)
-        pool_logits = token_score + gated @ gated_score_weight
-        if scores is not None:
-            pool_logits = pool_logits + scores
-        pool = torch.softmax(pool_logits, dim=1)  # (B, O)
+        k, v = attn.project_context(visual_tokens)
+        if self.applicable_queries and applicable is not None:
+            return self._applicable_only(k, v, visual_mask, logic, pool_logits, gated_score_weight)
+        q, gate = attn.project_query(tokens)  # (U or B, ...)
+        if index is not None:
+            q, gate = q.index_select(0, index), gate.index_select(0, index)
+        gated, attention = attn.attend(q, gate, k, v, visual_mask)  # (B, O, H*d)
+        pool = torch.softmax(pool_logits + gated @ gated_score_weight, dim=1)  # (B, O)
         pooled_tokens = torch.einsum("bo,bod->bd", pool, logic.per_sample_tokens())
         pooled_gated = torch.einsum("bo,boc->bc", pool, gated)
         return FusionOutput(self.pool_norm(pooled_tokens + attn.to_out(pooled_gated)), attention)
 
+    def _applicable_only(
+        self,
+        k: Tensor,
+        v: Tensor,
+        visual_mask: Tensor | None,
+        logic: LogicOutput,
+        pool_logits: Tensor,
+        gated_score_weight: Tensor,
+    ) -> FusionOutput:
+        """The forward with only the applicable operators querying: ``K`` gathered operators per sample."""
+        attn, (tokens, _, applicable, index) = self.attention, logic
+        batch, num_operators = applicable.shape
+        if index is not None:
+            # Applicability is a function of the token set, so each distinct row gathers its operators once.
+            applicable = applicable.new_zeros(tokens.shape[:2]).index_copy_(0, index, applicable)
+        counts = applicable.sum(1)  # (U or B,)
+        if is_compiling():
+            width = num_operators if self.max_queries is None else min(self.max_queries, num_operators)
+        else:
+            width = int(counts.max()) if counts.numel() else 0  # a host sync: the largest applicable count
+        # The applicable operators first, in operator order; the rest of the K slots are padding.
+        order = torch.argsort(applicable.to(torch.uint8), dim=1, descending=True, stable=True)[:, :width]  # (U, K)
+        valid = torch.arange(width, device=order.device) < counts.unsqueeze(1)  # (U, K)
+        gathered = tokens.gather(1, order.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))  # (U, K, D)
+        q, gate = attn.project_query(gathered)
+        if index is not None:
+            q, gate, order, valid = (x.index_select(0, index) for x in (q, gate, order, valid))
+        gated, attention = attn.attend(q, gate, k, v, visual_mask)  # (B, K, H*d), (B, H, K, N)
+        gated = gated * valid.unsqueeze(-1).to(gated.dtype)  # padding slots read nothing
+        # The slots of one sample are distinct operators, so a scatter-add places each score once.
+        pool = torch.softmax(pool_logits.scatter_add(1, order, gated @ gated_score_weight), dim=1)  # (B, O)
+        pooled_tokens = torch.einsum("bo,bod->bd", pool, logic.per_sample_tokens())
+        pooled_gated = torch.einsum("bk,bkc->bc", pool.gather(1, order), gated)
+        context = self.pool_norm(pooled_tokens + attn.to_out(pooled_gated))
+        # The (B, H, O, N) maps of the contract: the gathered rows in place, 0 for the operators that did not query.
+        heads, keys = attention.shape[1], attention.shape[-1]
+        attention = attention * valid[:, None, :, None].to(attention.dtype)
+        full = attention.new_zeros(batch, heads, num_operators, keys)
+        full.scatter_(2, order[:, None, :, None].expand(-1, heads, -1, keys), attention)
+        return FusionOutput(context, full)
+
     def extra_repr(self) -> str:
-        return f"dim={self.dim}"
+        return f"dim={self.dim}, applicable_queries={self.applicable_queries}, max_queries={self.max_queries}"
 
 
 class ConcatFusion(nn.Module):
@@ -160,15 +239,26 @@ def make_fusion(
     sparse_topk: float = 0.3,
     dropout: float = 0.0,
     head_dim: int | None = None,
+    applicable_queries: bool = False,
+    max_queries: int | None = None,
 ) -> nn.Module:
     """The fusion module named by ``fusion`` (``"cross_attention"`` or ``"concat"``), or ``fusion`` itself.
 
-    A module is returned as it is; the attention arguments apply to ``"cross_attention"`` only.
+    A module is returned as it is; the attention arguments (including ``applicable_queries`` and
+    ``max_queries``) apply to ``"cross_attention"`` only.
     """
     if isinstance(fusion, nn.Module):
         return fusion
     if fusion == "cross_attention":
-        return CrossAttentionFusion(dim, num_heads, sparse_topk, dropout, head_dim)
+        return CrossAttentionFusion(
+            dim,
+            num_heads,
+            sparse_topk,
+            dropout,
+            head_dim,
+            applicable_queries=applicable_queries,
+            max_queries=max_queries,
+        )
     if fusion == "concat":
         return ConcatFusion(dim)
     raise ValueError(

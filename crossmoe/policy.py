@@ -88,9 +88,17 @@ class ActorCriticBase(nn.Module):
     def forward(self, obs: Observation) -> Any:
         """The policy's outputs for a batch: numpy arrays or tensors, a dict or a bare array."""
         obs = self.prepare(obs)
-        if self._compiled_forward is None or (self._compile_options["inference_only"] and torch.is_grad_enabled()):
+        if (
+            self._compiled_forward is None
+            or (self._compile_options["inference_only"] and torch.is_grad_enabled())
+            or not self.fits_compiled(obs)
+        ):
             return self.forward_tensors(obs)
         return self._compiled_forward(self, obs)
+
+    def fits_compiled(self, obs: Mapping[str, Any]) -> bool:
+        """Whether the compiled graph computes this prepared batch exactly (else :meth:`forward` runs eagerly)."""
+        return True
 
     def compile(self, *args: Any, inference_only: bool = False, **kwargs: Any) -> None:
         """Compile the hot path, :meth:`forward_tensors`, with ``torch.compile(*args, **kwargs)``, in place.
@@ -202,6 +210,14 @@ class CrossAttentionMoEPolicy(ActorCriticBase):
         num_heads: Attention heads (``"cross_attention"`` only).
         head_dim: Width of each attention head; ``None`` means ``dim // num_heads``.
         sparse_topk: Fraction of kept visual tokens each attention row may use.
+        applicable_queries: Only the operators the logic encoder reports applicable
+            query the visual tokens (``"cross_attention"`` only; see
+            :class:`~crossmoe.fusion.CrossAttentionFusion`), so the attention's cost
+            follows the applicable count rather than all operators.
+        max_queries: With ``applicable_queries``, the static number of gathered operators
+            per sample in a compiled graph (``None``: all of them). A batch in which some
+            sample has more applicable operators runs eagerly, so the result never depends
+            on the cap; this needs a logic encoder with ``applicable_operators(obs)``.
         dropout: Attention dropout (keep 0 for PPO, which needs the rollout
             and the update to see the same policy).
         router_hidden_dim: Hidden width of the router MLP (0 for a linear router).
@@ -245,6 +261,8 @@ class CrossAttentionMoEPolicy(ActorCriticBase):
         head_dim: int | None = None,
         sparse_topk: float = 0.3,
         dropout: float = 0.0,
+        applicable_queries: bool = False,
+        max_queries: int | None = None,
         router_hidden_dim: int = 128,
         expert_hidden_dim: int = 128,
         critic_hidden_dim: int = 128,
@@ -263,8 +281,21 @@ class CrossAttentionMoEPolicy(ActorCriticBase):
         self.logic_encoder = logic_encoder
         self.action_dim, self.dim = action_dim, dim
         self.fusion = make_fusion(
-            fusion, dim, num_heads=num_heads, sparse_topk=sparse_topk, dropout=dropout, head_dim=head_dim
+            fusion,
+            dim,
+            num_heads=num_heads,
+            sparse_topk=sparse_topk,
+            dropout=dropout,
+            head_dim=head_dim,
+            applicable_queries=applicable_queries,
+            max_queries=max_queries,
         )
+        capped = getattr(self.fusion, "applicable_queries", False) and getattr(self.fusion, "max_queries", None)
+        if capped and not hasattr(logic_encoder, "applicable_operators"):
+            raise ValueError(
+                f"max_queries needs a logic encoder with applicable_operators(obs), so that a batch over the cap "
+                f"runs eagerly; got {type(logic_encoder).__name__}"
+            )
         self.router = SparsemaxRouter(dim, num_experts, router_hidden_dim, alpha=alpha, temperature=temperature)
         self.experts = SemanticExpertBank(dim, action_dim, num_experts, expert_hidden_dim, names=expert_names)
         self.critic = nn.Sequential(nn.Linear(dim, critic_hidden_dim), nn.Tanh(), nn.Linear(critic_hidden_dim, 1))
@@ -287,6 +318,14 @@ class CrossAttentionMoEPolicy(ActorCriticBase):
 
     def encoders(self) -> tuple[nn.Module, ...]:
         return (self.visual_encoder, self.logic_encoder)
+
+    def fits_compiled(self, obs: Mapping[str, Any]) -> bool:
+        """False when some sample has more applicable operators than the fusion's static ``max_queries``."""
+        cap = getattr(self.fusion, "max_queries", None)
+        if cap is None or not getattr(self.fusion, "applicable_queries", False):
+            return True
+        counts = self.logic_encoder.applicable_operators(obs).sum(1)
+        return counts.numel() == 0 or int(counts.max()) <= cap
 
     def encode(self, obs: Mapping[str, Any]) -> tuple[Tensor, Tensor | None, LogicOutput]:
         """Fuse the two streams of a prepared observation: ``(context (B, D), attention or None, LogicOutput)``."""

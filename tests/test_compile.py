@@ -135,3 +135,31 @@ def test_entmax_custom_op_passes_torch_opcheck():
     for alpha in (1.0, 1.3, 1.5, 2.0):
         logits = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
         torch.library.opcheck(_entmax_op, (logits, torch.tensor(alpha, dtype=torch.float64)))
+
+
+def test_a_batch_over_the_static_query_cap_runs_eagerly(real_obs):
+    """With applicable_queries, the compiled graph gathers max_queries operators per sample; a batch in which some
+    state has more applicable operators must not run it (the graph would drop operators), and gives eager's result."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    probe = make_policy(dim=DIM)
+    counts = probe.logic_encoder.applicable_operators(probe.prepare(real_obs)).sum(1)
+    cap = int(counts.min())
+    assert int(counts.max()) > cap  # the states differ in how many operators apply
+    policy = make_policy(dim=DIM, alpha=1.0, max_queries=cap)
+    eager = policy(real_obs)
+    policy.compile(backend="aot_eager")
+    calls = []
+    compiled = policy._compiled_forward
+    policy._compiled_forward = lambda *args: calls.append(1) or compiled(*args)
+    out = policy(real_obs)
+    assert not calls
+    torch.testing.assert_close(out.logits, eager.logits)
+    # The states within the cap take the compiled graph, and it agrees with eager there.
+    fits = (counts <= cap).nonzero().squeeze(1).numpy()
+    assert len(fits) > 0
+    within = {key: value[fits] for key, value in real_obs.items()}
+    out = policy(within)
+    assert calls
+    policy._compiled_forward = None
+    torch.testing.assert_close(out.logits, policy(within).logits, rtol=1e-5, atol=1e-6)

@@ -54,6 +54,95 @@ def test_cross_attention_fusion_deduplicated_tokens_give_the_same_context_and_gr
         torch.testing.assert_close(fast_grad, slow_grad)
 
 
+def _masked_reference(fusion, visual, mask, tokens, scores, applicable):
+    """The applicable-only fusion written out: every operator attends, then the others' outputs are zeroed."""
+    attn = fusion.attention
+    gated, attention = attn.attend(*attn.project_query(tokens), *attn.project_context(visual), mask)
+    gated = gated * applicable.unsqueeze(-1)
+    attention = attention * applicable[:, None, :, None]
+    fused = tokens + attn.to_out(gated)  # (B, O, D): t_o + W_out g_o + b_out
+    pool = torch.softmax(fusion.pool_score(fused).squeeze(-1) + scores, dim=1)
+    return fusion.pool_norm((pool.unsqueeze(-1) * fused).sum(1)), attention
+
+
+def _applicability(index, seed=0):
+    """Per-sample applicability that is a function of the token row (as the logic encoder's is)."""
+    rows = torch.rand(3, OPS, generator=torch.Generator().manual_seed(seed)) > 0.5
+    rows[0] = True  # a state in which every operator applies
+    rows[1] = False  # and one in which none does
+    return rows[index]
+
+
+@pytest.mark.parametrize("deduplicated", [False, True])
+@pytest.mark.parametrize("static_width", [False, True])
+def test_applicable_queries_equal_the_masked_computation(monkeypatch, deduplicated, static_width):
+    """Only applicable operators query: context, attention and gradients equal the masked full computation.
+
+    ``static_width`` runs the compiled graph's layout (a fixed number of gathered slots, padding masked) in eager
+    mode, by making the fusion believe it is being compiled.
+    """
+    torch.manual_seed(0)
+    fusion = CrossAttentionFusion(DIM, num_heads=2, sparse_topk=0.5, head_dim=4, applicable_queries=True)
+    visual, mask, tokens, index, scores = _streams(seed=3)
+    applicable = _applicability(index)
+    if static_width:
+        fusion.max_queries = OPS
+        monkeypatch.setattr("crossmoe.fusion.is_compiling", lambda: True)
+    per_sample = tokens[index].clone().requires_grad_(True)
+    logic = LogicOutput(tokens.clone().requires_grad_(True), scores, applicable, index)
+    if not deduplicated:
+        logic = LogicOutput(per_sample, scores, applicable)
+    context, attention = fusion(visual, mask, logic)
+    params = list(fusion.parameters())
+    grads = torch.autograd.grad(context.square().sum(), [logic.tokens, *params])
+    monkeypatch.undo()
+    reference_tokens = tokens[index].clone().requires_grad_(True)
+    expected, expected_attention = _masked_reference(fusion, visual, mask, reference_tokens, scores, applicable)
+    expected_grads = torch.autograd.grad(expected.square().sum(), [reference_tokens, *params])
+    torch.testing.assert_close(context, expected)
+    torch.testing.assert_close(attention, expected_attention)
+    token_grad = grads[0]
+    if deduplicated:
+        expected_grads = (torch.zeros_like(tokens).index_add_(0, index, expected_grads[0]), *expected_grads[1:])
+    torch.testing.assert_close(token_grad, expected_grads[0])
+    for grad, expected_grad in zip(grads[1:], expected_grads[1:], strict=True):
+        torch.testing.assert_close(grad, expected_grad)
+
+
+def test_applicable_queries_with_nothing_applicable_is_the_token_pool():
+    fusion = CrossAttentionFusion(DIM, num_heads=2, head_dim=4, applicable_queries=True)
+    visual, mask, tokens, index, scores = _streams(seed=4)
+    none = torch.zeros(B, OPS, dtype=torch.bool)
+    context, attention = fusion(visual, mask, LogicOutput(tokens, scores, none, index))
+    fused = tokens[index] + fusion.attention.to_out.bias
+    pool = torch.softmax(fusion.pool_score(fused).squeeze(-1) + scores, dim=1)
+    torch.testing.assert_close(context, fusion.pool_norm((pool.unsqueeze(-1) * fused).sum(1)))
+    assert attention.shape == (B, 2, OPS, N) and not bool(attention.any())
+
+
+def test_applicable_queries_without_applicability_falls_back_to_every_operator():
+    fusion = CrossAttentionFusion(DIM, num_heads=2, head_dim=4, applicable_queries=True)
+    visual, mask, tokens, index, scores = _streams(seed=5)
+    everything = CrossAttentionFusion(DIM, num_heads=2, head_dim=4)
+    everything.load_state_dict(fusion.state_dict())
+    logic = LogicOutput(tokens, scores, None, index)
+    torch.testing.assert_close(fusion(visual, mask, logic).context, everything(visual, mask, logic).context)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"applicable_queries": 1}, TypeError, "applicable_queries must be a bool, got int"),
+        ({"max_queries": 0}, ValueError, "max_queries must be a positive integer or None, got 0"),
+        ({"max_queries": 2.5}, ValueError, "max_queries must be a positive integer or None, got 2.5"),
+        ({"max_queries": True}, ValueError, "max_queries must be a positive integer or None, got True"),
+    ],
+)
+def test_applicable_queries_options_are_checked(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        CrossAttentionFusion(DIM, num_heads=2, **kwargs)
+
+
 def test_concat_fusion_equals_its_definition():
     fusion = ConcatFusion(DIM)
     visual, mask, tokens, index, scores = _streams(seed=2)

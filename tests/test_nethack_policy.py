@@ -96,7 +96,10 @@ def test_output_shapes_and_simplex(real_obs, fusion):
         num_tokens = policy.visual_encoder.num_tokens
         heads = policy.fusion.attention.num_heads
         assert out.attention.shape == (batch, heads, num_ops, num_tokens)
-        torch.testing.assert_close(out.attention.sum(-1), torch.ones(batch, heads, num_ops))
+        # The applicable operators' rows lie on the simplex; the others did not query (applicable_queries).
+        rows = out.applicable[:, None, :].expand(-1, heads, -1).float()
+        torch.testing.assert_close(out.attention.sum(-1), rows)
+        assert 0 < int(out.applicable.sum()) < out.applicable.numel()
 
 
 def test_applicable_is_the_symbolic_precondition_check(real_obs, policy):
@@ -190,13 +193,23 @@ def test_deduplicated_logic_stream_matches_the_per_sample_path(real_obs, fusion)
         torch.testing.assert_close(fast_grad, slow_grad, rtol=1e-3, atol=1e-5)
 
 
-def test_context_is_the_layer_norm_of_the_pooled_fused_tokens(real_obs, policy):
-    """The policy pools before the attention's output projection; check it against the direct definition."""
+@pytest.mark.parametrize("applicable_queries", [True, False])
+def test_context_is_the_layer_norm_of_the_pooled_fused_tokens(real_obs, applicable_queries):
+    """The policy pools before the attention's output projection; check it against the direct definition.
+
+    With ``applicable_queries`` an operator that does not apply adds nothing from the map: its fused token is
+    its own token, ``t_o + b_out``.
+    """
+    torch.manual_seed(0)
+    policy = make_policy(23, dim=DIM, applicable_queries=applicable_queries)
     obs = {**real_obs, "atoms": extract_atoms(real_obs)}
     logic = policy.logic_encoder(obs)
     visual, mask = policy.visual_encoder(obs)
     fusion = policy.fusion
-    fused = fusion.attention(logic.per_sample_tokens(), visual, mask)  # (B, O, D)
+    tokens = logic.per_sample_tokens()
+    fused = fusion.attention(tokens, visual, mask)  # (B, O, D)
+    if applicable_queries:
+        fused = torch.where(logic.applicable.unsqueeze(-1), fused, tokens + fusion.attention.to_out.bias)
     pool = torch.softmax(fusion.pool_score(fused).squeeze(-1) + logic.scores, dim=1)
     expected = fusion.pool_norm((pool.unsqueeze(-1) * fused).sum(1))
     torch.testing.assert_close(policy(obs).context, expected, rtol=1e-4, atol=1e-5)
@@ -408,6 +421,20 @@ def test_a_checkpoint_from_before_the_knowledge_pathway_still_loads(real_obs):
     assert agent.knowledge is None
     agent.load_state_dict(old.state_dict())
     torch.testing.assert_close(agent.eval()(real_obs).logits, old(real_obs).logits)
+
+
+def test_a_checkpoint_from_before_applicable_queries_still_computes_what_it_learned(real_obs):
+    """Its config has no ``applicable_queries`` key: every operator read the map, and it is rebuilt that way."""
+    torch.manual_seed(0)
+    old = make_policy(23, dim=DIM, applicable_queries=False).eval()
+    config = {key: value for key, value in old.config.items() if key not in ("applicable_queries", "max_queries")}
+    agent = build_agent(config)
+    assert not agent.fusion.applicable_queries
+    agent.load_state_dict(old.state_dict())
+    out = agent.eval()(real_obs)
+    torch.testing.assert_close(out.logits, old(real_obs).logits)
+    torch.testing.assert_close(out.attention.sum(-1), torch.ones_like(out.attention.sum(-1)))
+    assert make_policy(23, dim=DIM).fusion.applicable_queries  # new agents query with the applicable operators
 
 
 def test_uniform_router_init_routes_every_state_evenly(real_obs):

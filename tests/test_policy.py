@@ -595,3 +595,24 @@ def test_unique_rows_of_wide_binary_rows_match_torch_unique(rows, columns, disti
     assert torch.equal(
         index.unsqueeze(0) == index.unsqueeze(1), expected_index.unsqueeze(0) == expected_index.unsqueeze(1)
     )
+
+
+def test_a_static_query_cap_needs_a_logic_encoder_that_reports_applicability():
+    """max_queries is only safe when the policy can check a batch against it before running the compiled graph."""
+    with pytest.raises(
+        ValueError, match=r"max_queries needs a logic encoder with applicable_operators.*LearnedQueries"
+    ):
+        CrossAttentionMoEPolicy(
+            BoxEncoder(4, 8),
+            LearnedQueries(3, 8),
+            action_dim=5,
+            dim=8,
+            num_heads=2,
+            applicable_queries=True,
+            max_queries=2,
+        )
+    # Without a cap (or without applicable_queries) any logic encoder works.
+    CrossAttentionMoEPolicy(BoxEncoder(4, 8), LearnedQueries(3, 8), action_dim=5, dim=8, num_heads=2, max_queries=2)
+    CrossAttentionMoEPolicy(
+        BoxEncoder(4, 8), LearnedQueries(3, 8), action_dim=5, dim=8, num_heads=2, applicable_queries=True
+    )

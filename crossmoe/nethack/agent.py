@@ -122,6 +122,8 @@ def make_policy(
     prior_init: float = 1.0,
     knowledge_pathway: Literal["prior", "attention"] = "prior",
     action_set: Sequence[Any] | None = None,
+    applicable_queries: bool = True,
+    max_queries: int | None = 16,
     **policy_kwargs: Any,
 ) -> CrossAttentionMoEPolicy:
     """Build the NetHack agent: atoms and hypergraph, visual tokens, fusion, router, experts and critic.
@@ -172,6 +174,15 @@ def make_policy(
         action_set: The env's actions (enum members or ``"Enum.MEMBER"``
             names), which the operators' actions are matched against; read
             from ``env`` when given, else ``NetHackScore-v0``'s.
+        applicable_queries: Only the applicable operators query the map
+            (:class:`~crossmoe.fusion.CrossAttentionFusion`); about 5 of the 59
+            apply in a typical state, so the cross-attention costs a fraction
+            of all operators querying. ``False`` is the earlier design, in
+            which every operator reads the map (what checkpoints from before
+            this option load as).
+        max_queries: Operators gathered per sample in a compiled graph; a
+            batch in which some state has more applicable operators runs
+            eagerly. ``None``: all of them.
         **policy_kwargs: Passed to :class:`~crossmoe.policy.CrossAttentionMoEPolicy`
             (``sparse_topk``, ``alpha``, ``temperature``, ...).
 
@@ -221,6 +232,8 @@ def make_policy(
         head_dim=head_dim,
         expert_names=hypergraph.experts,
         knowledge=prior,
+        applicable_queries=applicable_queries,
+        max_queries=max_queries,
         **policy_kwargs,
     )
     policy.config = {
@@ -240,6 +253,8 @@ def make_policy(
         "prior_init": prior_init,
         "knowledge_pathway": knowledge_pathway,
         "action_set": actions,
+        "applicable_queries": applicable_queries,
+        "max_queries": max_queries,
         **policy_kwargs,
     }
     return policy
@@ -290,6 +305,7 @@ def build_agent(config: Mapping[str, Any]) -> CrossAttentionMoEPolicy | ActorCri
         raise ValueError("config['fusion'] is None: the agent used a custom fusion module, which a config cannot hold")
     kwargs["hypergraph"] = Hypergraph.from_dict(kwargs["hypergraph"])
     kwargs.setdefault("knowledge", False)  # a config from before the knowledge pathway: its weights have no prior
+    kwargs.setdefault("applicable_queries", False)  # from before applicable_queries: every operator read the map
     return make_policy(**kwargs)
 
 
