@@ -15,7 +15,8 @@ Prints one JSON line per phase (milliseconds, medians of ``--rounds``):
   shares of each phase.
 
 The observations come from random play. Usage:
-``python benchmarks/profile_training.py [--policy moe|mlp] [--fusion cross_attention|concat] [--rounds 20]``
+``python benchmarks/profile_training.py [--policy moe|mlp] [--fusion cross_attention|concat]
+[--no-applicable-queries] [--rounds 20]``
 """
 
 from __future__ import annotations
@@ -187,6 +188,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--compile", choices=("off", "rollout"), default="rollout")
+    parser.add_argument("--no-applicable-queries", dest="applicable_queries", action="store_false")
     cli = parser.parse_args()
     torch.set_num_threads(cli.threads)
     torch.manual_seed(0)
@@ -194,7 +196,14 @@ def main() -> None:
     instrument(atoms_module, "_navigation", "bfs")
     instrument(atoms_module, "extract_atoms", "atoms")
     # The policy's logic encoder holds its own reference to extract_atoms: point it at the timed one.
-    args = ppo_nethack.Args(policy=cli.policy, fusion=cli.fusion, compile=cli.compile, progress=False, plots=False)
+    args = ppo_nethack.Args(
+        policy=cli.policy,
+        fusion=cli.fusion,
+        compile=cli.compile,
+        applicable_queries=cli.applicable_queries,
+        progress=False,
+        plots=False,
+    )
     envs = make_vector_env(NUM_ENVS, seed=0)
     agent = ppo_nethack.make_agent(args, envs)
     if cli.policy == "moe":
@@ -215,7 +224,13 @@ def main() -> None:
     batch = {key: torch.cat([s[key] for s in steps]) for key in steps[0] if isinstance(steps[0][key], torch.Tensor)}
     update = profile_update(agent, batch, cli.rounds, args)
     envs.close()
-    config = {"policy": cli.policy, "fusion": cli.fusion if cli.policy == "moe" else None, "threads": cli.threads}
+    moe = cli.policy == "moe"
+    config = {
+        "policy": cli.policy,
+        "fusion": cli.fusion if moe else None,
+        "applicable_queries": cli.applicable_queries if moe and cli.fusion == "cross_attention" else None,
+        "threads": cli.threads,
+    }
     print(json.dumps({"profile": "rollout_step", **config, "B": NUM_ENVS, "ms": rollout}))
     print(json.dumps({"profile": "update_minibatch", **config, "B": NUM_STEPS * MINIBATCH_ENVS, "ms": update}))
     per_rollout = rollout["total"] * NUM_STEPS / 1e3

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from crossmoe._checks import check_int, check_real
 from crossmoe.functional import check_mask_keeps_a_key, is_compiling, sparse_topk_softmax
 
 __all__ = ["CausalGatedCrossAttention"]
@@ -78,19 +79,16 @@ class CausalGatedCrossAttention(nn.Module):
         head_dim: int | None = None,
     ) -> None:
         super().__init__()
-        if dim <= 0:
-            raise ValueError(f"dim must be a positive integer, got {dim!r}")
+        dim, num_heads = check_int(dim, "dim"), check_int(num_heads, "num_heads", minimum=0)
+        head_dim = None if head_dim is None else check_int(head_dim, "head_dim")
+        context_dim = dim if context_dim is None else check_int(context_dim, "context_dim")
+        sparse_topk, dropout = check_real(sparse_topk, "sparse_topk"), check_real(dropout, "dropout")
         if num_heads <= 0 or (head_dim is None and dim % num_heads != 0):
             raise ValueError(f"num_heads must be a positive divisor of dim={dim} (or pass head_dim), got {num_heads!r}")
-        if head_dim is not None and head_dim <= 0:
-            raise ValueError(f"head_dim must be a positive integer, got {head_dim!r}")
         if not (0.0 < sparse_topk <= 1.0):
             raise ValueError(f"sparse_topk must lie in (0, 1], got {sparse_topk!r}")
         if not (0.0 <= dropout < 1.0):
             raise ValueError(f"dropout must lie in [0, 1), got {dropout!r}")
-        context_dim = dim if context_dim is None else context_dim
-        if context_dim <= 0:
-            raise ValueError(f"context_dim must be a positive integer or None, got {context_dim!r}")
 
         self.dim = dim
         self.context_dim = context_dim

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from crossmoe._checks import check_int
+
 __all__ = ["DEFAULT_EXPERT_NAMES", "SemanticExpertBank"]
 
 DEFAULT_EXPERT_NAMES = ("survival", "combat", "exploration", "general")
@@ -54,14 +56,8 @@ class SemanticExpertBank(nn.Module):
         activation: nn.Module | None = None,
     ) -> None:
         super().__init__()
-        for arg, value in (
-            ("dim", dim),
-            ("out_dim", out_dim),
-            ("num_experts", num_experts),
-            ("hidden_dim", hidden_dim),
-        ):
-            if value <= 0:
-                raise ValueError(f"{arg} must be a positive integer, got {value!r}")
+        dim, out_dim = check_int(dim, "dim"), check_int(out_dim, "out_dim")
+        num_experts, hidden_dim = check_int(num_experts, "num_experts"), check_int(hidden_dim, "hidden_dim")
         if names is None or (tuple(names) == DEFAULT_EXPERT_NAMES and num_experts != len(DEFAULT_EXPERT_NAMES)):
             names = tuple(f"expert_{i}" for i in range(num_experts))
         if len(names) != num_experts:

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from crossmoe._cache import DeviceCache
+from crossmoe._checks import check_int, check_real
 from crossmoe.hypergraph import FORMAT, Hypergraph, OperatorSpec, action_name
 
 try:
@@ -76,10 +77,12 @@ class HypergraphEncoder(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        hidden_dim = min(dim, 64) if hidden_dim is None else hidden_dim
-        for arg, value in (("dim", dim), ("hidden_dim", hidden_dim), ("heads", heads)):
-            if value < 1:
-                raise ValueError(f"{arg} must be a positive integer, got {value}")
+        if not isinstance(hypergraph, Hypergraph):
+            raise TypeError(f"hypergraph must be a crossmoe Hypergraph, got {type(hypergraph).__name__}")
+        dim = check_int(dim, "dim")
+        hidden_dim = min(dim, 64) if hidden_dim is None else check_int(hidden_dim, "hidden_dim")
+        heads, effect_passes = check_int(heads, "heads"), check_int(effect_passes, "effect_passes", minimum=0)
+        dropout = check_real(dropout, "dropout")
         if hidden_dim % heads:
             raise ValueError(f"hidden_dim must be divisible by heads={heads}, got {hidden_dim}")
         if not 0.0 <= dropout < 1.0:

@@ -263,7 +263,16 @@ class Hypergraph:
         *,
         operator_to_expert: Mapping[str, str] | Callable[[str], str] | None = None,
     ) -> Hypergraph:
-        """Build a graph from a parsed JSON document; see :meth:`from_json`."""
+        """Build a graph from a parsed JSON document; see :meth:`from_json`.
+
+        A malformed document (a wrong type anywhere, a missing name) raises a
+        ``TypeError`` or ``ValueError`` that says where, never an error from
+        deep inside.
+        """
+        if not isinstance(data, Mapping):
+            raise TypeError(
+                f"data must be a JSON object (a {FORMAT!r} document or a research graph), got {type(data).__name__}"
+            )
         if "nodes" in data and "edges" in data:
             if operator_to_expert is None:
                 warnings.warn(
@@ -281,37 +290,46 @@ class Hypergraph:
             )
 
         def names(key: str) -> tuple[list[str], dict[str, str]]:
-            items = data.get(key, [])
-            out = [item if isinstance(item, str) else item["name"] for item in items]
-            text = {item["name"]: item.get("description", "") for item in items if isinstance(item, Mapping)}
+            out, text = [], {}
+            for i, item in enumerate(_json_list(data, key, key)):
+                if isinstance(item, str):
+                    out.append(item)
+                    continue
+                where = f"{key}[{i}]"
+                if not isinstance(item, Mapping):
+                    raise TypeError(f"{where} must be a name or an object with a 'name', got {type(item).__name__}")
+                out.append(_json_str(item, "name", where))
+                text[out[-1]] = _json_str(item, "description", where, default="")
             return out, text
 
         conditions, cond_text = names("conditions")
         effects, effect_text = names("effects")
+        experts = _json_list(data, "experts", "experts", default=list(DEFAULT_EXPERT_NAMES))
+        for i, expert in enumerate(experts):
+            if not isinstance(expert, str):
+                raise TypeError(f"experts[{i}] must be a string, got {type(expert).__name__}")
         specs = []
-        for op in data.get("operators", []):
+        for i, op in enumerate(_json_list(data, "operators", "operators")):
+            where = f"operators[{i}]"
             if not isinstance(op, Mapping) or "name" not in op:
-                raise ValueError(f"each operator must be an object with a 'name', got {op!r}")
-            expert = op.get("expert", "general")
+                raise ValueError(f"each operator must be an object with a 'name', got {where} = {op!r:.80}")
+            name = _json_str(op, "name", where)
+            expert = _json_str(op, "expert", where, default="general")
             if operator_to_expert is not None:
-                expert = _lookup_expert(operator_to_expert, op["name"], expert)
+                expert = _lookup_expert(operator_to_expert, name, expert)
+            lists = {}
+            for key in ("requires", "produces", "actions"):
+                items = _json_list(op, key, f"{where}.{key}")
+                for j, item in enumerate(items):
+                    allowed = (str, int) if key == "actions" else (str,)
+                    if not isinstance(item, allowed) or isinstance(item, bool):
+                        expected = "a name or an action index" if key == "actions" else "a condition or effect name"
+                        raise TypeError(f"{where}.{key}[{j}] must be {expected}, got {type(item).__name__}")
+                lists[key] = tuple(items)
             specs.append(
-                OperatorSpec(
-                    name=op["name"],
-                    requires=tuple(op.get("requires", ())),
-                    produces=tuple(op.get("produces", ())),
-                    expert=expert,
-                    actions=tuple(op.get("actions", ())),
-                    description=op.get("description", ""),
-                )
+                OperatorSpec(name=name, expert=expert, description=_json_str(op, "description", where, ""), **lists)
             )
-        return cls(
-            conditions,
-            specs,
-            effects,
-            experts=data.get("experts", DEFAULT_EXPERT_NAMES),
-            descriptions={**cond_text, **effect_text},
-        )
+        return cls(conditions, specs, effects, experts=experts, descriptions={**cond_text, **effect_text})
 
     @classmethod
     def from_json(
@@ -365,18 +383,33 @@ class Hypergraph:
         data: Mapping[str, Any],
         operator_to_expert: Mapping[str, str] | Callable[[str], str] | None,
     ) -> Hypergraph:
-        nodes = {node["id"]: node for node in data["nodes"]}
-        missing = {end for edge in data["edges"] for end in edge[:2] if end not in nodes}
+        raw_nodes, edges = _json_list(data, "nodes", "nodes"), _json_list(data, "edges", "edges")
+        nodes: dict[Any, Mapping[str, Any]] = {}
+        for i, node in enumerate(raw_nodes):
+            where = f"nodes[{i}]"
+            if not isinstance(node, Mapping):
+                raise TypeError(f"{where} must be an object with 'id', 'label' and 'type', got {type(node).__name__}")
+            if "id" not in node or isinstance(node["id"], (bool, list, dict)) or node["id"] is None:
+                raise ValueError(f"{where} must have an 'id' (a string or an integer), got {node.get('id')!r:.80}")
+            _json_str(node, "label", where)
+            _json_str(node, "type", where)
+            nodes[node["id"]] = node
+        for i, edge in enumerate(edges):
+            if not isinstance(edge, (list, tuple)) or len(edge) != 3 or not isinstance(edge[2], str):
+                raise ValueError(f"edges[{i}] must be [source id, target id, relation name], got {edge!r:.80}")
+            if any(isinstance(end, (list, dict)) for end in edge[:2]):
+                raise ValueError(f"edges[{i}] must connect node ids (strings or integers), got {edge!r:.80}")
+        missing = {end for edge in edges for end in edge[:2] if end not in nodes}
         if missing:
             raise ValueError(f"edges must connect existing node ids, got unknown ids {sorted(missing)[:5]}")
         by_type: dict[str, list[str]] = {"condition": [], "operator": [], "effect": []}
-        for node in data["nodes"]:
+        for node in raw_nodes:
             if node["type"] not in by_type:
                 raise ValueError(f"node {node['id']}: type must be one of {sorted(by_type)}, got {node['type']!r}")
             by_type[node["type"]].append(node["label"])
         requires: dict[str, list[str]] = {label: [] for label in by_type["operator"]}
         produces: dict[str, list[str]] = {label: [] for label in by_type["operator"]}
-        for src, dst, rel in data["edges"]:
+        for src, dst, rel in edges:
             ends = {nodes[src]["type"]: nodes[src]["label"], nodes[dst]["type"]: nodes[dst]["label"]}
             if rel in _RESEARCH_REQUIRES and {"condition", "operator"} <= ends.keys():
                 requires[ends["operator"]].append(ends["condition"])
@@ -416,6 +449,24 @@ def _check_unique(kind: str, names: Iterable[str]) -> None:
         if name in seen:
             raise ValueError(f"{kind} must have unique names, got {name!r} twice")
         seen.add(name)
+
+
+def _json_list(data: Mapping[str, Any], key: str, where: str, default: Any = ()) -> list[Any]:
+    """``data[key]`` (``default`` when absent), which must be a JSON array."""
+    value = data.get(key, default)
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(f"{where} must be a list, got {type(value).__name__}")
+    return list(value)
+
+
+def _json_str(data: Mapping[str, Any], key: str, where: str, default: str | None = None) -> str:
+    """``data[key]``, which must be a string (``default`` when absent, if given)."""
+    if key not in data and default is not None:
+        return default
+    value = data.get(key)
+    if not isinstance(value, str):
+        raise TypeError(f"{where}.{key} must be a string, got {type(value).__name__}")
+    return value
 
 
 def _lookup_expert(mapping: Mapping[str, str] | Callable[[str], str], name: str, default: str) -> str:

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Categorical
 
+from crossmoe._checks import check_int
 from crossmoe.encoders import LogicOutput, prepare_observation
 from crossmoe.experts import DEFAULT_EXPERT_NAMES, SemanticExpertBank
 from crossmoe.functional import combine_experts
@@ -273,10 +274,9 @@ class CrossAttentionMoEPolicy(ActorCriticBase):
         uniform_router_init: bool = True,
     ) -> None:
         super().__init__()
-        for arg, value in (("action_dim", action_dim), ("dim", dim), ("num_experts", num_experts)):
-            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{arg} must be a positive integer, got {value!r}")
-        action_dim, dim = int(action_dim), int(dim)  # e.g. numpy integers from a gymnasium Discrete space
+        # check_int returns an int: e.g. numpy integers from a gymnasium Discrete space
+        action_dim, dim = check_int(action_dim, "action_dim"), check_int(dim, "dim")
+        num_experts = check_int(num_experts, "num_experts")
         self.visual_encoder = visual_encoder
         self.logic_encoder = logic_encoder
         self.action_dim, self.dim = action_dim, dim
@@ -436,6 +436,7 @@ class ActorCritic(ActorCriticBase):
         hidden_dim: int = 256,
     ) -> None:
         super().__init__()
+        hidden_dim = check_int(hidden_dim, "hidden_dim")
         num_tokens = getattr(encoder, "num_tokens", None) if num_tokens is None else num_tokens
         dim = getattr(encoder, "dim", None) if dim is None else dim
         for name, value in (("num_tokens", num_tokens), ("dim", dim), ("action_dim", action_dim)):

@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from crossmoe._checks import check_int
 from crossmoe.functional import check_alpha, check_temperature, entmax, entmax_tensor_alpha, is_compiling
 
 __all__ = ["RouterOutput", "SparsemaxRouter"]
@@ -68,12 +69,8 @@ class SparsemaxRouter(nn.Module):
         temperature: float = 1.0,
     ) -> None:
         super().__init__()
-        if dim <= 0:
-            raise ValueError(f"dim must be a positive integer, got {dim!r}")
-        if num_experts < 2:
-            raise ValueError(f"num_experts must be >= 2, got {num_experts!r}")
-        if hidden_dim < 0:
-            raise ValueError(f"hidden_dim must be >= 0 (0 = linear router), got {hidden_dim!r}")
+        dim, num_experts = check_int(dim, "dim"), check_int(num_experts, "num_experts", minimum=2)
+        hidden_dim = check_int(hidden_dim, "hidden_dim", minimum=0, hint=" (0 = linear router)")
         self.dim = dim
         self.num_experts = num_experts
         # (alpha, temperature) as a tensor for compiled graphs; kept equal to the float attributes.

@@ -110,6 +110,9 @@ class Args:
     """``prior``: each applicable operator votes for its actions (``ApplicabilityPrior``); ``attention``: operators
     that move in several directions vote for the directions their cross-attention reads
     (``AttentionDirectionPrior``, ``--fusion cross_attention`` only)."""
+    applicable_queries: bool = True
+    """Only the applicable operators query the map (``--no-applicable-queries``: all of them, the earlier design;
+    ``moe`` with ``cross_attention`` only)."""
     device: str = "cpu"
     """Torch device."""
     vectorization: Literal["sync", "async"] = "sync"
@@ -265,6 +268,7 @@ def make_agent(args: Args, envs: gym.vector.VectorEnv) -> nn.Module:
             knowledge=args.knowledge,
             knowledge_pathway=args.knowledge_pathway,
             uniform_router_init=args.uniform_router_init,
+            applicable_queries=args.applicable_queries,
         )
     return make_baseline_policy(env=envs, dim=args.dim)
 
@@ -314,6 +318,7 @@ def main(args: Args) -> dict:
         checkpoint = load_checkpoint(run_dir / "checkpoints" / "last.pt")
         saved = checkpoint["args"]
         saved.update({name: getattr(args, name) for name in RESUMABLE})
+        saved.setdefault("applicable_queries", False)  # a run from before the option: every operator queried
         saved["aux"] = AuxLossWeights(**saved["aux"])
         args = Args(**saved)
     if any(step <= 0 for step in args.snapshot_at):

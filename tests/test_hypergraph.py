@@ -517,3 +517,120 @@ def test_applicable_is_the_same_in_and_out_of_inference_mode():
     with torch.inference_mode():
         inside = graph.applicable(activations)  # the cache is filled here
     assert torch.equal(graph.applicable(activations), inside)
+
+
+# --- malformed documents -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "error", "match"),
+    [
+        ([1, 2], TypeError, r"data must be a JSON object .* got list"),
+        ("graph", TypeError, r"data must be a JSON object .* got str"),
+        ({"format": FORMAT, "conditions": "a", "operators": []}, TypeError, r"conditions must be a list, got str"),
+        ({"format": FORMAT, "conditions": [3], "operators": []}, TypeError, r"conditions\[0\] must be a name"),
+        ({"format": FORMAT, "conditions": [{"text": "a"}]}, TypeError, r"conditions\[0\]\.name must be a string"),
+        (
+            {"format": FORMAT, "conditions": ["a"], "operators": [{"name": "x", "requires": "a"}]},
+            TypeError,
+            r"operators\[0\]\.requires must be a list, got str",
+        ),
+        (
+            {"format": FORMAT, "conditions": ["a"], "operators": [{"name": "x", "actions": [[1]]}]},
+            TypeError,
+            r"operators\[0\]\.actions\[0\] must be a name or an action index, got list",
+        ),
+        (
+            {"format": FORMAT, "conditions": ["a"], "operators": [{"name": 7}]},
+            TypeError,
+            r"operators\[0\]\.name must be a string, got int",
+        ),
+        (
+            {"format": FORMAT, "conditions": ["a"], "operators": [{"name": "x"}], "experts": "general"},
+            TypeError,
+            r"experts must be a list, got str",
+        ),
+        ({"nodes": {}, "edges": []}, TypeError, r"nodes must be a list, got dict"),
+        ({"nodes": [[1, "a", "condition"]], "edges": []}, TypeError, r"nodes\[0\] must be an object"),
+        ({"nodes": [{"id": 1, "type": "condition"}], "edges": []}, TypeError, r"nodes\[0\]\.label must be a string"),
+        (
+            {"nodes": [{"id": 1, "label": "a", "type": "condition"}], "edges": [[1, 1]]},
+            ValueError,
+            r"edges\[0\] must be",
+        ),
+        ({"nodes": [{"id": [1], "label": "a", "type": "condition"}], "edges": []}, ValueError, r"nodes\[0\] must have"),
+    ],
+)
+@pytest.mark.filterwarnings("ignore:a research:UserWarning")
+def test_a_malformed_document_gets_an_error_that_says_where(data, error, match):
+    with pytest.raises(error, match=match):
+        Hypergraph.from_dict(data)
+
+
+_json_leaves = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8)
+_json = st.recursive(
+    _json_leaves,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=20,
+)
+_keys = st.sampled_from(
+    [
+        "format",
+        "conditions",
+        "effects",
+        "operators",
+        "experts",
+        "name",
+        "requires",
+        "produces",
+        "actions",
+        "expert",
+        "description",
+        "nodes",
+        "edges",
+        "id",
+        "label",
+        "type",
+    ]
+)
+
+
+def _replace_somewhere(data, path, value):
+    """``data`` with the part at the path of indices/keys ``path`` (followed while it fits) replaced by ``value``."""
+    if not path or not isinstance(data, (dict, list)) or not data:
+        return value
+    data = copy.deepcopy(data)
+    if isinstance(data, dict):
+        keys = sorted(data)
+        key = keys[path[0] % len(keys)]
+    else:
+        key = path[0] % len(data)
+    data[key] = _replace_somewhere(data[key], path[1:], value)
+    return data
+
+
+def _check_loads_or_refuses(data):
+    try:
+        graph = Hypergraph.from_dict(data)
+    except (ValueError, TypeError):
+        return
+    assert isinstance(graph, Hypergraph)
+    graph.applicable(torch.zeros(1, graph.num_conditions))  # what loaded is usable
+
+
+@given(_json)
+@pytest.mark.filterwarnings("ignore:a research:UserWarning")
+def test_arbitrary_json_is_loaded_or_refused_with_a_clear_error(data):
+    _check_loads_or_refuses(data)
+
+
+@given(
+    st.sampled_from(["crossmoe", "research"]),
+    st.lists(st.integers(min_value=0, max_value=50), max_size=5),
+    _json | st.dictionaries(_keys, _json, max_size=3),
+)
+@pytest.mark.filterwarnings("ignore:a research:UserWarning")
+def test_a_valid_document_damaged_anywhere_is_loaded_or_refused_with_a_clear_error(kind, path, value):
+    """Arbitrary JSON rarely looks like a graph; damage a real document in one place instead."""
+    data = _described_graph().to_dict() if kind == "crossmoe" else _research_dict()
+    _check_loads_or_refuses(_replace_somewhere(data, path, value))

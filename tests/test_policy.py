@@ -357,14 +357,15 @@ def test_logic_stream_output_changes_when_the_atoms_change():
     [
         ({"fusion": "sum"}, r"fusion must be one of \('cross_attention', 'concat'\) or an nn.Module .*, got 'sum'"),
         ({"action_dim": 0}, "action_dim must be a positive integer, got 0"),
-        ({"action_dim": 2.5}, "action_dim must be a positive integer, got 2.5"),
+        ({"action_dim": 2.5}, r"action_dim must be an integer \(a positive integer\), got float 2.5"),
         ({"dim": 0}, "dim must be a positive integer, got 0"),
         ({"num_experts": 0}, "num_experts must be a positive integer, got 0"),
     ],
 )
 def test_constructor_errors(kwargs, match):
     arguments = {"action_dim": ACTIONS, "dim": DIM, **kwargs}
-    with pytest.raises(ValueError, match=match):
+    error = TypeError if "got float" in match else ValueError
+    with pytest.raises(error, match=match):
         CrossAttentionMoEPolicy(BoxEncoder(OBS_DIM, DIM), LearnedQueries(QUERIES, DIM), **arguments)
 
 

@@ -11,6 +11,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from crossmoe._checks import check_int
 from crossmoe.encoders import HypergraphLogicEncoder
 from crossmoe.hypergraph import Hypergraph, action_name
 from crossmoe.knowledge import ApplicabilityPrior, AttentionDirectionPrior
@@ -99,6 +100,7 @@ def _action_dim(action_dim: int | None, env: Any) -> int:
     """``action_dim``, else the env's action count, else ``NetHackScore-v0``'s 23; both given must agree."""
     if action_dim is None:
         return NETHACK_SCORE_ACTIONS if env is None else _num_actions(env)
+    action_dim = check_int(action_dim, "action_dim")
     if env is not None and _num_actions(env) != action_dim:
         raise ValueError(f"action_dim must match the env's {_num_actions(env)} actions, got {action_dim}")
     return int(action_dim)
@@ -193,6 +195,11 @@ def make_policy(
     """
     action_dim = _action_dim(action_dim, env)
     hypergraph = load_hypergraph() if hypergraph is None else hypergraph
+    if not isinstance(hypergraph, Hypergraph):
+        raise TypeError(
+            f"hypergraph must be a crossmoe Hypergraph (e.g. Hypergraph.from_json(path)) or None, "
+            f"got {type(hypergraph).__name__}"
+        )
     logic = HypergraphLogicEncoder(
         hypergraph,
         dim,

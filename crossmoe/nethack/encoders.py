@@ -12,6 +12,7 @@ from nle import nethack
 from torch import Tensor, nn
 
 from crossmoe._cache import DeviceCache
+from crossmoe._checks import check_int
 from crossmoe.encoders import obs_tensor
 from crossmoe.nethack.glyphs import GLYPH_CLASS, GlyphClass
 
@@ -133,8 +134,11 @@ class NetHackVisualEncoder(nn.Module):
         message_buckets: int = 1024,
     ) -> None:
         super().__init__()
-        if dim < 1:
-            raise ValueError(f"dim must be a positive integer, got {dim}")
+        dim, cell_dim = check_int(dim, "dim"), check_int(cell_dim, "cell_dim")
+        crop_size, crop_patch = check_int(crop_size, "crop_size"), check_int(crop_patch, "crop_patch")
+        message_buckets = check_int(message_buckets, "message_buckets")
+        if not isinstance(patch, (tuple, list)) or not all(isinstance(p, int) and p is not True for p in patch):
+            raise TypeError(f"patch must be (rows, cols) of positive integers, got {patch!r}")
         if crop_size < 1 or crop_size % 2 == 0:
             raise ValueError(f"crop_size must be a positive odd integer, got {crop_size}")
         if crop_patch < 1 or crop_size % crop_patch:
