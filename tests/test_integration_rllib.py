@@ -222,6 +222,21 @@ def test_env_resets_with_empty_options():
     env.close()
 
 
+def test_vector_env_carries_the_atoms_of_every_env_in_the_observation():
+    from crossmoe.integrations.rllib import nethack_rllib_env
+    from crossmoe.nethack import ATOMS, extract_atoms
+
+    envs = nethack_rllib_env({"env_id": "NetHackScore-v0", "num_envs": 3, "atoms": True})
+    assert envs.single_observation_space["atoms"].shape == (len(ATOMS),)
+    obs, _ = envs.reset(seed=0, options={})
+    for _ in range(5):
+        nle = {key: value for key, value in obs.items() if key != "atoms"}
+        np.testing.assert_array_equal(obs["atoms"], extract_atoms(nle))
+        obs, *_ = envs.step(envs.action_space.sample())
+    envs.close()
+    assert isinstance(nethack_rllib_env({"env_id": "NetHackScore-v0"}), NetHackRLlibEnv)  # one env
+
+
 def test_missing_ray_names_the_install_command(monkeypatch):
     for name in [name for name in sys.modules if name == "ray" or name.startswith("ray.")]:
         monkeypatch.setitem(sys.modules, name, None)
@@ -267,6 +282,26 @@ def test_two_iterations_log_aux_losses_and_follow_the_schedule(ray_session):
             _assert_same_weights(runner, learner_module)  # the next rollout samples from the learner's policy
     finally:
         algo.stop()
+
+
+def test_the_learner_reads_the_atoms_the_env_runner_stored(ray_session, monkeypatch):
+    """No learner minibatch computes the atoms: they come from the env step, in the episodes' observations."""
+    from crossmoe.encoders import HypergraphLogicEncoder
+
+    calls = []
+    original = HypergraphLogicEncoder.activations
+
+    def counting(self, obs):
+        calls.append("atoms" in obs)
+        return original(self, obs)
+
+    monkeypatch.setattr(HypergraphLogicEncoder, "activations", counting)
+    algo = _config(num_env_runners=0).build_algo()  # sampling and learning in this process
+    try:
+        algo.train()
+    finally:
+        algo.stop()
+    assert calls and all(calls)
 
 
 def test_checkpoint_restores_counter_weights_and_routing(ray_session, tmp_path):

@@ -202,3 +202,48 @@ def test_bad_input_is_named():
     with pytest.raises(ValueError, match="schedule must be a TemperatureAnnealingScheduler"):
         MoEPPO(CrossMoEPolicy, env, schedule={"warmup": 1})
     env.close()
+
+
+def test_atoms_are_computed_once_per_env_step_and_stored_with_the_observation(monkeypatch):
+    """MoEPPO wraps its env in AtomsVecEnv: the rollout buffer holds the atoms, and no update recomputes them."""
+    from crossmoe.encoders import HypergraphLogicEncoder
+    from crossmoe.integrations.sb3 import AtomsVecEnv
+    from crossmoe.nethack import ATOMS, extract_atoms
+
+    env = make_vec_env(lambda: make_env("NetHackScore-v0"), n_envs=2, seed=0)
+    model = MoEPPO(CrossMoEPolicy, env, policy_kwargs=SMALL, n_steps=32, batch_size=32, n_epochs=2, seed=0)
+    assert isinstance(model.env, AtomsVecEnv)
+    assert model.observation_space["atoms"].shape == (len(ATOMS),)
+    calls = []
+    original = HypergraphLogicEncoder.activations
+
+    def counting(self, obs):
+        calls.append("atoms" in obs)
+        return original(self, obs)
+
+    monkeypatch.setattr(HypergraphLogicEncoder, "activations", counting)
+    model.learn(64)
+    assert calls and all(calls)  # every forward, rollout and update, read the stored atoms
+    space = model.observation_space
+    stored = {key: value.reshape(-1, *space[key].shape) for key, value in model.rollout_buffer.observations.items()}
+    nle = {key: value.astype(space[key].dtype) for key, value in stored.items() if key != "atoms"}
+    np.testing.assert_array_equal(stored["atoms"], extract_atoms(nle))
+    env.close()
+
+
+def test_predict_takes_the_env_s_own_observations_and_load_takes_an_unwrapped_env(tmp_path):
+    env = make_env("NetHackScore-v0", seed=0)
+    model = MoEPPO(CrossMoEPolicy, env, policy_kwargs=SMALL, n_steps=32, batch_size=32, n_epochs=1, seed=0)
+    model.learn(32)
+    obs, _ = env.reset(seed=5)
+    action, _ = model.predict(obs, deterministic=True)
+    with_atoms = model.env._with_atoms({key: value[None] for key, value in obs.items()})
+    tensor, _ = model.policy.obs_to_tensor(with_atoms)
+    assert int(action) == int(model.policy.model(tensor).logits.argmax(-1)[0])
+    model.save(tmp_path / "agent.zip")
+    loaded = MoEPPO.load(tmp_path / "agent.zip", env=make_env("NetHackScore-v0", seed=1))
+    assert "atoms" in loaded.env.observation_space.spaces
+    assert loaded.predict(obs, deterministic=True)[0] == action
+    loaded.set_env(make_env("NetHackScore-v0", seed=2))
+    loaded.learn(32, reset_num_timesteps=False)
+    env.close()

@@ -14,7 +14,7 @@ from crossmoe.losses import AuxLossWeights, aux_loss
 from crossmoe.policy import CrossAttentionMoEPolicy
 from crossmoe.schedule import KEEP_EXPERTS_ALIVE, TemperatureAnnealingScheduler
 
-__all__ = ["PRESETS", "build_policy", "default_schedule", "minibatch_aux_loss", "restore_dtypes"]
+__all__ = ["PRESETS", "build_policy", "default_schedule", "minibatch_aux_loss", "observation_atoms", "restore_dtypes"]
 
 PRESETS = ("nethack",)
 """Names accepted by :func:`build_policy`'s ``preset``."""
@@ -63,6 +63,29 @@ def build_policy(
             f"got visual_encoder={type(visual_encoder).__name__}, logic_encoder={type(logic_encoder).__name__}"
         )
     return CrossAttentionMoEPolicy(visual_encoder, logic_encoder, action_dim, **policy_kwargs)
+
+
+def observation_atoms(
+    *, preset: str | None = None, logic_encoder: nn.Module | None = None, **policy_kwargs: Any
+) -> tuple[Any, int, str] | None:
+    """``(atoms function, number of conditions, observation key)`` of the policy that :func:`build_policy` builds.
+
+    What an env wrapper needs to compute the policy's atoms once per env step
+    and put them in the observation (:class:`~crossmoe.wrappers.AtomsObservation`,
+    :class:`~crossmoe.integrations.sb3.AtomsVecEnv`); ``None`` when the policy
+    computes no atoms (a logic encoder without an ``atoms`` function). Takes
+    the arguments of :func:`build_policy` (the action space aside).
+    """
+    if preset == "nethack":
+        from crossmoe.nethack import extract_atoms, load_hypergraph
+
+        graph = policy_kwargs.get("hypergraph") or load_hypergraph()
+        return extract_atoms, graph.num_conditions, "atoms"
+    atoms = getattr(logic_encoder, "atoms", None)
+    graph = getattr(logic_encoder, "hypergraph", None)
+    if atoms is None or graph is None:
+        return None
+    return atoms, graph.num_conditions, getattr(logic_encoder, "key", "atoms")
 
 
 def restore_dtypes(obs: Mapping[str, Any], observation_space: Any) -> dict[str, Any]:

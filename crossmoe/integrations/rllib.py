@@ -57,6 +57,7 @@ try:
     from ray.rllib.core.rl_module.rl_module import RLModuleSpec
     from ray.rllib.core.rl_module.torch import TorchRLModule
     from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED, NUM_ENV_STEPS_SAMPLED_LIFETIME
+    from ray.tune.registry import register_env
 except ImportError as error:
     raise ImportError(
         f'crossmoe.integrations.rllib needs Ray RLlib ({error}); install it with pip install "crossmoe[rllib]"'
@@ -64,6 +65,7 @@ except ImportError as error:
 
 __all__ = [
     "AUX_OUTPUTS",
+    "ENV_ID",
     "LEARNER_CONFIG_KEY",
     "ROUTING_STATE_KEY",
     "CrossMoEPPOTorchLearner",
@@ -71,6 +73,7 @@ __all__ = [
     "NetHackRLlibEnv",
     "RoutingScheduleCallback",
     "nethack_ppo_config",
+    "nethack_rllib_env",
 ]
 
 AUX_OUTPUTS = ("router_logits", "router_weights", "expert_logits", "expert_features", "operator_scores", "applicable")
@@ -386,6 +389,44 @@ class NetHackRLlibEnv(gym.Wrapper):
         return self.env.reset(seed=seed, options=options or None)
 
 
+class _OptionsNone(gym.vector.VectorWrapper):
+    """Passes ``reset(options={})`` on as ``options=None`` (NLE 1.3.0 reads ``options["wizkit_items"]``)."""
+
+    def reset(self, *, seed: Any = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+        return self.env.reset(seed=seed, options=options or None)
+
+
+ENV_ID = "crossmoe-nethack"
+"""The name :func:`nethack_ppo_config` registers :func:`nethack_rllib_env` under (``ray.tune.register_env``)."""
+
+
+def nethack_rllib_env(env_config: Mapping[str, Any]) -> gym.Env | gym.vector.VectorEnv:
+    """RLlib's env creator: :class:`NetHackRLlibEnv`, or, when RLlib asks for ``num_envs``, a vector env of them.
+
+    The vector env (``gym_env_vectorize_mode="vector_entry_point"``, as
+    :func:`nethack_ppo_config` sets) steps ``num_envs`` envs in one process
+    and, with ``env_config["atoms"]``, adds the agent's atoms to the
+    observations in one batched call per step
+    (:class:`~crossmoe.wrappers.AtomsObservation`), so that the episodes carry
+    them to the learner and no learner minibatch computes them again.
+    """
+    if not isinstance(env_config, Mapping) or "num_envs" not in env_config:
+        return NetHackRLlibEnv(env_config)
+    from crossmoe.nethack import ATOMS, extract_atoms, make_env
+    from crossmoe.wrappers import AtomsObservation
+
+    env_id = env_config.get("env_id")
+    if not isinstance(env_id, str) or not env_id:
+        raise ValueError(f"env_config['env_id'] must be a non-empty string, got {env_id!r}")
+    kwargs = dict(env_config.get("make_env_kwargs") or {})
+    envs = gym.vector.SyncVectorEnv(
+        [functools.partial(make_env, env_id, **kwargs) for _ in range(int(env_config["num_envs"]))]
+    )
+    if env_config.get("atoms"):
+        envs = AtomsObservation(envs, extract_atoms, len(ATOMS))
+    return _OptionsNone(envs)
+
+
 def _env_actions(env_id: str, make_env_kwargs: Mapping[str, Any]) -> tuple[Any, ...]:
     from crossmoe.nethack import make_env
 
@@ -411,7 +452,8 @@ def nethack_ppo_config(
 ) -> PPOConfig:
     """An RLlib PPO config (new API stack) that trains the crossmoe agent on an NLE or MiniHack env.
 
-    It sets :class:`NetHackRLlibEnv` as the env, a :class:`CrossMoERLModule`
+    It sets :func:`nethack_rllib_env` as the env (registered as :data:`ENV_ID`: vector envs of
+    :class:`NetHackRLlibEnv` that carry the atoms in the observation), a :class:`CrossMoERLModule`
     (``model_config`` defaults to ``{"preset": "nethack", "dim": 128}`` with the
     env's NLE actions as ``action_set``), :class:`CrossMoEPPOTorchLearner`,
     :class:`RoutingScheduleCallback`, restarts of failed env runners, and the
@@ -472,14 +514,22 @@ def nethack_ppo_config(
         raise ValueError(f"model_config['preset'] must be one of {PRESETS} or None, got {module_config['preset']!r}")
     if module_config.get("preset") == "nethack" and "action_set" not in module_config:
         module_config["action_set"] = _env_actions(env_id, make_env_kwargs)
+    register_env(ENV_ID, nethack_rllib_env)
+    # The NetHack agent's atoms, computed with the env step and carried to the learner in the observation.
+    atoms = module_config.get("preset") == "nethack" and module_config.get("logic_encoder") is None
+    env_config = {"env_id": env_id, "make_env_kwargs": make_env_kwargs, "atoms": atoms}
     learner_settings: dict[str, Any] = {}
     if aux_weights is not None:
         learner_settings["aux_weights"] = dataclasses.asdict(aux_weights)
     config = (
         PPOConfig()
         .framework("torch")
-        .environment(NetHackRLlibEnv, env_config={"env_id": env_id, "make_env_kwargs": make_env_kwargs})
-        .env_runners(num_env_runners=num_env_runners, num_envs_per_env_runner=num_envs_per_env_runner)
+        .environment(ENV_ID, env_config=env_config)
+        .env_runners(
+            num_env_runners=num_env_runners,
+            num_envs_per_env_runner=num_envs_per_env_runner,
+            gym_env_vectorize_mode="vector_entry_point",
+        )
         .learners(
             num_learners=num_learners,
             learner_class=CrossMoEPPOTorchLearner,

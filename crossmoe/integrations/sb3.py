@@ -20,33 +20,98 @@ weighted auxiliary losses to PPO's loss, logging each one.
 SB3 shuffles single steps into minibatches, so the temporal consistency term,
 which needs consecutive steps of an episode, is left out
 (:func:`~crossmoe.integrations.common.minibatch_aux_loss`).
+
+The policy's atoms are computed once per env step: :class:`MoEPPO` wraps its
+env in :class:`AtomsVecEnv`, which adds them to the observation for all envs
+in one batched call, so the rollout buffer stores them and no minibatch of
+any epoch computes them again.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 try:
     from stable_baselines3 import PPO
     from stable_baselines3.common.distributions import CategoricalDistribution
     from stable_baselines3.common.policies import ActorCriticPolicy
+    from stable_baselines3.common.save_util import load_from_zip_file
+    from stable_baselines3.common.utils import is_vectorized_observation
+    from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 except ImportError as error:  # pragma: no cover - exercised only without the extra
     raise ImportError('crossmoe.integrations.sb3 needs Stable-Baselines3: pip install "crossmoe[sb3]"') from error
 
+import numpy as np
 import torch
 from gymnasium import spaces
 from torch import Tensor, nn
 
 from crossmoe.diagnostics import moe_diagnostics
 from crossmoe.hypergraph import action_name
-from crossmoe.integrations.common import build_policy, default_schedule, minibatch_aux_loss, restore_dtypes
+from crossmoe.integrations.common import (
+    build_policy,
+    default_schedule,
+    minibatch_aux_loss,
+    observation_atoms,
+    restore_dtypes,
+)
 from crossmoe.losses import AuxLossWeights
 from crossmoe.schedule import RoutingState, TemperatureAnnealingScheduler
 
-__all__ = ["CrossMoEPolicy", "MoEPPO"]
+__all__ = ["AtomsVecEnv", "CrossMoEPolicy", "MoEPPO"]
+
+
+class AtomsVecEnv(VecEnvWrapper):
+    """Adds ``obs[key] = atoms(obs)``, ``(num_envs, C)`` float32, to an SB3 ``VecEnv``'s dict observations.
+
+    The atoms of all envs are computed in one batched call per step (and for
+    the terminal observations SB3 keeps in ``infos``, which it bootstraps
+    truncated episodes from). :class:`MoEPPO` applies it itself.
+
+    Args:
+        venv: An SB3 ``VecEnv`` with ``Dict`` observations.
+        atoms, num_conditions, key: As in :class:`crossmoe.wrappers.AtomsObservation`.
+    """
+
+    def __init__(self, venv: VecEnv, atoms: Any, num_conditions: int, key: str = "atoms") -> None:
+        from crossmoe.wrappers import atoms_space
+
+        if not callable(atoms):
+            raise TypeError(f"atoms must be a function of the observation dict, got {type(atoms).__name__}")
+        super().__init__(venv, observation_space=atoms_space(venv.observation_space, num_conditions, key))
+        self.atoms, self.num_conditions, self.key = atoms, int(num_conditions), key
+
+    def _with_atoms(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        values = np.asarray(self.atoms(obs), dtype=np.float32)
+        expected = (len(next(iter(obs.values()))), self.num_conditions)
+        if values.shape != expected:
+            raise ValueError(f"atoms must return (num_envs, C)={expected}, got {values.shape}")
+        return {**obs, self.key: values}
+
+    def reset(self) -> dict[str, np.ndarray]:
+        return self._with_atoms(self.venv.reset())
+
+    def step_wait(self) -> tuple[Any, ...]:
+        obs, rewards, dones, infos = self.venv.step_wait()
+        ended = [i for i, info in enumerate(infos) if "terminal_observation" in info]
+        if ended:
+            final = {key: np.stack([infos[i]["terminal_observation"][key] for i in ended]) for key in obs}
+            final = self._with_atoms(final)
+            for row, i in enumerate(ended):
+                infos[i]["terminal_observation"] = {key: value[row] for key, value in final.items()}
+        return self._with_atoms(obs), rewards, dones, infos
+
+
+def _with_policy_atoms(env: Any, policy_kwargs: Mapping[str, Any] | None) -> Any:
+    """``env`` in :class:`AtomsVecEnv` when the policy computes atoms and the observations lack them."""
+    source = observation_atoms(**dict(policy_kwargs or {}))
+    space = getattr(env, "observation_space", None)
+    if source is None or not isinstance(env, VecEnv) or not isinstance(space, spaces.Dict) or source[2] in space.spaces:
+        return env
+    return AtomsVecEnv(env, *source)
 
 
 class _AddToLoss(torch.autograd.Function):
@@ -145,6 +210,23 @@ class CrossMoEPolicy(ActorCriticPolicy):
         for key in ("squash_output", "features_extractor_class", "features_extractor_kwargs", "normalize_images"):
             data.pop(key, None)
         return {**data, **self._model_args}
+
+    def obs_to_tensor(self, observation: Any) -> tuple[Any, bool]:
+        """SB3's ``obs_to_tensor``; an observation without the atoms that the space holds gets them computed.
+
+        So ``model.predict(obs)`` takes the env's own observations, as from
+        an env that :class:`AtomsVecEnv` does not wrap.
+        """
+        encoder = self.model.logic_encoder
+        key, atoms = getattr(encoder, "key", None), getattr(encoder, "atoms", None)
+        obs_spaces = getattr(self.observation_space, "spaces", {})
+        if isinstance(observation, dict) and key in obs_spaces and key not in observation and atoms is not None:
+            other = next(name for name in observation if name in obs_spaces)
+            vectorized = is_vectorized_observation(np.asarray(observation[other]), obs_spaces[other])
+            batch = observation if vectorized else {name: np.asarray(v)[None] for name, v in observation.items()}
+            values = np.asarray(atoms(batch), dtype=np.float32)
+            observation = {**observation, key: values if vectorized else values[0]}
+        return super().obs_to_tensor(observation)
 
     def _outputs(self, obs: Any) -> Any:
         if isinstance(obs, dict):
@@ -262,12 +344,28 @@ class MoEPPO(PPO):
             names = _env_actions(self.env)
             if names is not None:
                 self.policy_kwargs = {**kwargs, "action_set": names}
+        if self.env is not None:  # the atoms once per env step, stored with the observation
+            self.env = _with_policy_atoms(self.env, self.policy_kwargs)
+            self.observation_space = self.env.observation_space
         super()._setup_model()
         if self.schedule_state is not None:  # a loaded model predicts at the routing of its step
             self.routing_state().apply(self.policy.model)
         if self.aux_weights_state is None:
             graph = getattr(self.policy.model.logic_encoder, "operator_to_expert", None) is not None
             self.aux_weights_state = dataclasses.asdict(AuxLossWeights() if graph else AuxLossWeights(alignment=0.0))
+
+    def set_env(self, env: Any, force_reset: bool = True) -> None:
+        """SB3's ``set_env``, with the env wrapped in :class:`AtomsVecEnv` as at construction."""
+        env = self._wrap_env(env, self.verbose)
+        super().set_env(_with_policy_atoms(env, self.policy_kwargs), force_reset=force_reset)
+
+    @classmethod
+    def load(cls, path: Any, env: Any = None, *args: Any, **kwargs: Any) -> MoEPPO:
+        """SB3's ``load``; ``env`` (unwrapped, as at construction) is wrapped in :class:`AtomsVecEnv` as needed."""
+        if env is not None:
+            data, _, _ = load_from_zip_file(path, device="cpu", load_data=True, print_system_info=False)
+            env = _with_policy_atoms(cls._wrap_env(env, 0), (data or {}).get("policy_kwargs"))
+        return super().load(path, env, *args, **kwargs)
 
     def _setup_learn(self, total_timesteps: int, *args: Any, **kwargs: Any) -> Any:
         total, callback = super()._setup_learn(total_timesteps, *args, **kwargs)

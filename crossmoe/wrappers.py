@@ -1,0 +1,75 @@
+"""Env wrappers that compute a policy's condition atoms once per env step, batched over the envs.
+
+A :class:`~crossmoe.encoders.HypergraphLogicEncoder` reads the activations
+from ``obs["atoms"]`` when the observation carries them, and computes them
+with its ``atoms`` function otherwise. A training loop that stores
+observations and replays them in several epochs (SB3, RLlib) would compute
+them again for every minibatch of every epoch; with the atoms in the
+observation they are computed once, when the env steps, for all its envs in
+one batched call. :class:`AtomsObservation` does this for a gymnasium
+``VectorEnv`` (RLlib's env runners step one); ``crossmoe.integrations.sb3``
+has the same for SB3's ``VecEnv``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.vector.utils import batch_space
+
+from crossmoe._checks import check_int
+
+__all__ = ["AtomsObservation", "atoms_space"]
+
+
+def atoms_space(observation_space: gym.Space, num_conditions: int, key: str = "atoms") -> gym.spaces.Dict:
+    """``observation_space`` (a ``Dict``) with ``key``: a ``Box(0, 1, (num_conditions,), float32)`` of activations."""
+    num_conditions = check_int(num_conditions, "num_conditions")
+    if not isinstance(observation_space, gym.spaces.Dict):
+        raise TypeError(f"observation_space must be a gymnasium Dict space, got {type(observation_space).__name__}")
+    if key in observation_space.spaces:
+        raise ValueError(f"key {key!r} is already in the observation space; wrap the env once")
+    box = gym.spaces.Box(0.0, 1.0, (num_conditions,), np.float32)
+    return gym.spaces.Dict({**observation_space.spaces, key: box})
+
+
+class AtomsObservation(gym.vector.VectorObservationWrapper):
+    """Adds ``obs[key] = atoms(obs)``, ``(num_envs, C)`` float32, to a vector env's dict observations.
+
+    Args:
+        env: A gymnasium ``VectorEnv`` with ``Dict`` observations (autoreset
+            ``NEXT_STEP``, gymnasium's default, or disabled).
+        atoms: The batched atoms function (``crossmoe.nethack.extract_atoms``
+            for NetHack), from the observation dict to ``(num_envs, C)``.
+        num_conditions: ``C``.
+        key: The observation key (the logic encoder's ``key``).
+
+    Example:
+        >>> envs = AtomsObservation(make_vector_env(16), extract_atoms, len(ATOMS))  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        env: gym.vector.VectorEnv,
+        atoms: Callable[[Mapping[str, Any]], Any],
+        num_conditions: int,
+        key: str = "atoms",
+    ) -> None:
+        if not callable(atoms):
+            raise TypeError(f"atoms must be a function of the observation dict, got {type(atoms).__name__}")
+        super().__init__(env)
+        self.atoms, self.key = atoms, key
+        self.num_conditions = check_int(num_conditions, "num_conditions")
+        self.single_observation_space = atoms_space(env.single_observation_space, num_conditions, key)
+        self.observation_space = batch_space(self.single_observation_space, env.num_envs)
+
+    def observations(self, observations: Mapping[str, Any]) -> dict[str, Any]:
+        values = np.asarray(self.atoms(observations), dtype=np.float32)
+        if values.shape != (self.num_envs, self.num_conditions):
+            raise ValueError(
+                f"atoms must return (num_envs, C)=({self.num_envs}, {self.num_conditions}), got {values.shape}"
+            )
+        return {**observations, self.key: values}
