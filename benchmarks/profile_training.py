@@ -194,8 +194,7 @@ def main() -> None:
     torch.manual_seed(0)
     instrument(env_module.MapMemory, "_observe", "map_memory")
     instrument(atoms_module, "_navigation", "bfs")
-    instrument(atoms_module, "extract_atoms", "atoms")
-    # The policy's logic encoder holds its own reference to extract_atoms: point it at the timed one.
+    instrument(atoms_module.NetHackAtoms, "__call__", "atoms")  # what the agent's logic encoder calls
     args = ppo_nethack.Args(
         policy=cli.policy,
         fusion=cli.fusion,
@@ -206,12 +205,8 @@ def main() -> None:
     )
     envs = make_vector_env(NUM_ENVS, seed=0)
     agent = ppo_nethack.make_agent(args, envs)
-    if cli.policy == "moe":
-        agent.logic_encoder.atoms = atoms_module.extract_atoms
     if cli.compile == "rollout":
         agent = ppo_nethack.compile_agent(agent, args, envs)
-        if cli.policy == "moe":
-            agent.logic_encoder.atoms = atoms_module.extract_atoms
 
     rollout = profile_rollout(agent, envs, cli.rounds * 5)
     # A minibatch of real observations: 128 steps of 4 envs, prepared as the rollout buffer stores them.

@@ -48,7 +48,7 @@ class AtomsObservation(gym.vector.VectorObservationWrapper):
         key: The observation key (the logic encoder's ``key``).
 
     Example:
-        >>> envs = AtomsObservation(make_vector_env(16), extract_atoms, len(ATOMS))  # doctest: +SKIP
+        >>> envs = AtomsObservation(make_vector_env(16), NetHackAtoms(), len(ATOMS))  # doctest: +SKIP
     """
 
     def __init__(

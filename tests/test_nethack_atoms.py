@@ -892,3 +892,38 @@ def test_a_locked_door_is_remembered_and_the_path_goes_elsewhere():
     env.close()
     assert door is not None
     assert (obs["visited"] == 2).sum() == 1 and obs["visited"][door] == 2
+
+
+def test_navigation_cache_equals_the_search_on_a_real_rollout(monkeypatch):
+    """NetHackAtoms searches only the rows whose map, visits, position or life changed, and equals extract_atoms."""
+    from crossmoe.nethack import atoms as atoms_module
+    from crossmoe.nethack.atoms import NetHackAtoms
+
+    searched = []
+    original = atoms_module._navigation
+
+    def counting(memory, *args):
+        searched.append(len(memory))
+        return original(memory, *args)
+
+    monkeypatch.setattr(atoms_module, "_navigation", counting)
+    envs = make_vector_env(6, seed=4)
+    obs, _ = envs.reset(seed=4)
+    cached = NetHackAtoms()
+    rng = np.random.default_rng(4)
+    skipped = 0
+    for step in range(60):
+        if step == 40:  # a batch of another size starts afresh, and then goes on caching
+            obs = {key: value[:4] for key, value in obs.items()}
+        searched.clear()
+        fast = cached(obs)
+        searched_rows = sum(searched)
+        searched.clear()
+        np.testing.assert_array_equal(fast, extract_atoms(obs))
+        skipped += len(obs["glyphs"]) - searched_rows
+        if step == 40:
+            assert searched_rows == 4
+        obs, *_ = envs.step(rng.integers(0, envs.single_action_space.n, 6))
+        obs = {key: value.copy() for key, value in obs.items()}
+    envs.close()
+    assert skipped > 60  # random play bumps into walls and answers prompts: many rows need no new search

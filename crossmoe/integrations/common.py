@@ -77,10 +77,10 @@ def observation_atoms(
     the arguments of :func:`build_policy` (the action space aside).
     """
     if preset == "nethack":
-        from crossmoe.nethack import extract_atoms, load_hypergraph
+        from crossmoe.nethack import NetHackAtoms, load_hypergraph
 
         graph = policy_kwargs.get("hypergraph") or load_hypergraph()
-        return extract_atoms, graph.num_conditions, "atoms"
+        return NetHackAtoms(), graph.num_conditions, "atoms"
     atoms = getattr(logic_encoder, "atoms", None)
     graph = getattr(logic_encoder, "hypergraph", None)
     if atoms is None or graph is None:

@@ -412,7 +412,7 @@ def nethack_rllib_env(env_config: Mapping[str, Any]) -> gym.Env | gym.vector.Vec
     """
     if not isinstance(env_config, Mapping) or "num_envs" not in env_config:
         return NetHackRLlibEnv(env_config)
-    from crossmoe.nethack import ATOMS, extract_atoms, make_env
+    from crossmoe.nethack import ATOMS, NetHackAtoms, make_env
     from crossmoe.wrappers import AtomsObservation
 
     env_id = env_config.get("env_id")
@@ -423,7 +423,7 @@ def nethack_rllib_env(env_config: Mapping[str, Any]) -> gym.Env | gym.vector.Vec
         [functools.partial(make_env, env_id, **kwargs) for _ in range(int(env_config["num_envs"]))]
     )
     if env_config.get("atoms"):
-        envs = AtomsObservation(envs, extract_atoms, len(ATOMS))
+        envs = AtomsObservation(envs, NetHackAtoms(), len(ATOMS))
     return _OptionsNone(envs)
 
 

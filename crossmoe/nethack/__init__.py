@@ -12,7 +12,7 @@ from crossmoe.nethack.agent import (
     make_baseline_policy,
     make_policy,
 )
-from crossmoe.nethack.atoms import ATOMS, extract_atoms
+from crossmoe.nethack.atoms import ATOMS, NetHackAtoms, extract_atoms
 from crossmoe.nethack.encoders import COMPASS, NetHackVisualEncoder, blstats_features, compass_direction
 from crossmoe.nethack.env import (
     DEFAULT_OBSERVATION_KEYS,
@@ -38,6 +38,7 @@ __all__ = [
     "EpisodeOutcome",
     "GlyphClass",
     "MapMemory",
+    "NetHackAtoms",
     "NetHackVisualEncoder",
     "RuleAgent",
     "blstats_features",

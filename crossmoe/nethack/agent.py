@@ -15,7 +15,7 @@ from crossmoe._checks import check_int
 from crossmoe.encoders import HypergraphLogicEncoder
 from crossmoe.hypergraph import Hypergraph, action_name
 from crossmoe.knowledge import ApplicabilityPrior, AttentionDirectionPrior
-from crossmoe.nethack.atoms import extract_atoms
+from crossmoe.nethack.atoms import NetHackAtoms
 from crossmoe.nethack.encoders import COMPASS, NetHackVisualEncoder
 from crossmoe.nethack.rules import expert_from_label
 from crossmoe.policy import ActorCritic, CrossAttentionMoEPolicy
@@ -203,7 +203,7 @@ def make_policy(
     logic = HypergraphLogicEncoder(
         hypergraph,
         dim,
-        atoms=extract_atoms,
+        atoms=NetHackAtoms(),  # extract_atoms, searching paths only where the map or the hero moved
         hidden_dim=graph_hidden_dim,
         heads=graph_heads,
         effect_passes=effect_passes,

@@ -40,7 +40,16 @@ from nle import nethack
 
 from crossmoe.nethack.glyphs import BOULDER_GLYPH, GLYPH_CLASS, PASSABLE_CLASSES, GlyphClass
 
-__all__ = ["ATOMS", "ATOM_INDEX", "DIRECTIONS", "OBSERVATION_KEYS", "Hunger", "atom_index", "extract_atoms"]
+__all__ = [
+    "ATOMS",
+    "ATOM_INDEX",
+    "DIRECTIONS",
+    "OBSERVATION_KEYS",
+    "Hunger",
+    "NetHackAtoms",
+    "atom_index",
+    "extract_atoms",
+]
 
 
 class Hunger(IntEnum):
@@ -386,7 +395,61 @@ def _navigation(
     return atoms
 
 
-def extract_atoms(obs: Mapping[str, Any]) -> np.ndarray:
+class NetHackAtoms:
+    """:func:`extract_atoms` that runs the shortest-path search only where it can have changed.
+
+    The navigation atoms (``path_to_downstairs``, ``path_<dir>``) are a
+    breadth-first search over the remembered map, the most expensive part of
+    the atoms. They depend only on the remembered map, the visit marks, the
+    hero's position and whether the hero is alive, so this callable keeps the
+    last batch's inputs and navigation atoms, and searches again only in the
+    rows where one of them changed: in a rollout, row ``i`` is env ``i``, and
+    a step that does not move the hero or reveal a cell (a wall bumped, a
+    prompt answered, a fight) needs no search. A batch of another size starts
+    afresh. The result always equals :func:`extract_atoms` (each row's search
+    is independent of the others').
+
+    Example:
+        >>> atoms = NetHackAtoms()  # doctest: +SKIP
+        >>> for _ in range(steps):  # doctest: +SKIP
+        ...     activations = atoms(obs)  # == extract_atoms(obs)
+        ...     obs, *_ = envs.step(policy(obs, activations))
+    """
+
+    def __init__(self) -> None:
+        self._inputs: tuple[np.ndarray, ...] | None = None
+        self._navigation: dict[str, np.ndarray] | None = None
+
+    def __call__(self, obs: Mapping[str, Any]) -> np.ndarray:
+        return extract_atoms(obs, navigation=self._cached_navigation)
+
+    def _cached_navigation(
+        self, memory: np.ndarray, visited: np.ndarray, player_y: np.ndarray, player_x: np.ndarray, alive: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        inputs = (memory, visited, player_y, player_x, alive)
+        previous = self._inputs
+        if previous is None or previous[0].shape != memory.shape:
+            changed = np.ones(len(memory), dtype=bool)
+        else:
+            changed = np.zeros(len(memory), dtype=bool)
+            for now, before in zip(inputs, previous, strict=True):
+                changed |= (now != before).reshape(len(now), -1).any(axis=1)
+        if changed.all():
+            navigation = _navigation(*inputs)
+        else:
+            navigation = {name: value.copy() for name, value in self._navigation.items()}
+            if changed.any():
+                for name, value in _navigation(*(x[changed] for x in inputs)).items():
+                    navigation[name][changed] = value
+        self._inputs = tuple(np.array(x, copy=True) for x in inputs)
+        self._navigation = {name: value.copy() for name, value in navigation.items()}
+        return navigation
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+def extract_atoms(obs: Mapping[str, Any], *, navigation: Any = None) -> np.ndarray:
     """Compute the condition atoms of a batch of NetHack observations.
 
     Every atom is a predicate of one observation, vectorised over the batch.
@@ -402,6 +465,9 @@ def extract_atoms(obs: Mapping[str, Any]) -> np.ndarray:
             ``inv_oclasses`` (NumPy arrays or CPU tensors), and optionally the
             :class:`~crossmoe.nethack.MapMemory` keys ``map_memory`` and
             ``visited``; other keys are ignored.
+        navigation: What computes the navigation atoms from ``(map_memory,
+            visited, player_y, player_x, alive)``; ``None`` is the search
+            itself (:class:`NetHackAtoms` passes its cache).
 
     Returns:
         ``(B, len(ATOMS))`` float32 array of 0/1 values, columns in :data:`ATOMS` order.
@@ -505,7 +571,7 @@ def extract_atoms(obs: Mapping[str, Any]) -> np.ndarray:
         atoms["on_stairs_up"] |= alive & (under == GlyphClass.STAIRS_UP)
         atoms["item_here"] |= alive & ((under == GlyphClass.OBJECT) | (under == GlyphClass.FOOD))
         atoms["stairs_down_visible"] |= (GLYPH_CLASS[memory] == GlyphClass.STAIRS_DOWN).any(axis=(1, 2))
-        atoms.update(_navigation(memory, visited, player_y, player_x, alive))
+        atoms.update((navigation or _navigation)(memory, visited, player_y, player_x, alive))
     else:
         atoms.update(
             dict.fromkeys(("path_to_downstairs", *(f"path_{name}" for name, _, _ in DIRECTIONS)), alive & False)
