@@ -77,3 +77,19 @@ def nethack_play():
     space, actions = env.observation_space, tuple(env.unwrapped.actions)
     env.close()
     return rows, space, actions
+
+
+@pytest.fixture
+def atoms_reads(monkeypatch):
+    """A list that records, for every logic-encoder forward, whether the observation carried its atoms."""
+    from crossmoe.encoders import HypergraphLogicEncoder
+
+    reads = []
+    original = HypergraphLogicEncoder.activations
+
+    def recording(self, obs):
+        reads.append(self.key in obs)
+        return original(self, obs)
+
+    monkeypatch.setattr(HypergraphLogicEncoder, "activations", recording)
+    return reads

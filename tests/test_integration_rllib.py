@@ -284,24 +284,15 @@ def test_two_iterations_log_aux_losses_and_follow_the_schedule(ray_session):
         algo.stop()
 
 
-def test_the_learner_reads_the_atoms_the_env_runner_stored(ray_session, monkeypatch):
+def test_the_learner_reads_the_atoms_the_env_runner_stored(ray_session, atoms_reads):
     """No learner minibatch computes the atoms: they come from the env step, in the episodes' observations."""
-    from crossmoe.encoders import HypergraphLogicEncoder
 
-    calls = []
-    original = HypergraphLogicEncoder.activations
-
-    def counting(self, obs):
-        calls.append("atoms" in obs)
-        return original(self, obs)
-
-    monkeypatch.setattr(HypergraphLogicEncoder, "activations", counting)
     algo = _config(num_env_runners=0).build_algo()  # sampling and learning in this process
     try:
         algo.train()
     finally:
         algo.stop()
-    assert calls and all(calls)
+    assert atoms_reads and all(atoms_reads)
 
 
 def test_checkpoint_restores_counter_weights_and_routing(ray_session, tmp_path):
