@@ -1,7 +1,7 @@
 """Benchmark the NetHack policy on a batch of real observations and print one JSON line per measurement.
 
 * policy: ``make_policy`` at batch 256, inference and forward+backward samples/s
-  (targets >= 5,000 and >= 2,000), for ``fusion="cross_attention"`` and
+  (targets >= 5,000 and >= 3,000), for ``fusion="cross_attention"`` and
   ``"concat"`` at the same width (target: cross-attention <= 1.25x concat).
   The timed call starts from the numpy observation dict, so it includes atom
   extraction and the numpy -> torch conversion.
@@ -57,6 +57,9 @@ def bench_policy(obs, dim: int, rounds: int, **policy_kwargs) -> None:
     policies = {
         fusion: make_policy(23, dim=dim, fusion=fusion, **policy_kwargs) for fusion in ("cross_attention", "concat")
     }
+    for policy in policies.values():
+        # The whole search on every call: NetHackAtoms would reuse it, since the timed batch never changes.
+        policy.logic_encoder.atoms = extract_atoms
     train = time_interleaved({name: fwd_bwd(p, obs) for name, p in policies.items()}, rounds=rounds)
     with torch.inference_mode():
         infer = time_interleaved({name: (lambda p=p: p(obs)) for name, p in policies.items()}, rounds=rounds)
@@ -78,7 +81,7 @@ def bench_policy(obs, dim: int, rounds: int, **policy_kwargs) -> None:
                 "inference_ms": round(infer[name] * 1e3, 2),
                 "fwd_bwd_ms": round(train[name] * 1e3, 2),
                 "target_inference_min": 5000,
-                "target_fwd_bwd_min": 2000,
+                "target_fwd_bwd_min": 3000,
             }
         )
     emit(
