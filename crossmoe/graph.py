@@ -137,6 +137,7 @@ class HypergraphEncoder(nn.Module):
 
         self.register_buffer("requires_index", hypergraph.requires_index, persistent=False)
         self.register_buffer("produces_index", hypergraph.produces_index, persistent=False)
+        self.register_buffer("produced_by_index", hypergraph.produces_index.flip(0), persistent=False)
 
     def forward(self, activations: Tensor) -> tuple[Tensor, Tensor]:
         graph = self.hypergraph
@@ -168,7 +169,7 @@ class HypergraphEncoder(nn.Module):
                     to_operator,
                     to_operator.lin_l(effects),
                     to_operator.lin_r(operators),
-                    self.produces_index.flip(0),
+                    self.produced_by_index,
                     num_o,
                 )
         operators = self.norm(operators.expand(batch, num_o, self.hidden_dim))

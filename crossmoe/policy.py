@@ -290,8 +290,7 @@ class CrossAttentionMoEPolicy(ActorCriticBase):
             applicable_queries=applicable_queries,
             max_queries=max_queries,
         )
-        capped = getattr(self.fusion, "applicable_queries", False) and getattr(self.fusion, "max_queries", None)
-        if capped and not hasattr(logic_encoder, "applicable_operators"):
+        if self._query_cap() is not None and not hasattr(logic_encoder, "applicable_operators"):
             raise ValueError(
                 f"max_queries needs a logic encoder with applicable_operators(obs), so that a batch over the cap "
                 f"runs eagerly; got {type(logic_encoder).__name__}"
@@ -319,10 +318,14 @@ class CrossAttentionMoEPolicy(ActorCriticBase):
     def encoders(self) -> tuple[nn.Module, ...]:
         return (self.visual_encoder, self.logic_encoder)
 
+    def _query_cap(self) -> int | None:
+        """The fusion's static number of querying operators in a compiled graph, if it has one."""
+        return getattr(self.fusion, "max_queries", None) if getattr(self.fusion, "applicable_queries", False) else None
+
     def fits_compiled(self, obs: Mapping[str, Any]) -> bool:
         """False when some sample has more applicable operators than the fusion's static ``max_queries``."""
-        cap = getattr(self.fusion, "max_queries", None)
-        if cap is None or not getattr(self.fusion, "applicable_queries", False):
+        cap = self._query_cap()
+        if cap is None:
             return True
         counts = self.logic_encoder.applicable_operators(obs).sum(1)
         return counts.numel() == 0 or int(counts.max()) <= cap

@@ -22,7 +22,7 @@ from gymnasium.vector.utils import batch_space
 
 from crossmoe._checks import check_int
 
-__all__ = ["AtomsObservation", "atoms_space"]
+__all__ = ["AtomsObservation", "add_atoms", "atoms_space"]
 
 
 def atoms_space(observation_space: gym.Space, num_conditions: int, key: str = "atoms") -> gym.spaces.Dict:
@@ -34,6 +34,26 @@ def atoms_space(observation_space: gym.Space, num_conditions: int, key: str = "a
         raise ValueError(f"key {key!r} is already in the observation space; wrap the env once")
     box = gym.spaces.Box(0.0, 1.0, (num_conditions,), np.float32)
     return gym.spaces.Dict({**observation_space.spaces, key: box})
+
+
+def add_atoms(
+    observations: Mapping[str, Any], atoms: Callable[[Mapping[str, Any]], Any], num_conditions: int, key: str = "atoms"
+) -> dict[str, Any]:
+    """``observations`` (a batch) with ``observations[key] = atoms(observations)`` as ``(B, C)`` float32.
+
+    What the atoms wrappers add at every step; ``ValueError`` when ``atoms`` does not return ``(B, num_conditions)``.
+    """
+    values = np.asarray(atoms(observations), dtype=np.float32)
+    expected = (len(next(iter(observations.values()))), num_conditions)
+    if values.shape != expected:
+        raise ValueError(f"atoms must return (num_envs, C)={expected}, got {values.shape}")
+    return {**observations, key: values}
+
+
+def check_atoms(atoms: Any) -> None:
+    """``TypeError`` unless ``atoms`` is callable (a function of the observation dict)."""
+    if not callable(atoms):
+        raise TypeError(f"atoms must be a function of the observation dict, got {type(atoms).__name__}")
 
 
 class AtomsObservation(gym.vector.VectorObservationWrapper):
@@ -58,8 +78,7 @@ class AtomsObservation(gym.vector.VectorObservationWrapper):
         num_conditions: int,
         key: str = "atoms",
     ) -> None:
-        if not callable(atoms):
-            raise TypeError(f"atoms must be a function of the observation dict, got {type(atoms).__name__}")
+        check_atoms(atoms)
         super().__init__(env)
         self.atoms, self.key = atoms, key
         self.num_conditions = check_int(num_conditions, "num_conditions")
@@ -67,9 +86,4 @@ class AtomsObservation(gym.vector.VectorObservationWrapper):
         self.observation_space = batch_space(self.single_observation_space, env.num_envs)
 
     def observations(self, observations: Mapping[str, Any]) -> dict[str, Any]:
-        values = np.asarray(self.atoms(observations), dtype=np.float32)
-        if values.shape != (self.num_envs, self.num_conditions):
-            raise ValueError(
-                f"atoms must return (num_envs, C)=({self.num_envs}, {self.num_conditions}), got {values.shape}"
-            )
-        return {**observations, self.key: values}
+        return add_atoms(observations, self.atoms, self.num_conditions, self.key)

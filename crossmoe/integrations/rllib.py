@@ -42,7 +42,14 @@ from typing import Any
 from torch import Tensor, nn
 
 from crossmoe.diagnostics import moe_diagnostics
-from crossmoe.integrations.common import PRESETS, build_policy, default_schedule, minibatch_aux_loss, restore_dtypes
+from crossmoe.integrations.common import (
+    PRESETS,
+    build_policy,
+    default_schedule,
+    minibatch_aux_loss,
+    observation_atoms,
+    restore_dtypes,
+)
 from crossmoe.losses import AuxLossWeights
 from crossmoe.schedule import RoutingState, TemperatureAnnealingScheduler
 
@@ -389,13 +396,6 @@ class NetHackRLlibEnv(gym.Wrapper):
         return self.env.reset(seed=seed, options=options or None)
 
 
-class _OptionsNone(gym.vector.VectorWrapper):
-    """Passes ``reset(options={})`` on as ``options=None`` (NLE 1.3.0 reads ``options["wizkit_items"]``)."""
-
-    def reset(self, *, seed: Any = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
-        return self.env.reset(seed=seed, options=options or None)
-
-
 ENV_ID = "crossmoe-nethack"
 """The name :func:`nethack_ppo_config` registers :func:`nethack_rllib_env` under (``ray.tune.register_env``)."""
 
@@ -412,19 +412,12 @@ def nethack_rllib_env(env_config: Mapping[str, Any]) -> gym.Env | gym.vector.Vec
     """
     if not isinstance(env_config, Mapping) or "num_envs" not in env_config:
         return NetHackRLlibEnv(env_config)
-    from crossmoe.nethack import ATOMS, NetHackAtoms, make_env
     from crossmoe.wrappers import AtomsObservation
 
-    env_id = env_config.get("env_id")
-    if not isinstance(env_id, str) or not env_id:
-        raise ValueError(f"env_config['env_id'] must be a non-empty string, got {env_id!r}")
-    kwargs = dict(env_config.get("make_env_kwargs") or {})
-    envs = gym.vector.SyncVectorEnv(
-        [functools.partial(make_env, env_id, **kwargs) for _ in range(int(env_config["num_envs"]))]
-    )
-    if env_config.get("atoms"):
-        envs = AtomsObservation(envs, NetHackAtoms(), len(ATOMS))
-    return _OptionsNone(envs)
+    config = dict(env_config)
+    num_envs, atoms = int(config.pop("num_envs")), config.pop("atoms", False)
+    envs = gym.vector.SyncVectorEnv([functools.partial(NetHackRLlibEnv, config) for _ in range(num_envs)])
+    return AtomsObservation(envs, *observation_atoms(preset="nethack")) if atoms else envs
 
 
 def _env_actions(env_id: str, make_env_kwargs: Mapping[str, Any]) -> tuple[Any, ...]:

@@ -60,6 +60,7 @@ from crossmoe.integrations.common import (
 )
 from crossmoe.losses import AuxLossWeights
 from crossmoe.schedule import RoutingState, TemperatureAnnealingScheduler
+from crossmoe.wrappers import add_atoms, atoms_space, check_atoms
 
 __all__ = ["AtomsVecEnv", "CrossMoEPolicy", "MoEPPO"]
 
@@ -77,19 +78,12 @@ class AtomsVecEnv(VecEnvWrapper):
     """
 
     def __init__(self, venv: VecEnv, atoms: Any, num_conditions: int, key: str = "atoms") -> None:
-        from crossmoe.wrappers import atoms_space
-
-        if not callable(atoms):
-            raise TypeError(f"atoms must be a function of the observation dict, got {type(atoms).__name__}")
+        check_atoms(atoms)
         super().__init__(venv, observation_space=atoms_space(venv.observation_space, num_conditions, key))
         self.atoms, self.num_conditions, self.key = atoms, int(num_conditions), key
 
     def _with_atoms(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        values = np.asarray(self.atoms(obs), dtype=np.float32)
-        expected = (len(next(iter(obs.values()))), self.num_conditions)
-        if values.shape != expected:
-            raise ValueError(f"atoms must return (num_envs, C)={expected}, got {values.shape}")
-        return {**obs, self.key: values}
+        return add_atoms(obs, self.atoms, self.num_conditions, self.key)
 
     def reset(self) -> dict[str, np.ndarray]:
         return self._with_atoms(self.venv.reset())
@@ -224,7 +218,7 @@ class CrossMoEPolicy(ActorCriticPolicy):
             other = next(name for name in observation if name in obs_spaces)
             vectorized = is_vectorized_observation(np.asarray(observation[other]), obs_spaces[other])
             batch = observation if vectorized else {name: np.asarray(v)[None] for name, v in observation.items()}
-            values = np.asarray(atoms(batch), dtype=np.float32)
+            values = add_atoms(batch, atoms, obs_spaces[key].shape[0], key)[key]
             observation = {**observation, key: values if vectorized else values[0]}
         return super().obs_to_tensor(observation)
 

@@ -434,15 +434,17 @@ class NetHackAtoms:
             changed = np.zeros(len(memory), dtype=bool)
             for now, before in zip(inputs, previous, strict=True):
                 changed |= (now != before).reshape(len(now), -1).any(axis=1)
+        # extract_atoms only reads the arrays returned here, so the cache can hand out its own.
         if changed.all():
             navigation = _navigation(*inputs)
-        else:
+        elif changed.any():
             navigation = {name: value.copy() for name, value in self._navigation.items()}
-            if changed.any():
-                for name, value in _navigation(*(x[changed] for x in inputs)).items():
-                    navigation[name][changed] = value
-        self._inputs = tuple(np.array(x, copy=True) for x in inputs)
-        self._navigation = {name: value.copy() for name, value in navigation.items()}
+            for name, value in _navigation(*(x[changed] for x in inputs)).items():
+                navigation[name][changed] = value
+        else:
+            navigation = self._navigation
+        self._inputs = tuple(np.array(x, copy=True) for x in inputs)  # NLE reuses its arrays
+        self._navigation = navigation
         return navigation
 
     def __repr__(self) -> str:
