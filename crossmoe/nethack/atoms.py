@@ -325,44 +325,58 @@ def _first_steps(
 ) -> np.ndarray:
     """The first step of a shortest path from the player to any target cell, as ``(B, 8)`` one-hot or all 0.
 
-    A breadth-first distance field, relaxed for the whole batch at once over
-    the 8-neighbourhood until it reaches every player or stops changing; moves into or out of a door
-    cell must be orthogonal. Ties go to the first direction of
-    :data:`DIRECTIONS`. All inputs are ``(B, H, W)`` bool except the ``(B,)``
-    player coordinates; the player's own cell counts as walkable.
+    A breadth-first distance field from the targets, relaxed for the whole
+    batch at once over the 8-neighbourhood; moves into or out of a door cell
+    must be orthogonal. Ties go to the first direction of :data:`DIRECTIONS`.
+    All inputs are ``(B, H, W)`` bool except the ``(B,)`` player coordinates;
+    the player's own cell counts as walkable.
+
+    Layer ``k`` of the search is final after ``k`` rounds, so a row is done
+    once its player has a distance (the neighbours one step nearer are final
+    then, and later rounds only lower farther cells) or nothing in it changed.
+    Done rows leave the batch a quarter at a time, so each round costs about
+    the rows still searching.
     """
     batch, rows, cols = target.shape
     index = np.arange(batch)
     walkable = walkable.copy()
     walkable[index, player_y, player_x] = True
-    dist = np.where(target & walkable, 0, _FAR).astype(np.int16)
-    padded = np.full((batch, rows + 2, cols + 2), _FAR, dtype=np.int16)
-    door_padded = np.pad(door, ((0, 0), (1, 1), (1, 1)))
-    inner = (slice(None), slice(1, -1), slice(1, -1))
+    # Penalties instead of masks: a maximum with _FAR blocks a cell, a maximum with 0 leaves it.
+    door_far = np.pad(np.where(door, _FAR, np.int16(0)), ((0, 0), (1, 1), (1, 1)))
+    wall_far = np.where(walkable, np.int16(0), _FAR)
+    final = np.full((batch, rows + 2, cols + 2), _FAR, dtype=np.int16)
+    final[:, 1:-1, 1:-1] = np.where(target & walkable, np.int16(0), _FAR)
+    active = index
+    padded, blocked, walls, ys, xs = final, door_far, wall_far, player_y + 1, player_x + 1
     for _ in range(rows * cols):
-        padded[inner] = dist
+        inner = padded[:, 1:-1, 1:-1]
         # Orthogonal neighbours, from any cell; the full 3x3 (separable min), from cells that are not doors.
-        orthogonal = np.minimum(
+        nearest = np.minimum(
             np.minimum(padded[:, :-2, 1:-1], padded[:, 2:, 1:-1]), np.minimum(padded[:, 1:-1, :-2], padded[:, 1:-1, 2:])
         )
-        source = np.where(door_padded, _FAR, padded)
+        source = np.maximum(padded, blocked)
         across = np.minimum(np.minimum(source[:, :, :-2], source[:, :, 2:]), source[:, :, 1:-1])
         square = np.minimum(np.minimum(across[:, :-2], across[:, 2:]), across[:, 1:-1])
-        nearest = np.where(door, orthogonal, np.minimum(orthogonal, square))
-        relaxed = np.where(walkable, np.minimum(dist, nearest + 1), _FAR)
-        # Layer k of the search is final after k rounds, so once every player has a distance, its best step is known.
-        if np.array_equal(relaxed, dist) or (relaxed[index, player_y, player_x] < _FAR).all():
-            dist = relaxed
+        np.minimum(nearest, np.maximum(square, blocked[:, 1:-1, 1:-1], out=square), out=nearest)  # not diagonally
+        nearest += 1
+        relaxed = np.maximum(np.minimum(inner, nearest, out=nearest), walls, out=nearest)
+        # A row whose search stopped growing cannot reach its player.
+        done = ~(relaxed != inner).reshape(len(active), -1).any(axis=1)
+        inner[...] = relaxed
+        done |= padded[np.arange(len(active)), ys, xs] < _FAR
+        if done.all():
+            final[active] = padded
             break
-        dist = relaxed
-    padded[:, 1:-1, 1:-1] = dist
+        if 4 * done.sum() >= len(active):  # more rounds on a done row change nothing it is read for
+            final[active[done]] = padded[done]
+            active, padded, blocked, walls, ys, xs = (x[~done] for x in (active, padded, blocked, walls, ys, xs))
     step_dist = np.empty((batch, len(DIRECTIONS)), dtype=np.int16)
     on_door = door[index, player_y, player_x]
     for k, (_, dy, dx) in enumerate(DIRECTIONS):
         y, x = player_y + 1 + dy, player_x + 1 + dx
-        value = padded[index, y, x]
+        value = final[index, y, x]
         if dy and dx:
-            value = np.where(on_door | door_padded[index, y, x], _FAR, value)
+            value = np.where(on_door | (door_far[index, y, x] == _FAR), _FAR, value)
         step_dist[:, k] = value
     best = step_dist.argmin(axis=1)
     reachable = step_dist[index, best] < _FAR
