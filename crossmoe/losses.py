@@ -19,8 +19,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "DISTILLATION_KINDS",
     "AuxLossWeights",
     "aux_loss",
+    "distillation_loss",
     "expert_diversity_loss",
     "expert_overlap_penalty",
     "hypergraph_alignment_loss",
@@ -298,6 +300,74 @@ def routing_entropy(weights: Tensor) -> Tensor:
     _check_rank("weights", weights, 1, "(..., E)")
     safe = torch.where(weights > 0, weights, torch.ones_like(weights))
     return -(weights * safe.log()).sum(dim=-1).mean()
+
+
+DISTILLATION_KINDS = ("cross_entropy", "kl")
+"""What :func:`distillation_loss` can measure."""
+
+
+def distillation_loss(
+    student_logits: Tensor, teacher_probs: Tensor, mask: Tensor | None = None, *, kind: str = "cross_entropy"
+) -> Tensor:
+    r"""The kickstarting loss: how far the student's policy is from a teacher's, on the student's own states.
+
+    `Schmitt et al., 2018 <https://arxiv.org/abs/1803.03835>`_ add it to the
+    RL loss with a weight that decays over training (see
+    :class:`~crossmoe.schedule.DistillationSchedule`). With
+    :math:`\pi = \operatorname{softmax}(\text{student\_logits})` and the
+    teacher's :math:`p`, per state:
+
+    .. math::
+        \text{cross\_entropy} = -\sum_a p(a) \log \pi(a), \qquad
+        \text{kl} = \sum_a p(a) \log \frac{p(a)}{\pi(a)}
+
+    Both have the same gradient; ``kl`` is 0 where the student agrees with the
+    teacher, ``cross_entropy`` is then the teacher's entropy. Actions the
+    teacher gives probability 0 add nothing (even where the student's logit
+    is ``-inf``). The teacher's probabilities are a target: no gradient
+    reaches them. Computed in float32.
+
+    Args:
+        student_logits: The student's action logits.
+        teacher_probs: The teacher's action probabilities (rows summing to 1).
+        mask: Weight of each state (e.g. 0 for the reset steps of a rollout),
+            or None for all 1; the result is the weighted mean.
+        kind: ``"cross_entropy"`` or ``"kl"``.
+
+    Shapes:
+        - student_logits: ``(..., A)``
+        - teacher_probs: ``(..., A)``
+        - mask: ``(...)``
+        - output: scalar
+
+    Example:
+        >>> logits = torch.zeros(2, 3, requires_grad=True)
+        >>> teacher = torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.5, 0.0]])
+        >>> distillation_loss(logits, teacher, kind="kl").backward()  # pulls logits towards the teacher
+    """
+    if kind not in DISTILLATION_KINDS:
+        raise ValueError(f"kind must be one of {DISTILLATION_KINDS}, got {kind!r}")
+    _check_rank("student_logits", student_logits, 1, "(..., A)")
+    if teacher_probs.shape != student_logits.shape:
+        raise ValueError(
+            f"teacher_probs must have the shape of student_logits {tuple(student_logits.shape)}, "
+            f"got {tuple(teacher_probs.shape)}"
+        )
+    if mask is not None and mask.shape != student_logits.shape[:-1]:
+        raise ValueError(
+            f"mask must have the leading shape of student_logits {tuple(student_logits.shape[:-1])}, "
+            f"got {tuple(mask.shape)}"
+        )
+    target = teacher_probs.detach().float()
+    log_student = torch.log_softmax(student_logits.float(), dim=-1)
+    support = target > 0
+    loss = -(target * log_student.masked_fill(~support, 0.0)).sum(dim=-1)
+    if kind == "kl":
+        loss = loss + torch.special.xlogy(target, target).sum(dim=-1)
+    if mask is None:
+        return loss.mean()
+    mask = mask.to(loss.dtype)
+    return (loss * mask).sum() / mask.sum().clamp_min(1.0)
 
 
 @dataclass(frozen=True)

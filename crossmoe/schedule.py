@@ -1,4 +1,4 @@
-"""The three-phase routing schedule: softmax warm-up, annealing, sparsemax fine-tune."""
+"""Schedules over training: the three-phase routing schedule, and the weight of a distillation (kickstarting) loss."""
 
 from __future__ import annotations
 
@@ -9,10 +9,18 @@ from typing import Any, NamedTuple
 
 from torch import nn
 
+from crossmoe._checks import check_real
 from crossmoe.functional import check_temperature
 from crossmoe.losses import AuxLossWeights
 
-__all__ = ["KEEP_EXPERTS_ALIVE", "PHASES", "UNITS", "RoutingState", "TemperatureAnnealingScheduler"]
+__all__ = [
+    "KEEP_EXPERTS_ALIVE",
+    "PHASES",
+    "UNITS",
+    "DistillationSchedule",
+    "RoutingState",
+    "TemperatureAnnealingScheduler",
+]
 
 PHASES = ("warmup", "transition", "finetune")
 UNITS = ("episodes", "updates", "env_steps")
@@ -211,3 +219,77 @@ class TemperatureAnnealingScheduler:
     def __repr__(self) -> str:
         args = ", ".join(f"{key}={value!r}" for key, value in self.state_dict().items())
         return f"{type(self).__name__}({args})"
+
+
+class DistillationSchedule:
+    r"""Pure schedule of the weight of a distillation (kickstarting) loss over training.
+
+    The weight is ``coef`` until ``anneal_start``, falls linearly to 0 at
+    ``anneal_end`` and stays 0 after; without ``anneal_start`` and
+    ``anneal_end`` it is ``coef`` throughout. Kickstarting
+    (`Schmitt et al., 2018 <https://arxiv.org/abs/1803.03835>`_) found that
+    the teacher's weight should fall to 0 over training, so that the student
+    can outgrow the teacher (they adapted it by population-based training;
+    a linear fall is the fixed-schedule version). The step is whatever the
+    training loop counts (env steps in ``examples/ppo_nethack.py``), and
+    the schedule is a pure function of it, so a checkpoint needs only
+    :meth:`state_dict` and the loop's counter.
+
+    Args:
+        coef: The weight before the annealing, ``>= 0``.
+        anneal_start: Step at which the weight starts to fall, ``>= 0``, or
+            None for a constant weight.
+        anneal_end: Step at which it reaches 0, ``>= anneal_start``; given
+            exactly when ``anneal_start`` is.
+
+    Example:
+        >>> schedule = DistillationSchedule(3.0, anneal_start=250_000, anneal_end=500_000)
+        >>> schedule(0), schedule(375_000), schedule(600_000)
+        (3.0, 1.5, 0.0)
+    """
+
+    def __init__(self, coef: float, anneal_start: float | None = None, anneal_end: float | None = None) -> None:
+        self.coef = _finite(coef, "coef", minimum=0.0)
+        if (anneal_start is None) != (anneal_end is None):
+            raise ValueError(
+                f"anneal_start and anneal_end must be given together (or neither, for a constant weight), "
+                f"got anneal_start={anneal_start!r}, anneal_end={anneal_end!r}"
+            )
+        if anneal_start is not None:
+            anneal_start = _finite(anneal_start, "anneal_start", minimum=0.0)
+            anneal_end = _finite(anneal_end, "anneal_end", minimum=0.0)
+            if anneal_end < anneal_start:
+                raise ValueError(
+                    f"anneal_end must be >= anneal_start={anneal_start:g} (the annealing cannot end before it "
+                    f"starts), got {anneal_end:g}"
+                )
+        self.anneal_start, self.anneal_end = anneal_start, anneal_end
+
+    def __call__(self, step: float) -> float:
+        step = float(step)
+        if not (step >= 0):
+            raise ValueError(f"step must be >= 0, got {step!r}")
+        if self.anneal_start is None or step < self.anneal_start:
+            return self.coef
+        if step >= self.anneal_end:
+            return 0.0
+        return self.coef * (self.anneal_end - step) / (self.anneal_end - self.anneal_start)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The configuration; a pure schedule has no other state."""
+        return {"coef": self.coef, "anneal_start": self.anneal_start, "anneal_end": self.anneal_end}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore a configuration saved by :meth:`state_dict` (validated as in ``__init__``)."""
+        vars(self).update(vars(type(self)(**state_dict)))
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{key}={value!r}" for key, value in self.state_dict().items())
+        return f"{type(self).__name__}({args})"
+
+
+def _finite(value: Any, name: str, minimum: float) -> float:
+    value = check_real(value, name)
+    if not (math.isfinite(value) and value >= minimum):
+        raise ValueError(f"{name} must be a finite number >= {minimum:g}, got {value!r}")
+    return float(value)

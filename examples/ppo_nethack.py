@@ -5,6 +5,7 @@
     python examples/ppo_nethack.py --policy mlp                 # the no-MoE baseline
     python examples/ppo_nethack.py --fusion concat              # the fusion ablation
     python examples/ppo_nethack.py --run-dir runs/x --resume    # continue a killed run
+    python examples/ppo_nethack.py --teacher rules              # kickstarted from the rule agent
 
 What it does, in order:
 
@@ -30,6 +31,12 @@ What it does, in order:
 - Minibatches are whole env columns ``(T, N / num_minibatches)``, so the
   temporal-consistency loss sees each trajectory in time order.
 - The auxiliary MoE losses enter the loss with ``AuxLossWeights`` (``--aux.*``).
+- ``--teacher rules`` kickstarts the agent from :class:`crossmoe.nethack.RuleAgent`:
+  the rule agent's action probabilities are computed once per rollout step
+  (from the atoms the agent already has) and stored in the buffer, and
+  :func:`crossmoe.losses.distillation_loss` from them to the policy, weighted
+  by :class:`crossmoe.schedule.DistillationSchedule` (``--teacher-coef``,
+  constant unless ``--teacher-anneal-start/-end`` are given), joins the loss.
 - :class:`crossmoe.training.NaNGuard` rolls back non-finite steps,
   ``checkpoints/last.pt`` is written atomically every ``--checkpoint-every``
   updates and on SIGINT/SIGTERM, and ``--resume`` continues from it.
@@ -65,9 +72,18 @@ from tqdm import tqdm
 
 from crossmoe import AuxLossWeights, TemperatureAnnealingScheduler, aux_loss
 from crossmoe.diagnostics import moe_diagnostics
-from crossmoe.nethack import make_baseline_policy, make_policy, make_vector_env, split_episode_ends
+from crossmoe.losses import distillation_loss
+from crossmoe.nethack import (
+    RuleAgent,
+    env_actions,
+    make_baseline_policy,
+    make_policy,
+    make_vector_env,
+    split_episode_ends,
+)
 from crossmoe.plots import plot_run
-from crossmoe.schedule import KEEP_EXPERTS_ALIVE
+from crossmoe.schedule import KEEP_EXPERTS_ALIVE, DistillationSchedule
+from crossmoe.teacher import teacher_probs
 from crossmoe.training import (
     GracefulExit,
     MetricsLogger,
@@ -178,6 +194,20 @@ class Args:
     The default, ``crossmoe.schedule.KEEP_EXPERTS_ALIVE``, multiplies the load-balance weight by 10 from the
     annealing on, which keeps all four experts in use in the sparsemax fine-tune; ``""`` multiplies nothing."""
 
+    teacher: Literal["none", "rules"] = "none"
+    """Kickstart from a teacher (Schmitt et al., 2018): ``rules`` is the knowledge hypergraph played as rules
+    (``crossmoe.nethack.RuleAgent``); the distillation loss from its action distribution to the policy's, on the
+    rollout's states, joins the PPO loss. ``none``: plain PPO."""
+    teacher_coef: float = 3.0
+    """Weight of the distillation loss (before any annealing)."""
+    teacher_anneal_start: int | None = None
+    """Env step at which the teacher's weight starts to fall linearly to 0 (with ``--teacher-anneal-end``);
+    unset: a constant weight."""
+    teacher_anneal_end: int | None = None
+    """Env step at which the teacher's weight reaches 0."""
+    teacher_loss: Literal["cross_entropy", "kl"] = "cross_entropy"
+    """What the distillation loss measures (the same gradient; ``kl`` is 0 where the policy agrees)."""
+
     checkpoint_every: int = 10
     """Write ``checkpoints/last.pt`` every this many updates."""
     snapshot_at: tuple[int, ...] = ()
@@ -256,6 +286,25 @@ def make_scheduler(args: Args, num_iterations: int) -> TemperatureAnnealingSched
     return TemperatureAnnealingScheduler(
         round(warmup), round(transition), round(total), args.schedule_unit, coefficients=coefficients
     )
+
+
+TEACHERS = ("none", "rules")
+
+
+def make_teacher(args: Args, envs: gym.vector.VectorEnv) -> tuple[RuleAgent | None, DistillationSchedule | None]:
+    """The teacher of ``--teacher`` and the schedule of its weight, or ``(None, None)`` for ``none``."""
+    if args.teacher not in TEACHERS:
+        raise ValueError(f"teacher must be one of {TEACHERS}, got {args.teacher!r}")
+    if args.teacher == "none":
+        return None, None
+    try:
+        schedule = DistillationSchedule(args.teacher_coef, args.teacher_anneal_start, args.teacher_anneal_end)
+    except (TypeError, ValueError) as error:  # name the example's arguments, not the schedule's
+        raise type(error)(f"teacher_coef, teacher_anneal_start, teacher_anneal_end: {error}") from error
+    actions = env_actions(envs)
+    if actions is None:
+        raise ValueError(f"--teacher rules needs an env that lists its NLE actions, got {args.env_id!r}")
+    return RuleAgent(actions), schedule
 
 
 def make_agent(args: Args, envs: gym.vector.VectorEnv) -> nn.Module:
@@ -345,6 +394,7 @@ def main(args: Args) -> dict:
     envs = make_vector_env(args.num_envs, args.seed, args.env_id, vectorization=args.vectorization, **env_kwargs)
     envs = gym.wrappers.vector.RecordEpisodeStatistics(envs)
     moe = args.policy == "moe"
+    teacher, teacher_schedule = make_teacher(args, envs)
     agent = make_agent(args, envs).to(device)
     if args.compile != "off":
         agent = compile_agent(agent, args, envs)
@@ -362,6 +412,8 @@ def main(args: Args) -> dict:
         reward_scaler.load_state_dict(checkpoint["reward_scaler"])
         reward_scaler.returns[:] = 0.0  # the environments start fresh episodes
         guard.load_state_dict(checkpoint["nan_guard"])
+        if teacher_schedule is not None and "teacher_schedule" in checkpoint:
+            teacher_schedule.load_state_dict(checkpoint["teacher_schedule"])
         counters.update(checkpoint["counters"])
         recent_returns.extend(checkpoint["recent_returns"])
         best_return = checkpoint["best_return"]
@@ -388,6 +440,7 @@ def main(args: Args) -> dict:
                 "args": dataclasses.asdict(args),
                 "policy_config": agent.config,  # plain data: crossmoe.nethack.load_agent rebuilds the agent from it
                 "routing": {**routing_now._asdict(), "coefficients": dict(routing_now.coefficients)},
+                **({} if teacher_schedule is None else {"teacher_schedule": teacher_schedule.state_dict()}),
             },
         )
 
@@ -408,6 +461,8 @@ def main(args: Args) -> dict:
     aborted = torch.zeros((args.num_steps, args.num_envs), dtype=torch.bool)
     valid = torch.zeros((args.num_steps, args.num_envs))
     values = torch.zeros((args.num_steps, args.num_envs))
+    if teacher is not None:  # the teacher's action probabilities, once per step: no epoch recomputes them
+        teacher_buf = torch.zeros((args.num_steps, args.num_envs, envs.single_action_space.n))
 
     next_valid = np.ones(args.num_envs, dtype=bool)
     episode_score = np.zeros(args.num_envs)
@@ -433,6 +488,7 @@ def main(args: Args) -> dict:
             routing = scheduler(counters[SCHEDULE_COUNTER[args.schedule_unit]])
             routing.apply(agent)
             aux_weights = args.aux.scaled(routing.coefficients)
+            teacher_coef = None if teacher_schedule is None else teacher_schedule(counters["global_step"])
             finished = {"return": [], "length": [], "score": []}
 
             # ---- rollout --------------------------------------------------------------------------------
@@ -441,6 +497,9 @@ def main(args: Args) -> dict:
                 for key, buffer in obs_buf.items():
                     buffer[step] = step_obs[key]
                 valid[step] = torch.from_numpy(next_valid)
+                if teacher is not None:  # the MoE agent's atoms, when it has them; the rules compute them otherwise
+                    teacher_obs = next_obs if "atoms" not in step_obs else {**next_obs, "atoms": step_obs["atoms"]}
+                    teacher_buf[step] = teacher_probs(teacher, teacher_obs, envs.single_action_space.n)
                 with torch.inference_mode():  # same network mode as the update; no autograd bookkeeping
                     action, logprob, _, value = agent.get_action_and_value(step_obs)
                 actions[step], logprobs[step], values[step] = action.cpu(), logprob.cpu(), value.cpu()
@@ -520,6 +579,14 @@ def main(args: Args) -> dict:
                         v_loss = 0.5 * masked_mean((new_value - mb_returns) ** 2, mask)
                     entropy_loss = masked_mean(entropy, mask)
                     loss = pg_loss - args.ent_coef * entropy_loss + args.vf_coef * v_loss
+                    if teacher is not None:
+                        mb_teacher = teacher_buf[:, cols].flatten(0, 1).to(device)
+                        distill = distillation_loss(output.logits, mb_teacher, mask, kind=args.teacher_loss)
+                        loss = loss + teacher_coef * distill
+                        stats["teacher/distill_loss"].append(distill.detach())
+                        with torch.no_grad():  # how much of the policy's mass lies on the teacher's actions
+                            on_teacher = (output.logits.softmax(-1) * (mb_teacher > 0)).sum(-1)
+                            stats["teacher/policy_mass"].append(masked_mean(on_teacher, mask))
 
                     if moe:
                         # The aux losses see the minibatch as (T, n, ...) so the temporal term runs along T.
@@ -596,6 +663,7 @@ def main(args: Args) -> dict:
                 "explained_variance": explained,
                 "first_minibatch_ratio_error": first_ratio_error,
                 "nan_rollbacks": guard.total_faults,
+                "teacher_coef": teacher_coef,
                 **{name: float(np.mean([float(value) for value in series])) for name, series in stats.items()},
             }
             logger.log(row)
@@ -627,6 +695,7 @@ def main(args: Args) -> dict:
         "fusion": args.fusion if moe else None,
         "knowledge": args.knowledge if moe else None,
         "knowledge_pathway": args.knowledge_pathway if moe and args.knowledge else None,
+        "teacher": args.teacher,
         "seed": args.seed,
         "global_step": counters["global_step"],
         "updates": counters["update"],

@@ -17,8 +17,9 @@ import torch
 pytest.importorskip("nle")
 pytest.importorskip("tyro")
 
+from crossmoe.nethack import RuleAgent
 from crossmoe.routing import SparsemaxRouter
-from crossmoe.schedule import TemperatureAnnealingScheduler
+from crossmoe.schedule import DistillationSchedule, TemperatureAnnealingScheduler
 from crossmoe.training import load_checkpoint, read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -183,6 +184,52 @@ def test_ablations_train(tmp_path, options):
     assert ("routing_entropy" in rows[0]) == (options.get("policy", "moe") == "moe")
 
 
+def test_teacher_probabilities_are_computed_once_per_rollout_step_and_pull_the_policy(tmp_path, monkeypatch):
+    calls = []
+    action_probs = RuleAgent.action_probs
+
+    def spy(self, obs):
+        calls.append(len(obs["blstats"]))
+        assert "atoms" in obs  # the agent's own atoms, not computed a second time
+        return action_probs(self, obs)
+
+    monkeypatch.setattr(RuleAgent, "action_probs", spy)
+    summary, rows = _run(tmp_path, total_timesteps=256, teacher="rules", teacher_coef=2.0, update_epochs=3)
+    assert calls == [TINY["num_envs"]] * (4 * TINY["num_steps"])  # per step, never in the 3 epochs of an update
+    assert summary["teacher"] == "rules" and [row["teacher_coef"] for row in rows] == [2.0] * 4
+    assert all(np.isfinite(row["teacher/distill_loss"]) for row in rows)
+    assert all(0.0 < row["teacher/policy_mass"] <= 1.0 for row in rows)
+
+
+def test_a_strong_teacher_weight_makes_the_policy_follow_the_rules(tmp_path):
+    """A large weight dominates the PPO terms: the policy's mass on the teacher's actions climbs (0.22 -> 0.54)."""
+    _, rows = _run(tmp_path, total_timesteps=640, teacher="rules", teacher_coef=20.0, learning_rate=1e-3)
+    mass = [row["teacher/policy_mass"] for row in rows]
+    assert mass[-1] > mass[0] + 0.2 and max(mass[:3]) < min(mass[-3:]), mass
+
+
+def test_the_mlp_baseline_takes_a_teacher(tmp_path):
+    summary, rows = _run(tmp_path, total_timesteps=128, policy="mlp", teacher="rules")
+    assert summary["global_step"] == 128 and all(np.isfinite(row["teacher/distill_loss"]) for row in rows)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        ({"teacher": "oracle"}, "teacher must be one of"),
+        ({"teacher": "rules", "teacher_coef": -1.0}, "teacher_coef.*coef must be a finite number >= 0"),
+        ({"teacher": "rules", "teacher_anneal_start": 100}, "anneal_start and anneal_end must be given together"),
+        (
+            {"teacher": "rules", "teacher_anneal_start": 100, "teacher_anneal_end": 50},
+            "teacher_anneal_end.*anneal_end must be >= anneal_start",
+        ),
+    ],
+)
+def test_bad_teacher_arguments_are_refused(tmp_path, overrides, match):
+    with pytest.raises(ValueError, match=match):
+        _run(tmp_path, total_timesteps=128, **overrides)
+
+
 def _command(run_dir, *extra):
     flags = [f"--{key.replace('_', '-')}={value}" for key, value in TINY.items() if key != "progress"]
     return [sys.executable, str(EXAMPLE), *flags, "--no-progress", f"--run-dir={run_dir}", *extra]
@@ -242,7 +289,8 @@ def _wait_for(predicate, process, timeout=240.0):
 def test_resume_after_sigkill_continues_counters_schedule_and_metrics(tmp_path):
     run_dir = tmp_path / "run"
     last = run_dir / "checkpoints" / "last.pt"
-    with _training(run_dir, "--checkpoint-every=2", stdout=subprocess.DEVNULL) as process:
+    teacher = ("--teacher=rules", "--teacher-anneal-start=0", "--teacher-anneal-end=100000")
+    with _training(run_dir, "--checkpoint-every=2", *teacher, stdout=subprocess.DEVNULL) as process:
         _wait_for(lambda: last.exists() and len(read_metrics(run_dir / "metrics.jsonl")) >= 3, process)
         os.kill(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
@@ -269,6 +317,11 @@ def test_resume_after_sigkill_continues_counters_schedule_and_metrics(tmp_path):
     assert [row["phase"] for row in rows[-2:]] == [schedule(step).phase, schedule(step + 64).phase]
     resumed = rows[update]  # the first row of the resumed run
     assert resumed["episodes"] == state["counters"]["episodes"] + resumed["episodes_finished"]
+    # So does the teacher's weight, set at the start of each update from the env-step counter.
+    teacher_schedule = DistillationSchedule(**state["teacher_schedule"])
+    assert teacher_schedule.state_dict() == {"coef": 3.0, "anneal_start": 0.0, "anneal_end": 100000.0}
+    assert [row["teacher_coef"] for row in rows] == pytest.approx([teacher_schedule(s - 64) for s in steps])
+    assert rows[-1]["teacher_coef"] < rows[0]["teacher_coef"]
     assert load_checkpoint(last)["counters"]["global_step"] == step + 128
 
 

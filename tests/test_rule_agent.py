@@ -121,3 +121,47 @@ def test_any_action_when_no_operator_applies():
 def test_rejects_bad_priority_lists(priority, match):
     with pytest.raises(ValueError, match=match):
         RuleAgent(priority=priority)
+
+
+# the rule agent as a teacher
+
+
+def test_action_probs_are_uniform_over_the_chosen_operators_actions(agent):
+    obs = concat(obs_batch(monster_east=True), obs_batch(message="Really attack? [yn] (n)"), obs_batch())
+    probs = agent.action_probs(obs)
+    assert probs.shape == (3, len(ACTIONS)) and probs.dtype == np.float32
+    np.testing.assert_allclose(probs[0], np.eye(len(ACTIONS))[EAST])  # attack_e has the one action E
+    np.testing.assert_allclose(probs[1], np.eye(len(ACTIONS))[MORE])
+    fallback = np.zeros(len(ACTIONS))
+    fallback[list(COMPASS)] = 1 / 8
+    np.testing.assert_allclose(probs[2], fallback, rtol=1e-6)
+
+
+def test_action_probs_are_uniform_when_no_operator_applies():
+    graph = Hypergraph(list(ATOMS), [OperatorSpec("eat", requires=("weak",), actions=("Command.EAT",))])
+    probs = RuleAgent(hypergraph=graph, priority=()).action_probs(obs_batch(2))
+    np.testing.assert_allclose(probs, np.full((2, len(ACTIONS)), 1 / len(ACTIONS)), rtol=1e-6)
+
+
+def test_action_probs_are_the_distribution_act_samples_from_on_real_games(agent):
+    """On 2 x 40 steps of NetHackScore: the support is the chosen operator's actions (``select``), the mass uniform,
+    and ``act`` never leaves the support; with precomputed atoms the result is the same."""
+    from crossmoe.teacher import Teacher, teacher_probs
+
+    assert isinstance(agent, Teacher)
+    envs = make_vector_env(2, 7)
+    obs, _ = envs.reset(seed=7)
+    mask = agent.hypergraph.action_mask(ACTIONS).numpy()
+    try:
+        for _ in range(40):
+            probs = teacher_probs(agent, obs, len(ACTIONS)).numpy()
+            np.testing.assert_array_equal(probs, agent.action_probs({**obs, "atoms": extract_atoms(obs)}))
+            operators, actions = agent.select(obs)
+            for row in range(2):
+                support = mask[operators[row]] if operators[row] >= 0 else np.ones(len(ACTIONS), bool)
+                np.testing.assert_array_equal(probs[row] > 0, support)
+                np.testing.assert_allclose(probs[row][support], 1 / support.sum(), rtol=1e-6)
+                assert probs[row, actions[row]] > 0
+            obs, *_ = envs.step(actions)
+    finally:
+        envs.close()

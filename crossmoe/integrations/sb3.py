@@ -333,9 +333,9 @@ class MoEPPO(PPO):
     def _setup_model(self) -> None:
         kwargs = self.policy_kwargs
         if kwargs.get("preset") == "nethack" and kwargs.get("action_set") is None and self.env is not None:
-            from crossmoe.nethack.agent import _env_actions  # reads a VecEnv's first env, or its workers
+            from crossmoe.nethack import env_actions  # reads a VecEnv's first env, or its workers
 
-            names = _env_actions(self.env)
+            names = env_actions(self.env)
             if names is not None:
                 self.policy_kwargs = {**kwargs, "action_set": names}
         if self.env is not None:  # the atoms once per env step, stored with the observation

@@ -7,6 +7,7 @@ installs the NetHack Learning Environment.
 from crossmoe.nethack.agent import (
     NETHACK_SCORE_ACTIONS,
     build_agent,
+    env_actions,
     load_agent,
     load_hypergraph,
     make_baseline_policy,
@@ -44,6 +45,7 @@ __all__ = [
     "blstats_features",
     "build_agent",
     "compass_direction",
+    "env_actions",
     "expert_from_label",
     "extract_atoms",
     "glyph_class",

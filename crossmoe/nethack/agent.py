@@ -25,6 +25,7 @@ from crossmoe.training import load_checkpoint
 __all__ = [
     "NETHACK_SCORE_ACTIONS",
     "build_agent",
+    "env_actions",
     "load_agent",
     "load_hypergraph",
     "make_baseline_policy",
@@ -65,8 +66,12 @@ def _num_actions(env: Any) -> int:
     return int(space.n)
 
 
-def _env_actions(env: Any) -> list[str] | None:
-    """Names of the NLE actions of a (vector) env, or None when it does not list them."""
+def env_actions(env: Any) -> list[str] | None:
+    """Names of the NLE actions of an env or a vector env (sync or async, wrapped or not); None when it lists none.
+
+    These are the names :meth:`Hypergraph.action_mask <crossmoe.hypergraph.Hypergraph.action_mask>` and
+    :class:`~crossmoe.nethack.RuleAgent` take as ``action_set``.
+    """
     base = getattr(env, "unwrapped", env)  # a vector env's wrappers unwrap to the vector env itself
     single = (getattr(base, "envs", None) or [base])[0]  # a SyncVectorEnv holds its envs
     actions = getattr(getattr(single, "unwrapped", single), "actions", None)
@@ -81,7 +86,7 @@ def _env_actions(env: Any) -> list[str] | None:
 def _action_set(action_set: Sequence[Any] | None, action_dim: int, env: Any) -> list[str]:
     """The env's actions as hypergraph names: given, read from ``env``, or ``NetHackScore-v0``'s."""
     if action_set is None and env is not None:
-        action_set = _env_actions(env)
+        action_set = env_actions(env)
         if action_set is None:
             raise ValueError(f"action_set must be given: the env {type(env).__name__} does not list its NLE actions")
     if action_set is None:

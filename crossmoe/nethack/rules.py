@@ -98,7 +98,9 @@ class RuleAgent:
     is equally likely. The whole batch is decided at once with NumPy.
 
     It follows the :class:`~crossmoe.evaluation.Agent` protocol, so
-    :func:`crossmoe.evaluation.evaluate` takes it as it is.
+    :func:`crossmoe.evaluation.evaluate` takes it as it is, and the
+    :class:`~crossmoe.teacher.Teacher` protocol (:meth:`action_probs`), so a
+    learner can be kickstarted from it (``examples/ppo_nethack.py --teacher rules``).
 
     Args:
         action_set: The env's actions (``env.unwrapped.actions``: enum members
@@ -164,15 +166,33 @@ class RuleAgent:
             - output: ``(operators (B,), actions (B,))``, both int64; the operator
               is ``-1`` where none applies
         """
+        operators, allowed = self._choose(obs)
+        # The argmax of i.i.d. uniforms over the allowed actions is a uniform choice among them.
+        actions = np.where(allowed, self._rng.random(allowed.shape), -1.0).argmax(axis=1)
+        return operators, actions
+
+    def action_probs(self, obs: Mapping[str, Any]) -> np.ndarray:
+        """The distribution :meth:`act` samples from: uniform over the chosen operator's actions.
+
+        This makes the rule agent a :class:`~crossmoe.teacher.Teacher` for
+        kickstarting. Where no operator applies, it is uniform over every
+        action. An ``atoms`` entry of ``obs`` is used when present.
+
+        Shapes:
+            - output: ``(B, A)`` float32, rows summing to 1
+        """
+        _, allowed = self._choose(obs)
+        return (allowed / allowed.sum(axis=1, keepdims=True)).astype(np.float32)
+
+    def _choose(self, obs: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        """The first applicable operator in priority order (``-1``: none) and its ``(B, A)`` bool allowed actions."""
         atoms = obs["atoms"] if "atoms" in obs else extract_atoms(obs)
         applicable = self.hypergraph.applicable(np.asarray(atoms, dtype=np.float32)).numpy()  # (B, O)
         ranked = applicable[:, self.order]  # (B, O') in priority order
         found = ranked.any(axis=1)
         operators = np.where(found, self.order[ranked.argmax(axis=1)], -1)
         allowed = np.where(found[:, None], self.action_mask[operators], True)  # (B, A)
-        # The argmax of i.i.d. uniforms over the allowed actions is a uniform choice among them.
-        actions = np.where(allowed, self._rng.random(allowed.shape), -1.0).argmax(axis=1)
-        return operators, actions
+        return operators, allowed
 
     def act(self, obs: Mapping[str, Any]) -> np.ndarray:
         """The ``(B,)`` actions of a batch of observations (see :meth:`select`)."""
