@@ -42,7 +42,16 @@ import tyro
 FLOORS = ("random", "rules")
 # The metrics columns the results keep (the rest of metrics.jsonl stays in runs/).
 KEPT = ("global_step", "update", "episodes", "score", "episodic_return", "episodic_length", "sps", "phase", "alpha")
-KEPT_PREFIXES = ("weight/", "usage/", "aux/", "routing_entropy", "dead_experts", "attention_sparsity", "context_norm")
+KEPT_PREFIXES = (
+    "weight/",
+    "usage/",
+    "aux/",
+    "routing_entropy",
+    "dead_experts",
+    "attention_sparsity",
+    "context_norm",
+    "teacher",
+)
 
 
 @dataclass
