@@ -31,6 +31,7 @@ from crossmoe.functional import is_compiling
 from crossmoe.hypergraph import Hypergraph
 
 __all__ = [
+    "AtomFeatures",
     "BoxEncoder",
     "HypergraphLogicEncoder",
     "LearnedQueries",
@@ -257,19 +258,7 @@ class HypergraphLogicEncoder(nn.Module):
 
     def activations(self, obs: Mapping[str, Any]) -> Tensor:
         """The ``(B, C)`` condition activations of ``obs``."""
-        device = self.operator_to_expert.device
-        if isinstance(obs, Mapping) and self.key in obs:
-            values = obs_tensor(obs, self.key, device=device, dtype=torch.float32)
-        elif self.atoms is not None:
-            values = torch.as_tensor(self.atoms(obs), dtype=torch.float32, device=device)
-        else:
-            raise ValueError(f"obs is missing key {self.key!r} and no atoms function was given to compute it")
-        num_conditions = self.hypergraph.num_conditions
-        if values.dim() != 2 or values.shape[1] != num_conditions:
-            raise ValueError(
-                f"condition activations must be (B, C) with C={num_conditions}, got shape {tuple(values.shape)}"
-            )
-        return values
+        return _activations(obs, self.key, self.atoms, self.hypergraph.num_conditions, self.operator_to_expert.device)
 
     def applicable_operators(self, obs: Mapping[str, Any]) -> Tensor:
         """The ``(B, O)`` bool applicability of a prepared observation's operators."""
@@ -290,6 +279,66 @@ class HypergraphLogicEncoder(nn.Module):
         distinct, index = unique_rows(activations)
         tokens, scores = self.graph_encoder(distinct)
         return LogicOutput(tokens, scores.index_select(0, index), applicable, index)
+
+
+def _activations(obs: Mapping[str, Any], key: str, atoms: Callable | None, num_conditions: int, device) -> Tensor:
+    """``obs[key]``, else ``atoms(obs)``, as ``(B, C)`` float32 on ``device``, checked."""
+    if isinstance(obs, Mapping) and key in obs:
+        values = obs_tensor(obs, key, device=device, dtype=torch.float32)
+    elif atoms is not None:
+        values = torch.as_tensor(atoms(obs), dtype=torch.float32, device=device)
+    else:
+        raise ValueError(f"obs is missing key {key!r} and no atoms function was given to compute it")
+    if values.dim() != 2 or values.shape[1] != num_conditions:
+        raise ValueError(
+            f"condition activations must be (B, C) with C={num_conditions}, got shape {tuple(values.shape)}"
+        )
+    return values
+
+
+class AtomFeatures(nn.Module):
+    """Knowledge as plain features: the condition activations as a flat input, and the operators they make applicable.
+
+    The input of the flat-features control (``make_baseline_policy(knowledge=True)``
+    in :mod:`crossmoe.nethack`): the same atoms as the logic stream of
+    :class:`HypergraphLogicEncoder`, with no graph encoder, for a plain
+    :class:`~crossmoe.policy.ActorCritic` to read next to its visual tokens,
+    and the applicability that a knowledge prior
+    (:class:`~crossmoe.knowledge.ApplicabilityPrior`) votes with. The
+    activations come from ``obs[key]`` when present, otherwise from
+    ``atoms(obs)`` (its :meth:`prepare` stores them, outside ``torch.compile``).
+
+    Args:
+        hypergraph: The knowledge graph: its conditions name the atoms, its
+            operators' preconditions give the applicability.
+        atoms: Function from the observation dict to ``(B, C)`` activations.
+        key: Observation key holding precomputed activations.
+
+    Shapes:
+        - output: ``(features (B, C), applicable (B, O) bool)``
+    """
+
+    def __init__(
+        self, hypergraph: Hypergraph, atoms: Callable[[Mapping[str, Any]], Any] | None = None, key: str = "atoms"
+    ) -> None:
+        super().__init__()
+        if not isinstance(hypergraph, Hypergraph):
+            raise TypeError(f"hypergraph must be a crossmoe Hypergraph, got {type(hypergraph).__name__}")
+        self.hypergraph, self.atoms, self.key = hypergraph, atoms, key
+        self.num_features = hypergraph.num_conditions
+
+    def prepare(self, obs: dict[str, Any]) -> dict[str, Any]:
+        """Store ``atoms(obs)`` under ``key`` when the observation lacks it."""
+        if self.key not in obs and self.atoms is not None:
+            obs[self.key] = self.atoms(obs)
+        return obs
+
+    def forward(self, obs: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
+        activations = _activations(obs, self.key, self.atoms, self.num_features, None)  # where prepare put them
+        return activations, self.hypergraph.applicable(activations)
+
+    def extra_repr(self) -> str:
+        return f"num_features={self.num_features}, num_operators={self.hypergraph.num_operators}, key={self.key!r}"
 
 
 def unique_rows(x: Tensor) -> tuple[Tensor, Tensor]:

@@ -404,11 +404,17 @@ class CrossAttentionMoEPolicy(ActorCriticBase):
 
 
 class ActorCriticOutput(NamedTuple):
-    """One forward pass of :class:`ActorCritic`: ``logits (B, A)``, ``value (B,)``, ``context (B, H)``."""
+    """One forward pass of :class:`ActorCritic`: ``logits (B, A)``, ``value (B,)``, ``context (B, H)``.
+
+    With a features module that gives applicability, also ``applicable (B, O)``
+    bool, and with a knowledge pathway its ``prior (B, A)`` (already in ``logits``).
+    """
 
     logits: Tensor
     value: Tensor
     context: Tensor
+    applicable: Tensor | None = None
+    prior: Tensor | None = None
 
 
 class ActorCritic(ActorCriticBase):
@@ -422,12 +428,22 @@ class ActorCritic(ActorCriticBase):
     :class:`CrossAttentionMoEPolicy`, so a training loop can swap one for the
     other.
 
+    With ``features`` (e.g. :class:`~crossmoe.encoders.AtomFeatures`), a
+    ``(B, F)`` vector joins the flattened tokens at the trunk's input, and
+    with ``knowledge`` (e.g. :class:`~crossmoe.knowledge.ApplicabilityPrior`)
+    a bias from the applicable operators that ``features`` reports is added to
+    the logits: the flat-features control, which gets the MoE agent's atoms
+    and prior without its graph encoder, fusion, router or experts.
+
     Args:
         encoder: Module mapping observations to ``(tokens (B, N, D), mask (B, N) or None)``.
         action_dim: Number of discrete actions.
         num_tokens: ``N``; defaults to ``encoder.num_tokens``.
         dim: ``D``; defaults to ``encoder.dim``.
         hidden_dim: Width of the trunk.
+        features: Module mapping observations to ``(features (B, F), applicable (B, O) bool or None)``,
+            with a ``num_features`` attribute ``F``; None for tokens only.
+        knowledge: Module mapping ``applicable (B, O)`` to an ``(B, A)`` logit bias; needs ``features``.
     """
 
     def __init__(
@@ -437,9 +453,16 @@ class ActorCritic(ActorCriticBase):
         num_tokens: int | None = None,
         dim: int | None = None,
         hidden_dim: int = 256,
+        features: nn.Module | None = None,
+        knowledge: nn.Module | None = None,
     ) -> None:
         super().__init__()
         hidden_dim = check_int(hidden_dim, "hidden_dim")
+        num_features = 0 if features is None else getattr(features, "num_features", None)
+        if num_features is None or isinstance(num_features, bool) or not isinstance(num_features, numbers.Integral):
+            raise ValueError(f"features must have an integer num_features attribute, got {features!r}")
+        if knowledge is not None and features is None:
+            raise ValueError("knowledge needs features that report the applicable operators, got features=None")
         num_tokens = getattr(encoder, "num_tokens", None) if num_tokens is None else num_tokens
         dim = getattr(encoder, "dim", None) if dim is None else dim
         for name, value in (("num_tokens", num_tokens), ("dim", dim), ("action_dim", action_dim)):
@@ -447,9 +470,10 @@ class ActorCritic(ActorCriticBase):
                 raise ValueError(
                     f"{name} must be a positive integer (pass it, or give the encoder that attribute), got {value!r}"
                 )
-        self.encoder = encoder
+        self.encoder, self.features, self.knowledge = encoder, features, knowledge
         self.action_dim, self.num_tokens, self.dim = int(action_dim), int(num_tokens), int(dim)
-        self.trunk = nn.Sequential(nn.Linear(self.num_tokens * self.dim, hidden_dim), nn.ReLU())
+        self.num_features = int(num_features)
+        self.trunk = nn.Sequential(nn.Linear(self.num_tokens * self.dim + self.num_features, hidden_dim), nn.ReLU())
         self.actor = nn.Linear(hidden_dim, self.action_dim)
         self.critic = nn.Linear(hidden_dim, 1)
         with torch.no_grad():
@@ -459,10 +483,13 @@ class ActorCritic(ActorCriticBase):
             self.critic.bias.zero_()
 
     def encoders(self) -> tuple[nn.Module, ...]:
-        return (self.encoder,)
+        return (self.encoder,) if self.features is None else (self.encoder, self.features)
 
     def encode(self, obs: Mapping[str, Any]) -> Tensor:
         """The ``(B, hidden_dim)`` trunk features of a prepared observation."""
+        return self._encode(obs)[0]
+
+    def _encode(self, obs: Mapping[str, Any]) -> tuple[Tensor, Tensor | None]:
         tokens, mask = self.encoder(obs)
         if tokens.dim() != 3 or tokens.shape[1:] != (self.num_tokens, self.dim):
             raise ValueError(
@@ -470,12 +497,30 @@ class ActorCritic(ActorCriticBase):
             )
         if mask is not None:
             tokens = tokens * mask.unsqueeze(-1).to(tokens.dtype)
-        return self.trunk(tokens.flatten(1))
+        inputs, applicable = tokens.flatten(1), None
+        if self.features is not None:
+            features, applicable = self.features(obs)
+            if features.shape != (inputs.shape[0], self.num_features):
+                raise ValueError(
+                    f"features must return (B, {self.num_features}) with B={inputs.shape[0]}, "
+                    f"got {tuple(features.shape)}"
+                )
+            inputs = torch.cat([inputs, features.to(inputs.dtype)], dim=1)
+        return self.trunk(inputs), applicable
 
     def forward_tensors(self, obs: Mapping[str, Any]) -> ActorCriticOutput:
         """:meth:`forward` on a prepared observation (the part ``torch.compile`` traces)."""
-        hidden = self.encode(obs)
-        return ActorCriticOutput(self.actor(hidden), self.critic(hidden).squeeze(-1), hidden)
+        hidden, applicable = self._encode(obs)
+        logits, prior = self.actor(hidden), None
+        if self.knowledge is not None:
+            if applicable is None:
+                raise ValueError("a knowledge pathway needs features that return the applicable operators")
+            prior = self.knowledge(applicable)
+            logits = logits + prior
+        return ActorCriticOutput(logits, self.critic(hidden).squeeze(-1), hidden, applicable, prior)
 
     def extra_repr(self) -> str:
-        return f"action_dim={self.action_dim}, num_tokens={self.num_tokens}, dim={self.dim}"
+        return (
+            f"action_dim={self.action_dim}, num_tokens={self.num_tokens}, dim={self.dim}, "
+            f"num_features={self.num_features}"
+        )

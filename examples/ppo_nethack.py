@@ -3,6 +3,7 @@
     python examples/ppo_nethack.py --total-timesteps 100000
     python examples/ppo_nethack.py --env-id MiniHack-Room-5x5-v0 --total-timesteps 500000
     python examples/ppo_nethack.py --policy mlp                 # the no-MoE baseline
+    python examples/ppo_nethack.py --policy flat                # the atoms and the prior, no MoE
     python examples/ppo_nethack.py --fusion concat              # the fusion ablation
     python examples/ppo_nethack.py --run-dir runs/x --resume    # continue a killed run
     python examples/ppo_nethack.py --teacher rules              # kickstarted from the rule agent
@@ -115,8 +116,10 @@ class Args:
     resume: bool = False
     """Continue the run in ``--run-dir`` from ``checkpoints/last.pt``, with the arguments it started with
     (only the total timesteps, device, threads, compile, logging, plotting and NaN-injection flags may change)."""
-    policy: Literal["moe", "mlp"] = "moe"
-    """``moe``: the crossmoe agent; ``mlp``: a plain actor-critic on the same visual encoder."""
+    policy: Literal["moe", "mlp", "flat"] = "moe"
+    """``moe``: the crossmoe agent; ``mlp``: a plain actor-critic on the same visual encoder; ``flat``: the
+    flat-features control, the mlp with the atoms as input and the knowledge prior
+    (``make_baseline_policy(knowledge=True)``)."""
     fusion: Literal["cross_attention", "concat"] = "cross_attention"
     """Fusion of the logic and visual streams (``concat`` is the ablation); ``moe`` only."""
     knowledge: bool = True
@@ -308,7 +311,7 @@ def make_teacher(args: Args, envs: gym.vector.VectorEnv) -> tuple[RuleAgent | No
 
 
 def make_agent(args: Args, envs: gym.vector.VectorEnv) -> nn.Module:
-    """The MoE agent (``--policy moe``) or the no-MoE baseline, with the action count of ``envs``."""
+    """The MoE agent (``--policy moe``), the no-MoE baseline (``mlp``) or the flat-features control (``flat``)."""
     if args.policy == "moe":
         return make_policy(
             env=envs,
@@ -319,7 +322,7 @@ def make_agent(args: Args, envs: gym.vector.VectorEnv) -> nn.Module:
             uniform_router_init=args.uniform_router_init,
             applicable_queries=args.applicable_queries,
         )
-    return make_baseline_policy(env=envs, dim=args.dim)
+    return make_baseline_policy(env=envs, dim=args.dim, knowledge=args.policy == "flat")
 
 
 def compile_agent(agent: nn.Module, args: Args, envs: gym.vector.VectorEnv) -> nn.Module:

@@ -503,3 +503,54 @@ def test_an_env_that_does_not_list_its_actions_needs_an_action_set():
         make_policy(env=env, dim=32)
     policy = make_policy(env=env, dim=32, action_set=["MiscAction.MORE", "Command.SEARCH"])
     assert policy.action_dim == 2
+
+
+# the flat-features control: make_baseline_policy(knowledge=True)
+
+
+def test_flat_control_reads_the_atoms_and_adds_the_same_prior(real_obs, envs):
+    from crossmoe.graph import HypergraphEncoder
+    from crossmoe.nethack import make_baseline_policy
+    from crossmoe.routing import SparsemaxRouter
+
+    torch.manual_seed(0)
+    flat = make_baseline_policy(env=envs, dim=DIM, knowledge=True).eval()
+    names = [f"{type(a).__name__}.{a.name}" for a in envs.envs[0].unwrapped.actions]
+    assert not any(isinstance(m, (HypergraphEncoder, SparsemaxRouter, ConcatFusion)) for m in flat.modules())
+    assert flat.config["knowledge"] is True and flat.config["action_set"] == names
+    out = flat(real_obs)
+    atoms = extract_atoms(real_obs)
+    torch.testing.assert_close(out.applicable, load_hypergraph().applicable(atoms))
+    torch.testing.assert_close(out.prior, _reference_prior(out.applicable, names))
+    # the atoms are an input of the trunk: flipping one changes the policy beyond the prior
+    flipped = atoms.copy()
+    flipped[:, ATOMS.index("hp_low")] = 1.0 - flipped[:, ATOMS.index("hp_low")]
+    changed = flat({**real_obs, "atoms": flipped})
+    assert not torch.allclose(changed.logits - changed.prior, out.logits - out.prior)
+    torch.testing.assert_close(changed.prior, _reference_prior(changed.applicable, names))
+
+
+def test_flat_control_round_trips_through_its_config_and_the_plain_baseline_is_unchanged(real_obs, envs):
+    from crossmoe.nethack import make_baseline_policy
+
+    flat = make_baseline_policy(env=envs, dim=DIM, knowledge=True).eval()
+    rebuilt = build_agent(flat.config).eval()
+    rebuilt.load_state_dict(flat.state_dict())
+    torch.testing.assert_close(rebuilt(real_obs).logits, flat(real_obs).logits)
+    plain = make_baseline_policy(env=envs, dim=DIM)
+    assert plain.features is None and plain.knowledge is None and "knowledge" not in plain.config
+    assert plain(real_obs).prior is None and plain.trunk[0].in_features == plain.num_tokens * DIM
+
+
+def test_flat_control_rejects_bad_arguments(envs):
+    from crossmoe import ActorCritic
+    from crossmoe.nethack import make_baseline_policy
+
+    with pytest.raises(TypeError, match="knowledge must be a bool"):
+        make_baseline_policy(knowledge="yes")
+    with pytest.raises(ValueError, match="pass knowledge=True"):
+        make_baseline_policy(hypergraph=load_hypergraph())
+    with pytest.raises(TypeError, match="hypergraph must be a crossmoe Hypergraph"):
+        make_baseline_policy(knowledge=True, hypergraph={"nodes": []})
+    with pytest.raises(ValueError, match="knowledge needs features"):
+        ActorCritic(NetHackVisualEncoder(DIM), 23, knowledge=ApplicabilityPrior(torch.ones(2, 23, dtype=torch.bool)))

@@ -176,7 +176,9 @@ def test_invalid_minibatch_split_is_rejected(tmp_path):
         _run(tmp_path, num_minibatches=4)
 
 
-@pytest.mark.parametrize("options", [{"fusion": "concat"}, {"policy": "mlp"}, {"knowledge_pathway": "attention"}])
+@pytest.mark.parametrize(
+    "options", [{"fusion": "concat"}, {"policy": "mlp"}, {"policy": "flat"}, {"knowledge_pathway": "attention"}]
+)
 def test_ablations_train(tmp_path, options):
     summary, rows = _run(tmp_path, total_timesteps=128, **options)
     assert summary["global_step"] == 128 and len(rows) == 2
@@ -208,8 +210,9 @@ def test_a_strong_teacher_weight_makes_the_policy_follow_the_rules(tmp_path):
     assert mass[-1] > mass[0] + 0.2 and max(mass[:3]) < min(mass[-3:]), mass
 
 
-def test_the_mlp_baseline_takes_a_teacher(tmp_path):
-    summary, rows = _run(tmp_path, total_timesteps=128, policy="mlp", teacher="rules")
+@pytest.mark.parametrize("policy", ["mlp", "flat"])
+def test_the_baselines_take_a_teacher(tmp_path, policy):
+    summary, rows = _run(tmp_path, total_timesteps=128, policy=policy, teacher="rules")
     assert summary["global_step"] == 128 and all(np.isfinite(row["teacher/distill_loss"]) for row in rows)
 
 
@@ -395,7 +398,7 @@ def test_learns_minihack_room_5x5(tmp_path):
     assert (tmp_path / "run" / "learning_curve.png").is_file()
 
 
-@pytest.mark.parametrize("policy", ["moe", "mlp"])
+@pytest.mark.parametrize("policy", ["moe", "mlp", "flat"])
 def test_load_agent_rebuilds_the_trained_agent_in_one_line(tmp_path, policy):
     """load_agent(checkpoint) gives the trained weights at the routing state of the checkpoint's step."""
     from crossmoe.nethack import load_agent, make_vector_env
@@ -447,7 +450,7 @@ def test_compile_falls_back_to_eager_when_the_backend_fails(tmp_path, monkeypatc
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("policy", "mode"), [("moe", "all"), ("mlp", "all"), ("moe", "rollout")])
+@pytest.mark.parametrize(("policy", "mode"), [("moe", "all"), ("mlp", "all"), ("moe", "rollout"), ("flat", "rollout")])
 def test_compiled_training_runs_and_matches_the_rollout_policy(tmp_path, policy, mode):
     """--compile covers both agents; the first minibatch still has ratio 1 (compiled rollout = update policy)."""
     torch._dynamo.reset()

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from crossmoe._checks import check_int
-from crossmoe.encoders import HypergraphLogicEncoder
+from crossmoe.encoders import AtomFeatures, HypergraphLogicEncoder
 from crossmoe.hypergraph import Hypergraph, action_name
 from crossmoe.knowledge import ApplicabilityPrior, AttentionDirectionPrior
 from crossmoe.nethack.atoms import NetHackAtoms
@@ -280,6 +280,10 @@ def make_baseline_policy(
     hidden_dim: int = 256,
     crop_size: int = 9,
     crop_patch: int = 3,
+    knowledge: bool = False,
+    hypergraph: Hypergraph | None = None,
+    prior_init: float = 1.0,
+    action_set: Sequence[Any] | None = None,
 ) -> ActorCritic:
     """The no-MoE baseline: the agent's visual encoder under a plain :class:`~crossmoe.policy.ActorCritic`.
 
@@ -288,10 +292,35 @@ def make_baseline_policy(
     the neuro-symbolic MoE adds. Arguments as in :func:`make_policy` (with
     neither ``action_dim`` nor ``env``, 23 actions); ``hidden_dim`` is the
     width of the shared trunk.
+
+    With ``knowledge=True`` it is the flat-features control: the atoms
+    (:class:`~crossmoe.encoders.AtomFeatures` over ``hypergraph``'s
+    conditions, computed by :class:`~crossmoe.nethack.NetHackAtoms`) join the
+    flattened visual tokens at the trunk's input, and the same
+    :class:`~crossmoe.knowledge.ApplicabilityPrior` as :func:`make_policy`'s
+    is added to the logits: the MoE agent's knowledge, with no hypergraph
+    encoder, fusion, router or experts. ``hypergraph``, ``prior_init`` and
+    ``action_set`` are then as in :func:`make_policy`.
+
+    Example:
+        >>> make_baseline_policy(knowledge=True).num_features  # one input per atom
+        66
     """
     action_dim = _action_dim(action_dim, env)
+    if not isinstance(knowledge, bool):
+        raise TypeError(f"knowledge must be a bool, got {type(knowledge).__name__} {knowledge!r}")
     visual = NetHackVisualEncoder(dim, crop_size=crop_size, crop_patch=crop_patch)
-    policy = ActorCritic(visual, action_dim, hidden_dim=hidden_dim)
+    features = prior = actions = None
+    if knowledge:
+        hypergraph = load_hypergraph() if hypergraph is None else hypergraph
+        if not isinstance(hypergraph, Hypergraph):
+            raise TypeError(f"hypergraph must be a crossmoe Hypergraph or None, got {type(hypergraph).__name__}")
+        actions = _action_set(action_set, action_dim, env)
+        features = AtomFeatures(hypergraph, atoms=NetHackAtoms())
+        prior = ApplicabilityPrior(hypergraph.action_mask(actions), init=prior_init)
+    elif hypergraph is not None or action_set is not None:
+        raise ValueError("hypergraph and action_set are for the flat-features control: pass knowledge=True")
+    policy = ActorCritic(visual, action_dim, hidden_dim=hidden_dim, features=features, knowledge=prior)
     policy.config = {
         "factory": "make_baseline_policy",
         "action_dim": action_dim,
@@ -300,6 +329,8 @@ def make_baseline_policy(
         "crop_size": crop_size,
         "crop_patch": crop_patch,
     }
+    if knowledge:
+        policy.config.update(knowledge=True, hypergraph=hypergraph.to_dict(), prior_init=prior_init, action_set=actions)
     return policy
 
 
@@ -311,11 +342,12 @@ def build_agent(config: Mapping[str, Any]) -> CrossAttentionMoEPolicy | ActorCri
             f"config must be a policy.config dict of make_policy or make_baseline_policy, got factory {factory!r}"
         )
     kwargs = {key: value for key, value in config.items() if key != "factory"}
+    if "hypergraph" in kwargs:
+        kwargs["hypergraph"] = Hypergraph.from_dict(kwargs["hypergraph"])
     if config["factory"] == "make_baseline_policy":
         return make_baseline_policy(**kwargs)
     if kwargs.get("fusion") is None:
         raise ValueError("config['fusion'] is None: the agent used a custom fusion module, which a config cannot hold")
-    kwargs["hypergraph"] = Hypergraph.from_dict(kwargs["hypergraph"])
     kwargs.setdefault("knowledge", False)  # a config from before the knowledge pathway: its weights have no prior
     kwargs.setdefault("applicable_queries", False)  # from before applicable_queries: every operator read the map
     return make_policy(**kwargs)
