@@ -10,9 +10,12 @@ few updates on ``NetHackScore-v0`` with 16 envs x 128 steps, and reports:
 The MoE agent and the ``--policy mlp`` baseline run alternately, ``--rounds``
 times each, and the JSON line gives the medians and the median of the
 per-round ratio. Targets on 2 cores: MoE >= 1,200 steps/s, MoE/mlp >= 0.7,
-peak RSS <= 4 GB.
+peak RSS <= 4 GB. With ``--teacher rules`` a third agent, the MoE agent
+kickstarted from the rule agent (``--teacher rules``), runs in each round too,
+and the line adds ``teacher_sps`` and ``teacher_over_moe`` (target >= 0.9).
 
-Usage: ``python benchmarks/bench_training.py [--rounds 3] [--updates 6] [--compile rollout] [--env-id NetHackScore-v0]``
+Usage: ``python benchmarks/bench_training.py [--rounds 3] [--updates 6] [--compile rollout] [--teacher rules]
+[--env-id NetHackScore-v0]``
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TARGETS = {"moe_sps_min": 1200, "moe_over_mlp_min": 0.7, "peak_rss_mb_max": 4096}
 
 
-def worker(policy: str, env_id: str, updates: int, run_dir: str, compile: str) -> None:
+def worker(agent: str, env_id: str, updates: int, run_dir: str, compile: str) -> None:
     sys.path.insert(0, str(ROOT / "examples"))
     import ppo_nethack
     import torch
@@ -40,7 +43,8 @@ def worker(policy: str, env_id: str, updates: int, run_dir: str, compile: str) -
 
     args = ppo_nethack.Args(
         env_id=env_id,
-        policy=policy,
+        policy="mlp" if agent == "mlp" else "moe",
+        teacher="rules" if agent == "teacher" else "none",
         total_timesteps=updates * 16 * 128,
         run_dir=run_dir,
         progress=False,
@@ -76,14 +80,15 @@ def main() -> None:
     parser.add_argument(
         "--compile", choices=("off", "rollout", "all"), default="rollout", help="the example's --compile"
     )
-    parser.add_argument("--worker", choices=("moe", "mlp"), help=argparse.SUPPRESS)
+    parser.add_argument("--teacher", choices=("none", "rules"), default="none", help="also time a kickstarted run")
+    parser.add_argument("--worker", choices=("moe", "mlp", "teacher"), help=argparse.SUPPRESS)
     parser.add_argument("--run-dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(args.worker, args.env_id, args.updates, args.run_dir, args.compile)
         return
 
-    results: dict[str, list[dict]] = {"moe": [], "mlp": []}
+    results: dict[str, list[dict]] = {"moe": [], "mlp": [], **({"teacher": []} if args.teacher == "rules" else {})}
     for _ in range(args.rounds):
         for policy in results:
             results[policy].append(run(policy, args.env_id, args.updates, args.compile))
@@ -112,6 +117,13 @@ def main() -> None:
         "threads": results["moe"][0]["threads"],
         **TARGETS,
     }
+    if "teacher" in results:
+        teacher_ratio = (t["sps"] / m["sps"] for t, m in zip(results["teacher"], results["moe"], strict=True))
+        record.update(
+            teacher_sps=round(median["teacher"]["sps"], 1),
+            teacher_over_moe=round(statistics.median(teacher_ratio), 3),
+            teacher_over_moe_min=0.9,
+        )
     print(json.dumps(record), flush=True)
 
 

@@ -9,6 +9,10 @@ observation they are computed once, when the env steps, for all its envs in
 one batched call. :class:`AtomsObservation` does this for a gymnasium
 ``VectorEnv`` (RLlib's env runners step one); ``crossmoe.integrations.sb3``
 has the same for SB3's ``VecEnv``.
+
+:class:`TeacherObservation` does the same for a kickstarting teacher's action
+probabilities (:mod:`crossmoe.teacher`), so that the learner's distillation
+loss reads them from the stored observation.
 """
 
 from __future__ import annotations
@@ -22,7 +26,10 @@ from gymnasium.vector.utils import batch_space
 
 from crossmoe._checks import check_int
 
-__all__ = ["AtomsObservation", "add_atoms", "atoms_space"]
+__all__ = ["TEACHER_KEY", "AtomsObservation", "TeacherObservation", "add_atoms", "atoms_space"]
+
+TEACHER_KEY = "teacher_probs"
+"""The observation key the teacher wrappers store the ``(num_envs, A)`` probabilities under."""
 
 
 def atoms_space(observation_space: gym.Space, num_conditions: int, key: str = "atoms") -> gym.spaces.Dict:
@@ -87,3 +94,43 @@ class AtomsObservation(gym.vector.VectorObservationWrapper):
 
     def observations(self, observations: Mapping[str, Any]) -> dict[str, Any]:
         return add_atoms(observations, self.atoms, self.num_conditions, self.key)
+
+
+class TeacherObservation(gym.vector.VectorObservationWrapper):
+    """Adds ``obs[key] = teacher.action_probs(obs)``, ``(num_envs, A)`` float32, to a vector env's dict observations.
+
+    Computed for all envs in one call per step and checked
+    (:func:`~crossmoe.teacher.teacher_probs`). Wrap it around
+    :class:`AtomsObservation` to let the teacher read the atoms stored there.
+
+    Args:
+        env: A gymnasium ``VectorEnv`` with ``Dict`` observations and a ``Discrete`` single action space.
+        teacher: A :class:`~crossmoe.teacher.Teacher`.
+        key: The observation key.
+    """
+
+    def __init__(self, env: gym.vector.VectorEnv, teacher: Any, key: str = TEACHER_KEY) -> None:
+        from crossmoe.teacher import Teacher
+
+        if not isinstance(teacher, Teacher):
+            raise TypeError(
+                f"teacher must have an action_probs(obs) method (crossmoe.teacher.Teacher), got {teacher!r}"
+            )
+        space = env.single_observation_space
+        if not isinstance(space, gym.spaces.Dict):
+            raise TypeError(f"env must have Dict observations, got {type(space).__name__}")
+        if key in space.spaces:
+            raise ValueError(f"key {key!r} is already in the observation space; wrap the env once")
+        if not isinstance(env.single_action_space, gym.spaces.Discrete):
+            raise TypeError(f"env must have a Discrete action space, got {env.single_action_space!r}")
+        super().__init__(env)
+        self.teacher, self.key = teacher, key
+        self.num_actions = int(env.single_action_space.n)
+        box = gym.spaces.Box(0.0, 1.0, (self.num_actions,), np.float32)
+        self.single_observation_space = gym.spaces.Dict({**space.spaces, key: box})
+        self.observation_space = batch_space(self.single_observation_space, env.num_envs)
+
+    def observations(self, observations: Mapping[str, Any]) -> dict[str, Any]:
+        from crossmoe.teacher import teacher_probs
+
+        return {**observations, self.key: teacher_probs(self.teacher, observations, self.num_actions).numpy()}

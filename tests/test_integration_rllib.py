@@ -237,6 +237,73 @@ def test_vector_env_carries_the_atoms_of_every_env_in_the_observation():
     assert isinstance(nethack_rllib_env({"env_id": "NetHackScore-v0"}), NetHackRLlibEnv)  # one env
 
 
+def test_the_learner_adds_the_masked_weighted_distillation_loss(nethack_play):
+    """With a teacher schedule, the loss gains coef x distillation_loss on the unmasked rows, coef set per update."""
+    from crossmoe.losses import distillation_loss
+    from crossmoe.schedule import DistillationSchedule
+    from crossmoe.wrappers import TEACHER_KEY
+
+    obs, space, actions = _nethack_batch(nethack_play, steps=10)
+    rows = len(obs["glyphs"])
+    obs[TEACHER_KEY] = torch.softmax(torch.randn(rows, len(actions)), -1)
+    space = spaces.Dict({**space.spaces, TEACHER_KEY: spaces.Box(0.0, 1.0, (len(actions),), np.float32)})
+    schedule = DistillationSchedule(2.0, anneal_start=0, anneal_end=1000)
+    config = nethack_ppo_config(model_config={"dim": 32}, teacher="rules", teacher_schedule=schedule, seed=0)
+    learner = config.build_learner(spaces={MODULE: (space, spaces.Discrete(len(actions)))})
+    learner.before_gradient_based_update(timesteps={"num_env_steps_sampled_lifetime": 250})
+    assert learner.teacher_coef == schedule(250) == 1.5
+    module = learner.module[MODULE]
+    mask = torch.arange(rows) < rows - 3
+    with torch.no_grad():
+        old_logits = module.forward_inference({Columns.OBS: obs})[Columns.ACTION_DIST_INPUTS]
+    batch_actions = torch.arange(rows) % len(actions)
+    batch = {
+        Columns.OBS: obs,
+        Columns.ACTIONS: batch_actions,
+        Columns.ACTION_DIST_INPUTS: old_logits,
+        Columns.ACTION_LOGP: torch.log_softmax(old_logits, -1)[torch.arange(rows), batch_actions],
+        Columns.ADVANTAGES: torch.linspace(-1, 1, rows),
+        Columns.VALUE_TARGETS: torch.linspace(0, 2, rows),
+        Columns.LOSS_MASK: mask,
+    }
+    kwargs = {"module_id": MODULE, "config": learner.config.get_config_for_module(MODULE), "batch": batch}
+    total = learner.compute_loss_for_module(**kwargs, fwd_out=module.forward_train(batch))
+    learner.teacher_schedule = None  # the same learner without the teacher term
+    without = learner.compute_loss_for_module(**kwargs, fwd_out=module.forward_train(batch))
+    logits = module.forward_train(batch)[Columns.ACTION_DIST_INPUTS]
+    expected = 1.5 * distillation_loss(logits[mask], obs[TEACHER_KEY][mask])
+    torch.testing.assert_close(total - without, expected)
+
+
+def test_vector_env_carries_the_rule_teacher_s_probabilities():
+    from crossmoe.integrations.rllib import nethack_rllib_env
+    from crossmoe.nethack import RuleAgent, extract_atoms
+    from crossmoe.wrappers import TEACHER_KEY
+
+    envs = nethack_rllib_env({"env_id": "NetHackScore-v0", "num_envs": 2, "atoms": True, "teacher": "rules"})
+    assert envs.single_observation_space[TEACHER_KEY].shape == (23,)
+    obs, _ = envs.reset(seed=0, options={})
+    rules = RuleAgent()
+    for _ in range(5):
+        nle = {key: value for key, value in obs.items() if key not in ("atoms", TEACHER_KEY)}
+        np.testing.assert_array_equal(obs[TEACHER_KEY], rules.action_probs({**nle, "atoms": extract_atoms(nle)}))
+        obs, *_ = envs.step(envs.action_space.sample())
+    envs.close()
+    with pytest.raises(ValueError, match="teacher must be one of"):
+        nethack_ppo_config(teacher="oracle")
+    with pytest.raises(ValueError, match="teacher_schedule must be a DistillationSchedule"):
+        nethack_ppo_config(teacher="rules", teacher_schedule=3.0)
+
+
+def test_a_kickstarted_run_logs_the_teacher_terms(ray_session):
+    algo = _config(num_env_runners=0, teacher="rules").build_algo()
+    try:
+        learner = algo.train()["learners"][MODULE]
+    finally:
+        algo.stop()
+    assert math.isfinite(learner["teacher/distill_loss"]) and learner["teacher_coef"] == 3.0
+
+
 def test_missing_ray_names_the_install_command(monkeypatch):
     for name in [name for name in sys.modules if name == "ray" or name.startswith("ray.")]:
         monkeypatch.setitem(sys.modules, name, None)

@@ -238,3 +238,86 @@ def test_predict_takes_the_env_s_own_observations_and_load_takes_an_unwrapped_en
     loaded.set_env(make_env("NetHackScore-v0", seed=2))
     loaded.learn(32, reset_num_timesteps=False)
     env.close()
+
+
+# kickstarting
+
+
+def test_the_teacher_loss_reaches_the_gradient_once(nethack_play):
+    """With a teacher weight, PPO's loss from evaluate_actions gains exactly coef x distillation_loss's gradient."""
+    from crossmoe.integrations.sb3 import TEACHER_KEY
+    from crossmoe.losses import distillation_loss
+
+    obs, space = _nethack_batch(nethack_play)
+    teacher = torch.softmax(torch.randn(len(obs["glyphs"]), 23), -1)
+    obs[TEACHER_KEY] = teacher
+    space = spaces.Dict({**space.spaces, TEACHER_KEY: spaces.Box(0.0, 1.0, (23,), np.float32)})
+    actions = torch.arange(len(teacher)) % 23
+    policy = CrossMoEPolicy(space, spaces.Discrete(23), lambda _: 3e-4, **SMALL)
+    policy.teacher_coef = 2.5
+    values, log_prob, _ = policy.evaluate_actions(obs, actions)
+    (log_prob.exp().mean() + values.square().mean()).backward()
+    got = {name: p.grad.clone() for name, p in policy.model.named_parameters() if p.grad is not None}
+
+    policy.zero_grad()
+    output = policy.model(restore_dtypes(obs, space))
+    log_prob = torch.distributions.Categorical(logits=output.logits).log_prob(actions)
+    (log_prob.exp().mean() + output.value.square().mean() + 2.5 * distillation_loss(output.logits, teacher)).backward()
+    for name, parameter in policy.model.named_parameters():
+        if parameter.grad is not None:
+            torch.testing.assert_close(got[name], parameter.grad, msg=name)
+    assert policy.aux_log["teacher/distill_loss"]
+
+
+def test_a_rules_teacher_is_computed_once_per_env_step_and_pulls_the_policy(tmp_path, monkeypatch):
+    from crossmoe.integrations.sb3 import TEACHER_KEY, TeacherVecEnv
+    from crossmoe.nethack import RuleAgent
+    from crossmoe.schedule import DistillationSchedule
+
+    calls = []
+    action_probs = RuleAgent.action_probs
+
+    def spy(self, obs):
+        calls.append(len(obs["blstats"]))
+        assert "atoms" in obs  # the atoms AtomsVecEnv stored, not computed again
+        return action_probs(self, obs)
+
+    monkeypatch.setattr(RuleAgent, "action_probs", spy)
+    env = make_vec_env(lambda: make_env("NetHackScore-v0"), n_envs=2, seed=0)
+    schedule = DistillationSchedule(20.0)
+    model = MoEPPO(
+        CrossMoEPolicy, env, policy_kwargs=SMALL, teacher="rules", teacher_schedule=schedule,
+        n_steps=64, batch_size=64, n_epochs=4, learning_rate=1e-3, seed=0,
+    )  # fmt: skip
+    assert isinstance(model.env, TeacherVecEnv)
+    model.set_logger(configure(str(tmp_path), ["csv"]))
+    model.learn(640)
+    assert calls == [2] * (1 + 640 // 2)  # the first reset, then one call per step of the 2 envs; none in 4 epochs
+    rows = _progress(tmp_path)
+    assert float(rows[-1]["train/teacher_coef"]) == 20.0
+    distill = [float(row["train/teacher/distill_loss"]) for row in rows if row.get("train/teacher/distill_loss")]
+    assert distill[-1] < distill[0] - 0.2, distill
+    stored = model.rollout_buffer.observations[TEACHER_KEY].reshape(-1, 23)
+    np.testing.assert_allclose(stored.sum(-1), 1.0, rtol=1e-5)
+    model.save(tmp_path / "agent.zip")
+    loaded = MoEPPO.load(tmp_path / "agent.zip", env=make_env("NetHackScore-v0", seed=1))
+    assert loaded.teacher_name == "rules" and loaded.teacher_coef() == 20.0
+    assert isinstance(loaded.env, TeacherVecEnv)
+    env.close()
+
+
+def test_bad_teacher_arguments_are_named():
+    from crossmoe.integrations.sb3 import TeacherVecEnv
+
+    env = make_env("NetHackScore-v0")
+    with pytest.raises(ValueError, match="teacher must be one of"):
+        MoEPPO(CrossMoEPolicy, env, policy_kwargs=SMALL, teacher="oracle")
+    with pytest.raises(ValueError, match="teacher_schedule must be a DistillationSchedule"):
+        MoEPPO(CrossMoEPolicy, env, policy_kwargs=SMALL, teacher="rules", teacher_schedule=3.0)
+    with pytest.raises(ValueError, match="teacher_loss must be one of"):
+        MoEPPO(CrossMoEPolicy, env, policy_kwargs=SMALL, teacher="rules", teacher_loss="js")
+    env.close()
+    vec = make_vec_env(lambda: make_env("NetHackScore-v0"), n_envs=1, seed=0)
+    with pytest.raises(TypeError, match="teacher must have an action_probs"):
+        TeacherVecEnv(vec, teacher=object())
+    vec.close()

@@ -50,8 +50,9 @@ from crossmoe.integrations.common import (
     observation_atoms,
     restore_dtypes,
 )
-from crossmoe.losses import AuxLossWeights
-from crossmoe.schedule import RoutingState, TemperatureAnnealingScheduler
+from crossmoe.losses import DISTILLATION_KINDS, AuxLossWeights, distillation_loss
+from crossmoe.schedule import DistillationSchedule, RoutingState, TemperatureAnnealingScheduler
+from crossmoe.wrappers import TEACHER_KEY
 
 try:
     import gymnasium as gym
@@ -75,6 +76,7 @@ __all__ = [
     "ENV_ID",
     "LEARNER_CONFIG_KEY",
     "ROUTING_STATE_KEY",
+    "TEACHERS",
     "CrossMoEPPOTorchLearner",
     "CrossMoERLModule",
     "NetHackRLlibEnv",
@@ -96,6 +98,9 @@ LEARNER_CONFIG_KEY = "crossmoe"
 # Keys RLlib itself merges into every module's model_config (its default model's settings).
 _RLLIB_MODEL_KEYS = frozenset(field.name for field in dataclasses.fields(DefaultModelConfig)) | {"vf_share_layers"}
 _AUX_OPTIONS = ("alignment_target", "alignment_smoothing", "weighted_diversity")
+_TEACHER_OPTIONS = ("teacher_schedule", "teacher_loss")
+TEACHERS = ("rules",)
+"""The teachers :func:`nethack_ppo_config` builds by name: ``"rules"``, :class:`crossmoe.nethack.RuleAgent`."""
 
 
 def _output_key(name: str) -> str:
@@ -212,6 +217,14 @@ class CrossMoEPPOTorchLearner(PPOTorchLearner):
     policy has no hypergraph), ``alignment_target``, ``alignment_smoothing`` and
     ``weighted_diversity`` (passed to :func:`~crossmoe.aux_loss`).
 
+    Kickstarting: with ``teacher_schedule`` (a
+    :class:`~crossmoe.schedule.DistillationSchedule` state dict) and
+    observations that carry a teacher's probabilities (``teacher_probs``,
+    :class:`~crossmoe.wrappers.TeacherObservation`), every minibatch also adds
+    :func:`~crossmoe.losses.distillation_loss` (``teacher_loss``: its
+    ``kind``) weighted by the schedule at the env steps sampled so far (set
+    before each update), logged as ``teacher/distill_loss`` and ``teacher_coef``.
+
     Logged per module (mean over the iteration's minibatches): ``aux/<name>``
     (each unweighted term), ``aux_loss`` (the weighted sum), ``routing_alpha``,
     ``routing_temperature`` and ``routing/<name>`` (routing entropy, dead experts,
@@ -223,19 +236,36 @@ class CrossMoEPPOTorchLearner(PPOTorchLearner):
         super().build()
         settings = dict(self.config.learner_config_dict.get(LEARNER_CONFIG_KEY, {}))
         weights = settings.pop("aux_weights", None)
+        teacher_schedule = settings.pop("teacher_schedule", None)
+        self.teacher_loss = settings.pop("teacher_loss", "cross_entropy")
         unknown = set(settings) - set(_AUX_OPTIONS)
         if unknown:
             raise ValueError(
                 f"learner_config_dict[{LEARNER_CONFIG_KEY!r}] keys must be among "
-                f"{['aux_weights', *_AUX_OPTIONS]}, got unknown {sorted(unknown)}"
+                f"{['aux_weights', *_AUX_OPTIONS, *_TEACHER_OPTIONS]}, got unknown {sorted(unknown)}"
             )
+        self.teacher_schedule = None if teacher_schedule is None else DistillationSchedule(**teacher_schedule)
+        self.teacher_coef = 0.0 if self.teacher_schedule is None else self.teacher_schedule(0)
         self.aux_weights: AuxLossWeights | None = None if weights is None else AuxLossWeights(**weights)
         self.aux_options: dict[str, Any] = settings
+
+    def before_gradient_based_update(self, *, timesteps: dict[str, Any]) -> None:
+        super().before_gradient_based_update(timesteps=timesteps)
+        if self.teacher_schedule is not None:
+            self.teacher_coef = self.teacher_schedule(timesteps.get(NUM_ENV_STEPS_SAMPLED_LIFETIME, 0))
 
     def compute_loss_for_module(
         self, *, module_id: str, config: Any, batch: dict[str, Any], fwd_out: dict[str, Any]
     ) -> Tensor:
         total = super().compute_loss_for_module(module_id=module_id, config=config, batch=batch, fwd_out=fwd_out)
+        obs = batch.get(Columns.OBS)
+        if self.teacher_schedule is not None and isinstance(obs, Mapping) and TEACHER_KEY in obs:
+            logits, teacher = fwd_out[Columns.ACTION_DIST_INPUTS], obs[TEACHER_KEY]
+            mask = batch.get(Columns.LOSS_MASK)
+            distill = distillation_loss(logits, teacher, None if mask is None else mask.float(), kind=self.teacher_loss)
+            total = total + self.teacher_coef * distill
+            stats = {"teacher/distill_loss": distill.detach(), "teacher_coef": self.teacher_coef}
+            self.metrics.log_dict(stats, key=module_id, reduce="mean")
         module = self.module[module_id].unwrapped()
         if not isinstance(module, CrossMoERLModule):
             return total
@@ -408,7 +438,9 @@ def nethack_rllib_env(env_config: Mapping[str, Any]) -> gym.Env | gym.vector.Vec
     and, with ``env_config["atoms"]``, adds the agent's atoms to the
     observations in one batched call per step
     (:class:`~crossmoe.wrappers.AtomsObservation`), so that the episodes carry
-    them to the learner and no learner minibatch computes them again.
+    them to the learner and no learner minibatch computes them again. With
+    ``env_config["teacher"] = "rules"`` it adds the rule agent's action
+    probabilities the same way (:class:`~crossmoe.wrappers.TeacherObservation`).
     """
     if not isinstance(env_config, Mapping) or "num_envs" not in env_config:
         return NetHackRLlibEnv(env_config)
@@ -416,8 +448,18 @@ def nethack_rllib_env(env_config: Mapping[str, Any]) -> gym.Env | gym.vector.Vec
 
     config = dict(env_config)
     num_envs, atoms = int(config.pop("num_envs")), config.pop("atoms", False)
+    teacher = config.pop("teacher", None)
     envs = gym.vector.SyncVectorEnv([functools.partial(NetHackRLlibEnv, config) for _ in range(num_envs)])
-    return AtomsObservation(envs, *observation_atoms(preset="nethack")) if atoms else envs
+    if atoms:
+        envs = AtomsObservation(envs, *observation_atoms(preset="nethack"))
+    if teacher is not None:
+        if teacher not in TEACHERS:
+            raise ValueError(f"env_config['teacher'] must be one of {TEACHERS} or None, got {teacher!r}")
+        from crossmoe.nethack import RuleAgent, env_actions
+        from crossmoe.wrappers import TeacherObservation
+
+        envs = TeacherObservation(envs, RuleAgent(env_actions(envs)))
+    return envs
 
 
 def _env_actions(env_id: str, make_env_kwargs: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -442,6 +484,9 @@ def nethack_ppo_config(
     model_config: Mapping[str, Any] | None = None,
     make_env_kwargs: Mapping[str, Any] | None = None,
     seed: int | None = None,
+    teacher: str | None = None,
+    teacher_schedule: DistillationSchedule | None = None,
+    teacher_loss: str = "cross_entropy",
 ) -> PPOConfig:
     """An RLlib PPO config (new API stack) that trains the crossmoe agent on an NLE or MiniHack env.
 
@@ -474,6 +519,11 @@ def nethack_ppo_config(
             over the defaults.
         make_env_kwargs: Passed to :func:`crossmoe.nethack.make_env`.
         seed: Seed of RLlib (torch, NumPy, Python, and each env's reset).
+        teacher: Kickstart from ``"rules"`` (:class:`crossmoe.nethack.RuleAgent`):
+            the env runners add its probabilities to the observations, and
+            the learner adds the distillation loss; None for plain PPO.
+        teacher_schedule: The teacher's weight over env steps (default: a constant 3.0).
+        teacher_loss: ``"cross_entropy"`` or ``"kl"`` (:func:`~crossmoe.losses.distillation_loss`).
 
     Returns:
         The :class:`~ray.rllib.algorithms.ppo.PPOConfig`; ``config.build_algo()`` builds the algorithm.
@@ -497,6 +547,12 @@ def nethack_ppo_config(
         raise ValueError(f"model_config must be a mapping or None, got {type(model_config).__name__}")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
         raise ValueError(f"seed must be an integer or None, got {seed!r}")
+    if teacher is not None and teacher not in TEACHERS:
+        raise ValueError(f"teacher must be one of {TEACHERS} or None, got {teacher!r}")
+    if teacher_schedule is not None and not isinstance(teacher_schedule, DistillationSchedule):
+        raise ValueError(f"teacher_schedule must be a DistillationSchedule or None, got {teacher_schedule!r}")
+    if teacher_loss not in DISTILLATION_KINDS:
+        raise ValueError(f"teacher_loss must be one of {DISTILLATION_KINDS}, got {teacher_loss!r}")
     make_env_kwargs = dict(make_env_kwargs or {})
     module_config: dict[str, Any] = {"dim": 128}
     user_config = dict(model_config or {})
@@ -510,10 +566,13 @@ def nethack_ppo_config(
     register_env(ENV_ID, nethack_rllib_env)
     # The NetHack agent's atoms, computed with the env step and carried to the learner in the observation.
     atoms = module_config.get("preset") == "nethack" and module_config.get("logic_encoder") is None
-    env_config = {"env_id": env_id, "make_env_kwargs": make_env_kwargs, "atoms": atoms}
+    env_config = {"env_id": env_id, "make_env_kwargs": make_env_kwargs, "atoms": atoms, "teacher": teacher}
     learner_settings: dict[str, Any] = {}
     if aux_weights is not None:
         learner_settings["aux_weights"] = dataclasses.asdict(aux_weights)
+    if teacher is not None:
+        learner_settings["teacher_schedule"] = (teacher_schedule or DistillationSchedule(3.0)).state_dict()
+        learner_settings["teacher_loss"] = teacher_loss
     config = (
         PPOConfig()
         .framework("torch")

@@ -25,6 +25,13 @@ The policy's atoms are computed once per env step: :class:`MoEPPO` wraps its
 env in :class:`AtomsVecEnv`, which adds them to the observation for all envs
 in one batched call, so the rollout buffer stores them and no minibatch of
 any epoch computes them again.
+
+Kickstarting: ``MoEPPO(..., teacher="rules")`` adds the rule agent's action
+probabilities to the observation in the same way (:class:`TeacherVecEnv`,
+once per env step), and every minibatch adds
+:func:`~crossmoe.losses.distillation_loss` from them to the policy, weighted
+by ``teacher_schedule`` (:class:`~crossmoe.schedule.DistillationSchedule`) at
+the rollout's ``num_timesteps``, to PPO's loss.
 """
 
 from __future__ import annotations
@@ -58,11 +65,16 @@ from crossmoe.integrations.common import (
     observation_atoms,
     restore_dtypes,
 )
-from crossmoe.losses import AuxLossWeights
-from crossmoe.schedule import RoutingState, TemperatureAnnealingScheduler
-from crossmoe.wrappers import add_atoms, atoms_space, check_atoms
+from crossmoe.losses import DISTILLATION_KINDS, AuxLossWeights, distillation_loss
+from crossmoe.schedule import DistillationSchedule, RoutingState, TemperatureAnnealingScheduler
+from crossmoe.teacher import Teacher, teacher_probs
+from crossmoe.wrappers import TEACHER_KEY, add_atoms, atoms_space, check_atoms
 
-__all__ = ["AtomsVecEnv", "CrossMoEPolicy", "MoEPPO"]
+__all__ = ["TEACHERS", "TEACHER_KEY", "AtomsVecEnv", "CrossMoEPolicy", "MoEPPO", "TeacherVecEnv"]
+
+TEACHERS = ("rules",)
+"""The teachers :class:`MoEPPO` builds by name: ``"rules"``, :class:`crossmoe.nethack.RuleAgent` on the env's
+actions."""
 
 
 class AtomsVecEnv(VecEnvWrapper):
@@ -97,6 +109,62 @@ class AtomsVecEnv(VecEnvWrapper):
             for row, i in enumerate(ended):
                 infos[i]["terminal_observation"] = {key: value[row] for key, value in final.items()}
         return self._with_atoms(obs), rewards, dones, infos
+
+
+class TeacherVecEnv(VecEnvWrapper):
+    """Adds ``obs[key] = teacher.action_probs(obs)``, ``(num_envs, A)`` float32, to an SB3 ``VecEnv``'s observations.
+
+    The probabilities of all envs are computed in one call per step and
+    checked (:func:`~crossmoe.teacher.teacher_probs`), so SB3's rollout buffer
+    stores them with the observation and no epoch computes them again.
+    Terminal observations (only used for value bootstraps) do not get them.
+    Wrap it around :class:`AtomsVecEnv` to let the teacher read the stored
+    atoms. :class:`MoEPPO` applies it itself when given a ``teacher``.
+
+    Args:
+        venv: An SB3 ``VecEnv`` with ``Dict`` observations and a ``Discrete`` action space.
+        teacher: A :class:`~crossmoe.teacher.Teacher`.
+        key: The observation key.
+    """
+
+    def __init__(self, venv: VecEnv, teacher: Teacher, key: str = TEACHER_KEY) -> None:
+        if not isinstance(teacher, Teacher):
+            raise TypeError(
+                f"teacher must have an action_probs(obs) method (crossmoe.teacher.Teacher), got {teacher!r}"
+            )
+        space = venv.observation_space
+        if not isinstance(space, spaces.Dict):
+            raise TypeError(f"venv must have Dict observations, got {type(space).__name__}")
+        if key in space.spaces:
+            raise ValueError(f"key {key!r} is already in the observation space; wrap the env once")
+        if not isinstance(venv.action_space, spaces.Discrete):
+            raise TypeError(f"venv must have a Discrete action space, got {venv.action_space!r}")
+        self.num_actions = int(venv.action_space.n)
+        box = spaces.Box(0.0, 1.0, (self.num_actions,), np.float32)
+        super().__init__(venv, observation_space=spaces.Dict({**space.spaces, key: box}))
+        self.teacher, self.key = teacher, key
+
+    def _with_probs(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {**obs, self.key: teacher_probs(self.teacher, obs, self.num_actions).numpy()}
+
+    def reset(self) -> dict[str, np.ndarray]:
+        return self._with_probs(self.venv.reset())
+
+    def step_wait(self) -> tuple[Any, ...]:
+        obs, rewards, dones, infos = self.venv.step_wait()
+        return self._with_probs(obs), rewards, dones, infos
+
+
+def _with_teacher(env: Any, teacher: str | None) -> Any:
+    """``env`` in :class:`TeacherVecEnv` with the named teacher, unless there is none or it is there already."""
+    if teacher is None or not isinstance(env, VecEnv) or TEACHER_KEY in getattr(env.observation_space, "spaces", {}):
+        return env
+    from crossmoe.nethack import RuleAgent, env_actions
+
+    actions = env_actions(env)
+    if actions is None:
+        raise ValueError(f"teacher={teacher!r} needs an env that lists its NLE actions, got {type(env).__name__}")
+    return TeacherVecEnv(env, RuleAgent(actions))
 
 
 def _with_policy_atoms(env: Any, policy_kwargs: Mapping[str, Any] | None) -> Any:
@@ -154,6 +222,8 @@ class CrossMoEPolicy(ActorCriticPolicy):
         model: The :class:`~crossmoe.CrossAttentionMoEPolicy`.
         aux_weights: The auxiliary-loss weights of the current update (set by
             :class:`MoEPPO`); ``None`` adds no auxiliary loss.
+        teacher_coef: The weight of the distillation loss from the
+            observations' ``teacher_probs`` (set by :class:`MoEPPO`); 0 adds none.
     """
 
     def __init__(
@@ -183,6 +253,8 @@ class CrossMoEPolicy(ActorCriticPolicy):
         }
         self.aux_weights: AuxLossWeights | None = None
         self.aux_options: dict[str, Any] = {}
+        self.teacher_coef: float = 0.0
+        self.teacher_loss: str = "cross_entropy"
         self.aux_log: defaultdict[str, list[float]] = defaultdict(list)
         super().__init__(
             observation_space,
@@ -242,6 +314,10 @@ class CrossMoEPolicy(ActorCriticPolicy):
         output = self._outputs(obs)
         distribution = self._distribution(output.logits)
         log_prob = distribution.log_prob(actions)
+        if self.teacher_coef and torch.is_grad_enabled() and isinstance(obs, dict) and TEACHER_KEY in obs:
+            distill = distillation_loss(output.logits, obs[TEACHER_KEY], kind=self.teacher_loss)
+            log_prob = _AddToLoss.apply(log_prob, self.teacher_coef * distill)
+            self.aux_log["teacher/distill_loss"].append(float(distill.detach()))
         if self.aux_weights is not None and torch.is_grad_enabled():
             total, parts = minibatch_aux_loss(output, self.aux_weights, **self.aux_options)
             log_prob = _AddToLoss.apply(log_prob, total)
@@ -289,6 +365,12 @@ class MoEPPO(PPO):
             first ``learn`` call's ``total_timesteps``.
         alignment_target, alignment_smoothing, weighted_diversity: As in
             :func:`crossmoe.aux_loss`.
+        teacher: Kickstart from a teacher: ``"rules"`` (the NetHack rule
+            agent, :class:`crossmoe.nethack.RuleAgent`), or None. A name, so
+            that ``save`` keeps it as plain data.
+        teacher_schedule: The teacher's weight over env steps; by default a
+            constant 3.0 (``examples/ppo_nethack.py``'s default).
+        teacher_loss: ``"cross_entropy"`` or ``"kl"`` (:func:`~crossmoe.losses.distillation_loss`).
         **kwargs: SB3 ``PPO`` arguments (``n_steps``, ``batch_size``, ``learning_rate``, ...).
     """
 
@@ -302,8 +384,21 @@ class MoEPPO(PPO):
         alignment_target: str = "balanced",
         alignment_smoothing: float = 0.1,
         weighted_diversity: bool = True,
+        teacher: str | None = None,
+        teacher_schedule: DistillationSchedule | None = None,
+        teacher_loss: str = "cross_entropy",
         **kwargs: Any,
     ) -> None:
+        if teacher is not None and teacher not in TEACHERS:
+            raise ValueError(f"teacher must be one of {TEACHERS} or None, got {teacher!r}")
+        if teacher_schedule is not None and not isinstance(teacher_schedule, DistillationSchedule):
+            raise ValueError(f"teacher_schedule must be a DistillationSchedule, got {type(teacher_schedule).__name__}")
+        if teacher_loss not in DISTILLATION_KINDS:
+            raise ValueError(f"teacher_loss must be one of {DISTILLATION_KINDS}, got {teacher_loss!r}")
+        self.teacher_name, self.teacher_loss = teacher, teacher_loss
+        self.teacher_schedule_state = None
+        if teacher is not None:
+            self.teacher_schedule_state = (teacher_schedule or DistillationSchedule(3.0)).state_dict()
         if isinstance(policy, str) or not issubclass(policy, CrossMoEPolicy):
             raise ValueError(f"policy must be CrossMoEPolicy or a subclass of it, got {policy!r}")
         if aux_weights is not None and not isinstance(aux_weights, AuxLossWeights):
@@ -338,8 +433,8 @@ class MoEPPO(PPO):
             names = env_actions(self.env)
             if names is not None:
                 self.policy_kwargs = {**kwargs, "action_set": names}
-        if self.env is not None:  # the atoms once per env step, stored with the observation
-            self.env = _with_policy_atoms(self.env, self.policy_kwargs)
+        if self.env is not None:  # the atoms (and the teacher) once per env step, stored with the observation
+            self.env = _with_teacher(_with_policy_atoms(self.env, self.policy_kwargs), self.teacher_name)
             self.observation_space = self.env.observation_space
         super()._setup_model()
         if self.schedule_state is not None:  # a loaded model predicts at the routing of its step
@@ -350,8 +445,8 @@ class MoEPPO(PPO):
 
     def set_env(self, env: Any, force_reset: bool = True) -> None:
         """SB3's ``set_env``, with the env wrapped in :class:`AtomsVecEnv` as at construction."""
-        env = self._wrap_env(env, self.verbose)
-        super().set_env(_with_policy_atoms(env, self.policy_kwargs), force_reset=force_reset)
+        env = _with_policy_atoms(self._wrap_env(env, self.verbose), self.policy_kwargs)
+        super().set_env(_with_teacher(env, self.teacher_name), force_reset=force_reset)
 
     @classmethod
     def load(cls, path: Any, env: Any = None, *args: Any, **kwargs: Any) -> MoEPPO:
@@ -359,6 +454,7 @@ class MoEPPO(PPO):
         if env is not None:
             data, _, _ = load_from_zip_file(path, device="cpu", load_data=True, print_system_info=False)
             env = _with_policy_atoms(cls._wrap_env(env, 0), (data or {}).get("policy_kwargs"))
+            env = _with_teacher(env, (data or {}).get("teacher_name"))
         return super().load(path, env, *args, **kwargs)
 
     def _setup_learn(self, total_timesteps: int, *args: Any, **kwargs: Any) -> Any:
@@ -374,11 +470,19 @@ class MoEPPO(PPO):
             raise ValueError("schedule is not set: pass schedule= or call learn() first")
         return schedule(self.num_timesteps)
 
+    def teacher_coef(self) -> float:
+        """The teacher's weight at ``num_timesteps`` (0 without a teacher)."""
+        if self.teacher_schedule_state is None:
+            return 0.0
+        return DistillationSchedule(**self.teacher_schedule_state)(self.num_timesteps)
+
     def collect_rollouts(self, *args: Any, **kwargs: Any) -> bool:
         state = self.routing_state()
         state.apply(self.policy.model)
         self.policy.aux_weights = self.aux_weights.scaled(state.coefficients)
         self.policy.aux_options = dict(self.aux_options)
+        self.policy.teacher_coef = self.teacher_coef()
+        self.policy.teacher_loss = self.teacher_loss
         self._routing = state
         return super().collect_rollouts(*args, **kwargs)
 
@@ -392,6 +496,8 @@ class MoEPPO(PPO):
         self.logger.record("train/routing_alpha", state.alpha)
         self.logger.record("train/routing_temperature", state.temperature)
         self.logger.record("train/routing_phase", state.phase, exclude="tensorboard")
+        if self.teacher_name is not None:
+            self.logger.record("train/teacher_coef", self.policy.teacher_coef)
 
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "_routing"]

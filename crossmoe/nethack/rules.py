@@ -70,8 +70,9 @@ def expert_from_label(label: str) -> str:
 _COMPASS = tuple(name for name, _, _ in DIRECTIONS)
 
 #: Operators of the shipped graph, most urgent first, that :class:`RuleAgent` tries in turn.
-#: No eating rule: ``EAT`` asks which item to eat, no operator names an inventory letter, and
-#: ``dismiss_prompt`` cancels the question, so "eat when Weak" would repeat EAT, MORE until the step cap.
+#: No eating rule: ``EAT`` asks which item to eat and the shipped graph has no atom for that prompt or for an
+#: item whose letter an action types (the monk's oranges are ``h``, the west move's key), so "eat when Weak"
+#: would press EAT, then ``dismiss_prompt`` would cancel the question, until the step cap.
 DEFAULT_PRIORITY: tuple[str, ...] = (
     "dismiss_prompt",  # a pending prompt swallows every other key
     "descend_stairs",  # NetHackScore pays 50 points per new level
