@@ -127,6 +127,11 @@ class ActorCriticBase(nn.Module):
         self._compiled_forward = torch.compile(type(self).forward_tensors, *args, **kwargs)
         self._compile_options = {"args": args, "kwargs": kwargs, "inference_only": bool(inference_only)}
 
+    def uncompile(self) -> None:
+        """Undo :meth:`compile`: :meth:`forward` runs eagerly again (e.g. when the compiler backend fails)."""
+        self._compiled_forward = None
+        self.__dict__.pop("_compile_options", None)
+
     def __getstate__(self) -> dict[str, Any]:
         state = dict(super().__getstate__())
         state.pop("_compiled_forward", None)  # a compiled function does not pickle; __setstate__ rebuilds it

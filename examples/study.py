@@ -72,6 +72,9 @@ class Args:
     """Comma-separated agent names to restrict to."""
     train_only: bool = False
     """Train what is missing but leave the evaluation (and the floors) for a later ``run``."""
+    eval_compile: bool = True
+    """Evaluate trained agents with their forward compiled (``PolicyAgent(compile=True)``): several times faster
+    at the evaluation's batch of 8; ``--no-eval-compile`` evaluates eagerly."""
 
 
 def load_config(path: str | Path) -> dict:
@@ -165,6 +168,7 @@ def evaluate_run(
     run_dir: Path | None,
     checkpoint: str = "last.pt",
     episodes: int | None = None,
+    compile: bool = False,
 ) -> dict:
     """Evaluate a trained run (its ``checkpoint``) or a built-in floor on the study's fresh-seed episodes."""
     from crossmoe.evaluation import PolicyAgent, RandomAgent, evaluate
@@ -183,7 +187,7 @@ def evaluate_run(
         else:
             player = RuleAgent(actions, seed=spec["seed"])
     else:
-        player = PolicyAgent(load_agent(run_dir / "checkpoints" / checkpoint))
+        player = PolicyAgent(load_agent(run_dir / "checkpoints" / checkpoint), compile=compile)
     result = evaluate(
         player,
         env_id,
@@ -229,10 +233,16 @@ def run(args: Args, config: dict) -> None:
                 target = out / f"eval_step_{snapshot['step']}.json"
                 if not target.is_file():
                     evaluation = evaluate_run(
-                        config, agent, seed, run_dir, f"step_{snapshot['step']}.pt", snapshot.get("episodes")
+                        config,
+                        agent,
+                        seed,
+                        run_dir,
+                        f"step_{snapshot['step']}.pt",
+                        snapshot.get("episodes"),
+                        compile=args.eval_compile,
                     )
                     target.write_text(json.dumps(evaluation, indent=2))
-        evaluation = evaluate_run(config, agent, seed, run_dir)
+        evaluation = evaluate_run(config, agent, seed, run_dir, compile=args.eval_compile)
         evaluation["wall_seconds_eval_and_train"] = time.time() - start
         (out / "eval.json").write_text(json.dumps(evaluation, indent=2))
         print(f"finished: {out}", flush=True)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
 import numpy as np
 import pytest
+import torch
 
 from crossmoe.evaluation import ALL_STEPS, DEFAULT_SITUATIONS, AgentStep, EvalResult, RandomAgent
 from crossmoe.stats import bootstrap_ci, compare_runs, learning_curves_with_ci, plot_curves_with_ci
@@ -257,3 +259,47 @@ def test_evaluate_rejects_bad_arguments():
         evaluate(RandomAgent(23), episodes=0)
     with pytest.raises(ValueError, match="agent"):
         evaluate(object(), episodes=1)
+
+
+@pytest.mark.slow
+def test_a_compiled_policy_agent_plays_as_the_eager_one():
+    """PolicyAgent(compile=True): the same evaluation as eager, greedy actions (compile takes a minute)."""
+    torch.manual_seed(0)
+    policy = make_policy(dim=32).eval()
+    greedy = PolicyAgent(copy.deepcopy(policy), deterministic=True)
+    eager = evaluate(greedy, episodes=2, num_envs=2, max_episode_steps=25)
+    compiled = PolicyAgent(policy, deterministic=True, compile=True)
+    assert policy._compiled_forward is not None
+    result = evaluate(compiled, episodes=2, num_envs=2, max_episode_steps=25)
+    assert (result.scores, result.lengths, result.outcomes) == (eager.scores, eager.lengths, eager.outcomes)
+    np.testing.assert_allclose(result.usage_weight, eager.usage_weight, rtol=1e-4, atol=1e-4)
+
+
+def test_a_failing_compiler_backend_falls_back_to_eager(monkeypatch):
+    """A machine without a working C++ compiler still evaluates: a warning, then the eager forward."""
+    from crossmoe.policy import ActorCriticBase
+
+    def broken_backend(graph_module, example_inputs):
+        raise RuntimeError("no C++ compiler here")
+
+    compile_policy = ActorCriticBase.compile
+    monkeypatch.setattr(
+        ActorCriticBase,
+        "compile",
+        lambda self, *args, **kwargs: compile_policy(self, **{**kwargs, "backend": broken_backend}),
+    )
+    torch._dynamo.reset()
+    policy = make_policy(dim=32).eval()
+    with pytest.warns(RuntimeWarning, match="evaluating eagerly"):
+        result = evaluate(PolicyAgent(policy, compile=True), episodes=1, num_envs=1, max_episode_steps=5)
+    assert result.lengths == [5] and policy._compiled_forward is None
+
+
+class _NotCompilable:
+    def get_action_and_value(self, obs, **kwargs):
+        raise AssertionError("never called")
+
+
+def test_compile_needs_a_crossmoe_policy():
+    with pytest.raises(ValueError, match="compile=True needs a crossmoe policy"):
+        PolicyAgent(_NotCompilable(), compile=True)
