@@ -63,7 +63,8 @@ class Args:
     shard: str = "0/1"
     """``i/n``: this process does every n-th run, starting at the i-th (run n processes side by side)."""
     torch_threads: int = 1
-    """Torch threads per training run (1 when running shards side by side on 2 cores)."""
+    """Torch threads per training run and for this process's evaluations (1 when running shards side by side on
+    2 cores)."""
     runs_root: str = "runs"
     """Where training runs (checkpoints, full metrics) go; not committed."""
     results_root: str = "docs/results"
@@ -201,6 +202,10 @@ def evaluate_run(
 
 
 def run(args: Args, config: dict) -> None:
+    import torch
+
+    # The evaluations run in this process: two shards side by side with torch's default threads would thrash.
+    torch.set_num_threads(args.torch_threads)
     index, count = (int(part) for part in args.shard.split("/"))
     only = None if args.only is None else set(args.only.split(","))
     results = Path(args.results_root)
