@@ -93,3 +93,22 @@ def atoms_reads(monkeypatch):
 
     monkeypatch.setattr(HypergraphLogicEncoder, "activations", recording)
     return reads
+
+
+@pytest.fixture
+def broken_compiler(monkeypatch):
+    """``ActorCriticBase.compile`` with a backend that fails, as inductor does on a machine without a C++ compiler."""
+    import torch
+
+    from crossmoe.policy import ActorCriticBase
+
+    def broken_backend(graph_module, example_inputs):
+        raise RuntimeError("no C++ compiler here")
+
+    compile_policy = ActorCriticBase.compile
+    monkeypatch.setattr(
+        ActorCriticBase,
+        "compile",
+        lambda self, *args, **kwargs: compile_policy(self, **{**kwargs, "backend": broken_backend}),
+    )
+    torch._dynamo.reset()

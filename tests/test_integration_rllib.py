@@ -74,6 +74,25 @@ def _config(num_env_runners=1, batch=128, schedule_total=512, **kwargs):
     ).training(train_batch_size_per_learner=batch, minibatch_size=batch // 2, num_epochs=1)
 
 
+def _learner_batch(module, obs, num_actions):
+    """A PPO learner batch of ``obs`` with its last 3 rows masked, as PPO masks its artificial bootstrap steps."""
+    rows = len(obs["glyphs"])
+    mask = torch.arange(rows) < rows - 3
+    with torch.no_grad():
+        old_logits = module.forward_inference({Columns.OBS: obs})[Columns.ACTION_DIST_INPUTS]
+    actions = torch.arange(rows) % num_actions
+    batch = {
+        Columns.OBS: obs,
+        Columns.ACTIONS: actions,
+        Columns.ACTION_DIST_INPUTS: old_logits,
+        Columns.ACTION_LOGP: torch.log_softmax(old_logits, -1)[torch.arange(rows), actions],
+        Columns.ADVANTAGES: torch.linspace(-1, 1, rows),
+        Columns.VALUE_TARGETS: torch.linspace(0, 2, rows),
+        Columns.LOSS_MASK: mask,
+    }
+    return batch, mask
+
+
 def _runner_modules(algo, local=False):
     return algo.env_runner_group.foreach_env_runner(lambda runner: runner.module, local_env_runner=local)
 
@@ -163,20 +182,7 @@ def test_learner_adds_the_masked_phase_scaled_aux_loss(nethack_play):
             parameter.add_(0.3 * torch.randn_like(parameter))
     routing = RoutingState("warmup", 1.0, 2.0, {"load_balance": 3.0, "alignment": 0.0})
     module.set_routing(routing)
-    rows = len(obs["glyphs"])
-    mask = torch.arange(rows) < rows - 3  # PPO's artificial bootstrap steps are masked out
-    with torch.no_grad():
-        old_logits = module.forward_inference({Columns.OBS: obs})[Columns.ACTION_DIST_INPUTS]
-    batch_actions = torch.arange(rows) % len(actions)
-    batch = {
-        Columns.OBS: obs,
-        Columns.ACTIONS: batch_actions,
-        Columns.ACTION_DIST_INPUTS: old_logits,
-        Columns.ACTION_LOGP: torch.log_softmax(old_logits, -1)[torch.arange(rows), batch_actions],
-        Columns.ADVANTAGES: torch.linspace(-1, 1, rows),
-        Columns.VALUE_TARGETS: torch.linspace(0, 2, rows),
-        Columns.LOSS_MASK: mask,
-    }
+    batch, mask = _learner_batch(module, obs, len(actions))
     kwargs = {"module_id": MODULE, "config": learner.config.get_config_for_module(MODULE), "batch": batch}
     total = learner.compute_loss_for_module(**kwargs, fwd_out=module.forward_train(batch))
     ppo = PPOTorchLearner.compute_loss_for_module(learner, **kwargs, fwd_out=module.forward_train(batch))
@@ -253,19 +259,7 @@ def test_the_learner_adds_the_masked_weighted_distillation_loss(nethack_play):
     learner.before_gradient_based_update(timesteps={"num_env_steps_sampled_lifetime": 250})
     assert learner.teacher_coef == schedule(250) == 1.5
     module = learner.module[MODULE]
-    mask = torch.arange(rows) < rows - 3
-    with torch.no_grad():
-        old_logits = module.forward_inference({Columns.OBS: obs})[Columns.ACTION_DIST_INPUTS]
-    batch_actions = torch.arange(rows) % len(actions)
-    batch = {
-        Columns.OBS: obs,
-        Columns.ACTIONS: batch_actions,
-        Columns.ACTION_DIST_INPUTS: old_logits,
-        Columns.ACTION_LOGP: torch.log_softmax(old_logits, -1)[torch.arange(rows), batch_actions],
-        Columns.ADVANTAGES: torch.linspace(-1, 1, rows),
-        Columns.VALUE_TARGETS: torch.linspace(0, 2, rows),
-        Columns.LOSS_MASK: mask,
-    }
+    batch, mask = _learner_batch(module, obs, len(actions))
     kwargs = {"module_id": MODULE, "config": learner.config.get_config_for_module(MODULE), "batch": batch}
     total = learner.compute_loss_for_module(**kwargs, fwd_out=module.forward_train(batch))
     learner.teacher_schedule = None  # the same learner without the teacher term

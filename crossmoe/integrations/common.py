@@ -10,11 +10,59 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from crossmoe.losses import AuxLossWeights, aux_loss
+from crossmoe.losses import DISTILLATION_KINDS, AuxLossWeights, aux_loss
 from crossmoe.policy import CrossAttentionMoEPolicy
-from crossmoe.schedule import KEEP_EXPERTS_ALIVE, TemperatureAnnealingScheduler
+from crossmoe.schedule import KEEP_EXPERTS_ALIVE, DistillationSchedule, TemperatureAnnealingScheduler
 
-__all__ = ["PRESETS", "build_policy", "default_schedule", "minibatch_aux_loss", "observation_atoms", "restore_dtypes"]
+__all__ = [
+    "PRESETS",
+    "TEACHERS",
+    "build_policy",
+    "default_schedule",
+    "make_teacher",
+    "minibatch_aux_loss",
+    "observation_atoms",
+    "restore_dtypes",
+    "teacher_settings",
+]
+
+TEACHERS = ("rules",)
+"""The teachers the integrations build by name: ``"rules"``, :class:`crossmoe.nethack.RuleAgent` on the env's
+actions."""
+
+
+def teacher_settings(
+    teacher: str | None, teacher_schedule: DistillationSchedule | None, teacher_loss: str
+) -> dict[str, Any] | None:
+    """The checked kickstarting settings as plain data, or None without a teacher.
+
+    Returns:
+        ``{"teacher": name, "teacher_schedule": schedule state dict (a constant 3.0 by default),
+        "teacher_loss": kind}``.
+    """
+    if teacher is not None and teacher not in TEACHERS:
+        raise ValueError(f"teacher must be one of {TEACHERS} or None, got {teacher!r}")
+    if teacher_schedule is not None and not isinstance(teacher_schedule, DistillationSchedule):
+        raise ValueError(f"teacher_schedule must be a DistillationSchedule or None, got {teacher_schedule!r}")
+    if teacher_loss not in DISTILLATION_KINDS:
+        raise ValueError(f"teacher_loss must be one of {DISTILLATION_KINDS}, got {teacher_loss!r}")
+    if teacher is None:
+        return None
+    schedule = teacher_schedule or DistillationSchedule(3.0)
+    return {"teacher": teacher, "teacher_schedule": schedule.state_dict(), "teacher_loss": teacher_loss}
+
+
+def make_teacher(name: str, env: Any) -> Any:
+    """The teacher called ``name`` for ``env`` (a vector env whose NLE actions it reads)."""
+    if name not in TEACHERS:
+        raise ValueError(f"teacher must be one of {TEACHERS}, got {name!r}")
+    from crossmoe.nethack import RuleAgent, env_actions
+
+    actions = env_actions(env)
+    if actions is None:
+        raise ValueError(f"teacher={name!r} needs an env that lists its NLE actions, got {type(env).__name__}")
+    return RuleAgent(actions)
+
 
 PRESETS = ("nethack",)
 """Names accepted by :func:`build_policy`'s ``preset``."""

@@ -46,11 +46,13 @@ from crossmoe.integrations.common import (
     PRESETS,
     build_policy,
     default_schedule,
+    make_teacher,
     minibatch_aux_loss,
     observation_atoms,
     restore_dtypes,
+    teacher_settings,
 )
-from crossmoe.losses import DISTILLATION_KINDS, AuxLossWeights, distillation_loss
+from crossmoe.losses import AuxLossWeights, distillation_loss
 from crossmoe.schedule import DistillationSchedule, RoutingState, TemperatureAnnealingScheduler
 from crossmoe.wrappers import TEACHER_KEY
 
@@ -76,7 +78,6 @@ __all__ = [
     "ENV_ID",
     "LEARNER_CONFIG_KEY",
     "ROUTING_STATE_KEY",
-    "TEACHERS",
     "CrossMoEPPOTorchLearner",
     "CrossMoERLModule",
     "NetHackRLlibEnv",
@@ -99,8 +100,6 @@ LEARNER_CONFIG_KEY = "crossmoe"
 _RLLIB_MODEL_KEYS = frozenset(field.name for field in dataclasses.fields(DefaultModelConfig)) | {"vf_share_layers"}
 _AUX_OPTIONS = ("alignment_target", "alignment_smoothing", "weighted_diversity")
 _TEACHER_OPTIONS = ("teacher_schedule", "teacher_loss")
-TEACHERS = ("rules",)
-"""The teachers :func:`nethack_ppo_config` builds by name: ``"rules"``, :class:`crossmoe.nethack.RuleAgent`."""
 
 
 def _output_key(name: str) -> str:
@@ -453,12 +452,9 @@ def nethack_rllib_env(env_config: Mapping[str, Any]) -> gym.Env | gym.vector.Vec
     if atoms:
         envs = AtomsObservation(envs, *observation_atoms(preset="nethack"))
     if teacher is not None:
-        if teacher not in TEACHERS:
-            raise ValueError(f"env_config['teacher'] must be one of {TEACHERS} or None, got {teacher!r}")
-        from crossmoe.nethack import RuleAgent, env_actions
         from crossmoe.wrappers import TeacherObservation
 
-        envs = TeacherObservation(envs, RuleAgent(env_actions(envs)))
+        envs = TeacherObservation(envs, make_teacher(teacher, envs))
     return envs
 
 
@@ -547,12 +543,7 @@ def nethack_ppo_config(
         raise ValueError(f"model_config must be a mapping or None, got {type(model_config).__name__}")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
         raise ValueError(f"seed must be an integer or None, got {seed!r}")
-    if teacher is not None and teacher not in TEACHERS:
-        raise ValueError(f"teacher must be one of {TEACHERS} or None, got {teacher!r}")
-    if teacher_schedule is not None and not isinstance(teacher_schedule, DistillationSchedule):
-        raise ValueError(f"teacher_schedule must be a DistillationSchedule or None, got {teacher_schedule!r}")
-    if teacher_loss not in DISTILLATION_KINDS:
-        raise ValueError(f"teacher_loss must be one of {DISTILLATION_KINDS}, got {teacher_loss!r}")
+    kickstart = teacher_settings(teacher, teacher_schedule, teacher_loss)
     make_env_kwargs = dict(make_env_kwargs or {})
     module_config: dict[str, Any] = {"dim": 128}
     user_config = dict(model_config or {})
@@ -570,9 +561,8 @@ def nethack_ppo_config(
     learner_settings: dict[str, Any] = {}
     if aux_weights is not None:
         learner_settings["aux_weights"] = dataclasses.asdict(aux_weights)
-    if teacher is not None:
-        learner_settings["teacher_schedule"] = (teacher_schedule or DistillationSchedule(3.0)).state_dict()
-        learner_settings["teacher_loss"] = teacher_loss
+    if kickstart is not None:
+        learner_settings.update(teacher_schedule=kickstart["teacher_schedule"], teacher_loss=teacher_loss)
     config = (
         PPOConfig()
         .framework("torch")

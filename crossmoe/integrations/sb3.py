@@ -61,20 +61,18 @@ from crossmoe.hypergraph import action_name
 from crossmoe.integrations.common import (
     build_policy,
     default_schedule,
+    make_teacher,
     minibatch_aux_loss,
     observation_atoms,
     restore_dtypes,
+    teacher_settings,
 )
-from crossmoe.losses import DISTILLATION_KINDS, AuxLossWeights, distillation_loss
+from crossmoe.losses import AuxLossWeights, distillation_loss
 from crossmoe.schedule import DistillationSchedule, RoutingState, TemperatureAnnealingScheduler
 from crossmoe.teacher import Teacher, teacher_probs
 from crossmoe.wrappers import TEACHER_KEY, add_atoms, atoms_space, check_atoms
 
-__all__ = ["TEACHERS", "TEACHER_KEY", "AtomsVecEnv", "CrossMoEPolicy", "MoEPPO", "TeacherVecEnv"]
-
-TEACHERS = ("rules",)
-"""The teachers :class:`MoEPPO` builds by name: ``"rules"``, :class:`crossmoe.nethack.RuleAgent` on the env's
-actions."""
+__all__ = ["AtomsVecEnv", "CrossMoEPolicy", "MoEPPO", "TeacherVecEnv"]
 
 
 class AtomsVecEnv(VecEnvWrapper):
@@ -159,12 +157,7 @@ def _with_teacher(env: Any, teacher: str | None) -> Any:
     """``env`` in :class:`TeacherVecEnv` with the named teacher, unless there is none or it is there already."""
     if teacher is None or not isinstance(env, VecEnv) or TEACHER_KEY in getattr(env.observation_space, "spaces", {}):
         return env
-    from crossmoe.nethack import RuleAgent, env_actions
-
-    actions = env_actions(env)
-    if actions is None:
-        raise ValueError(f"teacher={teacher!r} needs an env that lists its NLE actions, got {type(env).__name__}")
-    return TeacherVecEnv(env, RuleAgent(actions))
+    return TeacherVecEnv(env, make_teacher(teacher, env))
 
 
 def _with_policy_atoms(env: Any, policy_kwargs: Mapping[str, Any] | None) -> Any:
@@ -389,16 +382,9 @@ class MoEPPO(PPO):
         teacher_loss: str = "cross_entropy",
         **kwargs: Any,
     ) -> None:
-        if teacher is not None and teacher not in TEACHERS:
-            raise ValueError(f"teacher must be one of {TEACHERS} or None, got {teacher!r}")
-        if teacher_schedule is not None and not isinstance(teacher_schedule, DistillationSchedule):
-            raise ValueError(f"teacher_schedule must be a DistillationSchedule, got {type(teacher_schedule).__name__}")
-        if teacher_loss not in DISTILLATION_KINDS:
-            raise ValueError(f"teacher_loss must be one of {DISTILLATION_KINDS}, got {teacher_loss!r}")
+        settings = teacher_settings(teacher, teacher_schedule, teacher_loss)
         self.teacher_name, self.teacher_loss = teacher, teacher_loss
-        self.teacher_schedule_state = None
-        if teacher is not None:
-            self.teacher_schedule_state = (teacher_schedule or DistillationSchedule(3.0)).state_dict()
+        self.teacher_schedule_state = None if settings is None else settings["teacher_schedule"]
         if isinstance(policy, str) or not issubclass(policy, CrossMoEPolicy):
             raise ValueError(f"policy must be CrossMoEPolicy or a subclass of it, got {policy!r}")
         if aux_weights is not None and not isinstance(aux_weights, AuxLossWeights):
