@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["Teacher", "teacher_probs"]
+__all__ = ["Teacher", "check_teacher", "teacher_probs"]
 
 
 @runtime_checkable
@@ -35,6 +35,12 @@ class Teacher(Protocol):
     """
 
     def action_probs(self, obs: Mapping[str, Any]) -> np.ndarray | Tensor: ...
+
+
+def check_teacher(teacher: Any) -> None:
+    """``TypeError`` unless ``teacher`` has an ``action_probs`` method (:class:`Teacher`)."""
+    if not isinstance(teacher, Teacher):
+        raise TypeError(f"teacher must have an action_probs(obs) method (crossmoe.teacher.Teacher), got {teacher!r}")
 
 
 def teacher_probs(
@@ -53,8 +59,7 @@ def teacher_probs(
         ValueError: The result is not ``(B, A)``, has a negative or non-finite
             entry, or a row that does not sum to 1.
     """
-    if not isinstance(teacher, Teacher):
-        raise TypeError(f"teacher must have an action_probs(obs) method (crossmoe.teacher.Teacher), got {teacher!r}")
+    check_teacher(teacher)
     probs = teacher.action_probs(obs)
     probs = torch.as_tensor(probs).float() if not isinstance(probs, Tensor) else probs.detach().float()
     if probs.dim() != 2 or (num_actions is not None and probs.shape[1] != num_actions):

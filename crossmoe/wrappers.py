@@ -26,7 +26,15 @@ from gymnasium.vector.utils import batch_space
 
 from crossmoe._checks import check_int
 
-__all__ = ["TEACHER_KEY", "AtomsObservation", "TeacherObservation", "add_atoms", "atoms_space"]
+__all__ = [
+    "TEACHER_KEY",
+    "AtomsObservation",
+    "TeacherObservation",
+    "add_atoms",
+    "add_teacher_probs",
+    "atoms_space",
+    "teacher_space",
+]
 
 TEACHER_KEY = "teacher_probs"
 """The observation key the teacher wrappers store the ``(num_envs, A)`` probabilities under."""
@@ -96,6 +104,30 @@ class AtomsObservation(gym.vector.VectorObservationWrapper):
         return add_atoms(observations, self.atoms, self.num_conditions, self.key)
 
 
+def teacher_space(
+    observation_space: gym.Space, action_space: gym.Space, key: str = TEACHER_KEY
+) -> tuple[gym.spaces.Dict, int]:
+    """``observation_space`` (a ``Dict``) with ``key``, a ``Box(0, 1, (A,), float32)``, and ``A``, the actions."""
+    if not isinstance(observation_space, gym.spaces.Dict):
+        raise TypeError(f"the env must have Dict observations, got {type(observation_space).__name__}")
+    if key in observation_space.spaces:
+        raise ValueError(f"key {key!r} is already in the observation space; wrap the env once")
+    if not isinstance(action_space, gym.spaces.Discrete):
+        raise TypeError(f"the env must have a Discrete action space, got {action_space!r}")
+    num_actions = int(action_space.n)
+    box = gym.spaces.Box(0.0, 1.0, (num_actions,), np.float32)
+    return gym.spaces.Dict({**observation_space.spaces, key: box}), num_actions
+
+
+def add_teacher_probs(
+    observations: Mapping[str, Any], teacher: Any, num_actions: int, key: str = TEACHER_KEY
+) -> dict[str, Any]:
+    """``observations`` (a batch) with ``observations[key]``: the teacher's checked ``(B, A)`` float32 probabilities."""
+    from crossmoe.teacher import teacher_probs
+
+    return {**observations, key: teacher_probs(teacher, observations, num_actions).numpy()}
+
+
 class TeacherObservation(gym.vector.VectorObservationWrapper):
     """Adds ``obs[key] = teacher.action_probs(obs)``, ``(num_envs, A)`` float32, to a vector env's dict observations.
 
@@ -110,27 +142,14 @@ class TeacherObservation(gym.vector.VectorObservationWrapper):
     """
 
     def __init__(self, env: gym.vector.VectorEnv, teacher: Any, key: str = TEACHER_KEY) -> None:
-        from crossmoe.teacher import Teacher
+        from crossmoe.teacher import check_teacher
 
-        if not isinstance(teacher, Teacher):
-            raise TypeError(
-                f"teacher must have an action_probs(obs) method (crossmoe.teacher.Teacher), got {teacher!r}"
-            )
-        space = env.single_observation_space
-        if not isinstance(space, gym.spaces.Dict):
-            raise TypeError(f"env must have Dict observations, got {type(space).__name__}")
-        if key in space.spaces:
-            raise ValueError(f"key {key!r} is already in the observation space; wrap the env once")
-        if not isinstance(env.single_action_space, gym.spaces.Discrete):
-            raise TypeError(f"env must have a Discrete action space, got {env.single_action_space!r}")
+        check_teacher(teacher)
+        space, self.num_actions = teacher_space(env.single_observation_space, env.single_action_space, key)
         super().__init__(env)
         self.teacher, self.key = teacher, key
-        self.num_actions = int(env.single_action_space.n)
-        box = gym.spaces.Box(0.0, 1.0, (self.num_actions,), np.float32)
-        self.single_observation_space = gym.spaces.Dict({**space.spaces, key: box})
-        self.observation_space = batch_space(self.single_observation_space, env.num_envs)
+        self.single_observation_space = space
+        self.observation_space = batch_space(space, env.num_envs)
 
     def observations(self, observations: Mapping[str, Any]) -> dict[str, Any]:
-        from crossmoe.teacher import teacher_probs
-
-        return {**observations, self.key: teacher_probs(self.teacher, observations, self.num_actions).numpy()}
+        return add_teacher_probs(observations, self.teacher, self.num_actions, self.key)

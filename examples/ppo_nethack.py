@@ -73,18 +73,12 @@ from tqdm import tqdm
 
 from crossmoe import AuxLossWeights, TemperatureAnnealingScheduler, aux_loss
 from crossmoe.diagnostics import moe_diagnostics
+from crossmoe.integrations.common import make_teacher as make_rule_teacher
 from crossmoe.losses import distillation_loss
-from crossmoe.nethack import (
-    RuleAgent,
-    env_actions,
-    make_baseline_policy,
-    make_policy,
-    make_vector_env,
-    split_episode_ends,
-)
+from crossmoe.nethack import make_baseline_policy, make_policy, make_vector_env, split_episode_ends
 from crossmoe.plots import plot_run
 from crossmoe.schedule import KEEP_EXPERTS_ALIVE, DistillationSchedule
-from crossmoe.teacher import teacher_probs
+from crossmoe.teacher import Teacher, teacher_probs
 from crossmoe.training import (
     GracefulExit,
     MetricsLogger,
@@ -294,7 +288,7 @@ def make_scheduler(args: Args, num_iterations: int) -> TemperatureAnnealingSched
 TEACHERS = ("none", "rules")
 
 
-def make_teacher(args: Args, envs: gym.vector.VectorEnv) -> tuple[RuleAgent | None, DistillationSchedule | None]:
+def make_teacher(args: Args, envs: gym.vector.VectorEnv) -> tuple[Teacher | None, DistillationSchedule | None]:
     """The teacher of ``--teacher`` and the schedule of its weight, or ``(None, None)`` for ``none``."""
     if args.teacher not in TEACHERS:
         raise ValueError(f"teacher must be one of {TEACHERS}, got {args.teacher!r}")
@@ -304,10 +298,7 @@ def make_teacher(args: Args, envs: gym.vector.VectorEnv) -> tuple[RuleAgent | No
         schedule = DistillationSchedule(args.teacher_coef, args.teacher_anneal_start, args.teacher_anneal_end)
     except (TypeError, ValueError) as error:  # name the example's arguments, not the schedule's
         raise type(error)(f"teacher_coef, teacher_anneal_start, teacher_anneal_end: {error}") from error
-    actions = env_actions(envs)
-    if actions is None:
-        raise ValueError(f"--teacher rules needs an env that lists its NLE actions, got {args.env_id!r}")
-    return RuleAgent(actions), schedule
+    return make_rule_teacher(args.teacher, envs), schedule
 
 
 def make_agent(args: Args, envs: gym.vector.VectorEnv) -> nn.Module:

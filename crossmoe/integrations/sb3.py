@@ -69,8 +69,8 @@ from crossmoe.integrations.common import (
 )
 from crossmoe.losses import AuxLossWeights, distillation_loss
 from crossmoe.schedule import DistillationSchedule, RoutingState, TemperatureAnnealingScheduler
-from crossmoe.teacher import Teacher, teacher_probs
-from crossmoe.wrappers import TEACHER_KEY, add_atoms, atoms_space, check_atoms
+from crossmoe.teacher import Teacher, check_teacher
+from crossmoe.wrappers import TEACHER_KEY, add_atoms, add_teacher_probs, atoms_space, check_atoms, teacher_space
 
 __all__ = ["AtomsVecEnv", "CrossMoEPolicy", "MoEPPO", "TeacherVecEnv"]
 
@@ -126,24 +126,13 @@ class TeacherVecEnv(VecEnvWrapper):
     """
 
     def __init__(self, venv: VecEnv, teacher: Teacher, key: str = TEACHER_KEY) -> None:
-        if not isinstance(teacher, Teacher):
-            raise TypeError(
-                f"teacher must have an action_probs(obs) method (crossmoe.teacher.Teacher), got {teacher!r}"
-            )
-        space = venv.observation_space
-        if not isinstance(space, spaces.Dict):
-            raise TypeError(f"venv must have Dict observations, got {type(space).__name__}")
-        if key in space.spaces:
-            raise ValueError(f"key {key!r} is already in the observation space; wrap the env once")
-        if not isinstance(venv.action_space, spaces.Discrete):
-            raise TypeError(f"venv must have a Discrete action space, got {venv.action_space!r}")
-        self.num_actions = int(venv.action_space.n)
-        box = spaces.Box(0.0, 1.0, (self.num_actions,), np.float32)
-        super().__init__(venv, observation_space=spaces.Dict({**space.spaces, key: box}))
+        check_teacher(teacher)
+        space, self.num_actions = teacher_space(venv.observation_space, venv.action_space, key)
+        super().__init__(venv, observation_space=space)
         self.teacher, self.key = teacher, key
 
     def _with_probs(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {**obs, self.key: teacher_probs(self.teacher, obs, self.num_actions).numpy()}
+        return add_teacher_probs(obs, self.teacher, self.num_actions, self.key)
 
     def reset(self) -> dict[str, np.ndarray]:
         return self._with_probs(self.venv.reset())
