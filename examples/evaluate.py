@@ -8,9 +8,10 @@
 A checkpoint's agent comes from :func:`crossmoe.nethack.load_agent` (with the
 routing state of its step) and its environment and time limit from the
 training run's arguments. ``--agent random`` (uniform actions) and ``--agent
-rules`` (the knowledge hypergraph alone, :class:`crossmoe.nethack.rules.RuleAgent`)
-need no checkpoint and play ``--env-id``. The episodes are seeded from
-``--seed``, far from the training seeds by default
+rules`` (the knowledge hypergraph alone, :class:`crossmoe.nethack.rules.RuleAgent`;
+``--agent rules_no_eating``: its rules before they learned to eat) need no
+checkpoint and play ``--env-id``. The episodes are seeded from ``--seed``,
+far from the training seeds by default
 (:func:`crossmoe.evaluation.evaluate`). Prints the summary as JSON (mean,
 standard deviation, median and 95% bootstrap interval of the score, return,
 depth and length, and the outcomes) and, for MoE agents, the mean routing
@@ -30,7 +31,7 @@ import tyro
 from crossmoe import evaluation
 from crossmoe.evaluation import Agent, EvalResult, PolicyAgent, RandomAgent
 from crossmoe.nethack import load_agent, make_env
-from crossmoe.nethack.rules import RuleAgent
+from crossmoe.nethack.rules import RULES, RuleAgent
 from crossmoe.training import load_checkpoint
 
 
@@ -38,8 +39,9 @@ from crossmoe.training import load_checkpoint
 class Args:
     checkpoint: tyro.conf.Positional[str | None] = None
     """A ``last.pt`` or ``best.pt`` written by ``ppo_nethack.py`` (only with ``--agent checkpoint``)."""
-    agent: Literal["checkpoint", "random", "rules"] = "checkpoint"
-    """The checkpoint's policy, or a built-in floor: uniform actions or the hypergraph's rules."""
+    agent: Literal["checkpoint", "random", "rules", "rules_no_eating"] = "checkpoint"
+    """The checkpoint's policy, or a built-in floor: uniform actions or the hypergraph's rules (with eating, or
+    ``rules_no_eating``: as first measured)."""
     env_id: str | None = None
     """Environment; a checkpoint's own by default, ``NetHackScore-v0`` for the floors."""
     max_episode_steps: int | None = None
@@ -95,7 +97,10 @@ def run(args: Args) -> EvalResult:
     else:
         env_id = args.env_id or "NetHackScore-v0"
         actions = _env_actions(env_id)
-        agent = RandomAgent(len(actions), args.seed) if args.agent == "random" else RuleAgent(actions, seed=args.seed)
+        if args.agent == "random":
+            agent = RandomAgent(len(actions), args.seed)
+        else:
+            agent = RuleAgent(actions, priority=RULES[args.agent], seed=args.seed)
     return evaluation.evaluate(
         agent, env_id, args.episodes, args.num_envs, args.seed, max_episode_steps, metadata=metadata
     )

@@ -73,6 +73,7 @@ from tqdm import tqdm
 
 from crossmoe import AuxLossWeights, TemperatureAnnealingScheduler, aux_loss
 from crossmoe.diagnostics import moe_diagnostics
+from crossmoe.integrations.common import TEACHERS as RULE_TEACHERS
 from crossmoe.integrations.common import make_teacher as make_rule_teacher
 from crossmoe.losses import distillation_loss
 from crossmoe.nethack import make_baseline_policy, make_policy, make_vector_env, split_episode_ends
@@ -191,10 +192,11 @@ class Args:
     The default, ``crossmoe.schedule.KEEP_EXPERTS_ALIVE``, multiplies the load-balance weight by 10 from the
     annealing on, which keeps all four experts in use in the sparsemax fine-tune; ``""`` multiplies nothing."""
 
-    teacher: Literal["none", "rules"] = "none"
+    teacher: Literal["none", "rules", "rules_no_eating"] = "none"
     """Kickstart from a teacher (Schmitt et al., 2018): ``rules`` is the knowledge hypergraph played as rules
-    (``crossmoe.nethack.RuleAgent``); the distillation loss from its action distribution to the policy's, on the
-    rollout's states, joins the PPO loss. ``none``: plain PPO."""
+    (``crossmoe.nethack.RuleAgent``), ``rules_no_eating`` the same rules before they learned to eat; the
+    distillation loss from its action distribution to the policy's, on the rollout's states, joins the PPO
+    loss. ``none``: plain PPO."""
     teacher_coef: float = 3.0
     """Weight of the distillation loss (before any annealing)."""
     teacher_anneal_start: int | None = None
@@ -285,7 +287,7 @@ def make_scheduler(args: Args, num_iterations: int) -> TemperatureAnnealingSched
     )
 
 
-TEACHERS = ("none", "rules")
+TEACHERS = ("none", *RULE_TEACHERS)
 
 
 def make_teacher(args: Args, envs: gym.vector.VectorEnv) -> tuple[Teacher | None, DistillationSchedule | None]:

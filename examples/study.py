@@ -7,8 +7,9 @@
 
 The config (JSON) names the env, the budget, the seeds, the evaluation and
 the agents; each agent is a set of ``examples/ppo_nethack.py`` arguments, or
-one of the built-in floors ``random`` and ``rules`` (evaluated, never
-trained). Optional keys: an agent's own ``env_id`` and ``{"floor": "random"}``
+one of the built-in floors ``random``, ``rules`` and ``rules_no_eating``
+(evaluated, never trained; :data:`crossmoe.nethack.rules.RULES`). Optional
+keys: an agent's own ``env_id`` and ``{"floor": "random"}``
 (a ladder of tasks in one study, see ``docs/results/minihack-ladder.json``);
 ``snapshot_evals`` (``[{"step": 1000000, "episodes": 50}]``: also evaluate
 each run at that env step); ``return_thresholds`` (``{env_id: return}``: the
@@ -39,7 +40,7 @@ from typing import Literal
 
 import tyro
 
-FLOORS = ("random", "rules")
+FLOORS = ("random", "rules", "rules_no_eating")
 # The metrics columns the results keep (the rest of metrics.jsonl stays in runs/).
 KEPT = ("global_step", "update", "episodes", "score", "episodic_return", "episodic_length", "sps", "phase", "alpha")
 KEPT_PREFIXES = (
@@ -93,8 +94,8 @@ def load_config(path: str | Path) -> dict:
 
 
 def floor_of(config: dict, agent: str) -> str | None:
-    """``"random"`` or ``"rules"`` for a built-in floor (by name, or by its ``floor`` key), else None."""
-    return agent if agent in FLOORS else config["agents"][agent].get("floor")
+    """The built-in floor an agent is (its ``floor`` key, else its name when that is a floor's), else None."""
+    return config["agents"][agent].get("floor") or (agent if agent in FLOORS else None)
 
 
 def env_of(config: dict, agent: str) -> str:
@@ -174,7 +175,7 @@ def evaluate_run(
     """Evaluate a trained run (its ``checkpoint``) or a built-in floor on the study's fresh-seed episodes."""
     from crossmoe.evaluation import PolicyAgent, RandomAgent, evaluate
     from crossmoe.nethack import load_agent, make_env
-    from crossmoe.nethack.rules import RuleAgent
+    from crossmoe.nethack.rules import RULES, RuleAgent
 
     spec = config["eval"]
     env_id = env_of(config, agent)
@@ -186,7 +187,7 @@ def evaluate_run(
         if floor == "random":
             player = RandomAgent(len(actions), seed=spec["seed"])
         else:
-            player = RuleAgent(actions, seed=spec["seed"])
+            player = RuleAgent(actions, priority=RULES[floor], seed=spec["seed"])
     else:
         player = PolicyAgent(load_agent(run_dir / "checkpoints" / checkpoint), compile=compile)
     result = evaluate(

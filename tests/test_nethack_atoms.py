@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from nle import nethack
 
 from crossmoe.nethack.atoms import ATOM_INDEX, ATOMS, DIRECTIONS, Hunger, atom_index, extract_atoms
-from crossmoe.nethack.env import make_env, make_vector_env
+from crossmoe.nethack.env import DEFAULT_OBSERVATION_KEYS, make_env, make_vector_env
 from crossmoe.nethack.glyphs import (
     BOULDER_GLYPH,
     GLYPH_CLASS,
@@ -57,6 +57,7 @@ def blank_obs() -> dict[str, np.ndarray]:
         "blstats": blstats,
         "message": np.zeros((1, nethack.NLE_MESSAGE_SIZE), dtype=np.uint8),
         "inv_oclasses": np.full((1, nethack.NLE_INVENTORY_SIZE), nethack.MAXOCLASSES, dtype=np.uint8),
+        "inv_letters": np.zeros((1, nethack.NLE_INVENTORY_SIZE), dtype=np.uint8),
     }
 
 
@@ -110,6 +111,22 @@ def inventory(*object_classes: int) -> Mutation:
         obs["inv_oclasses"][0, : len(object_classes)] = object_classes
 
     return mutate
+
+
+def lettered(*items: tuple[str, int]) -> Mutation:
+    """An inventory of ``(letter, object class)`` items."""
+
+    def mutate(obs: dict[str, np.ndarray]) -> None:
+        for slot, (letter, object_class) in enumerate(items):
+            obs["inv_letters"][0, slot] = ord(letter)
+            obs["inv_oclasses"][0, slot] = object_class
+
+    return mutate
+
+
+# The key each move types, as NetHack's vi-keys: NetHack's own documentation, not nle's enum values.
+MOVE_KEYS = {"n": "k", "e": "l", "s": "j", "w": "h", "ne": "u", "se": "n", "sw": "b", "nw": "y"}
+FOOD, WEAPON = nethack.FOOD_CLASS, nethack.WEAPON_CLASS
 
 
 def remember(
@@ -212,6 +229,15 @@ CASES: dict[str, tuple[Mutation, Mutation]] = {
     "boulder_adjacent": (cells((0, -1, BOULDER_GLYPH)), cells((0, -1, DAGGER_GLYPH))),
     "wall_adjacent": (cells((-1, 0, cmap("S_hwall"))), cells((-2, 0, cmap("S_hwall")))),
     "has_food": (inventory(nethack.WEAPON_CLASS, nethack.FOOD_CLASS), inventory(nethack.WEAPON_CLASS)),
+    "has_food_key": (lettered(("a", WEAPON), ("y", FOOD)), lettered(("y", WEAPON), ("f", FOOD))),
+    # the food under the move's key fires it; a weapon under that key, or the food under another, does not
+    **{
+        f"food_key_{name}": (
+            lettered(("a", WEAPON), (key, FOOD)),
+            lettered((key, WEAPON), (MOVE_KEYS["e" if name != "e" else "w"], FOOD)),
+        )
+        for name, key in MOVE_KEYS.items()
+    },
     "msg_attacked": (message("The jackal bites!"), message("The kitten bites the jackal.")),
     "msg_killed": (message("You kill the newt!"), message("The newt is killed!")),
     "msg_locked": (message("This door is locked."), message("That door is closed.")),
@@ -219,6 +245,11 @@ CASES: dict[str, tuple[Mutation, Mutation]] = {
     "msg_prompt": (message("What do you want to eat? [fg or ?*] "), message("You see here a dagger.")),
     "msg_hungry": (message("You are beginning to feel hungry."), message("You hear the footsteps of a guard.")),
     "msg_nothing_to_eat": (message("You don't have anything to eat."), message("You cannot eat that!")),
+    "msg_eat_prompt": (message("What do you want to eat? [gh or ?*] "), message("What do you want to drink? [e] ")),
+    "msg_eat_corpse_prompt": (
+        message("There is a jackal corpse here; eat it? [ynq] (n) "),
+        message("There is a jackal corpse here."),
+    ),
     "msg_empty": (message(""), message("It's a wall.")),
 }
 
@@ -424,9 +455,12 @@ REACHED_BY_RANDOM_AGENT = (
     "boulder_adjacent",
     "wall_adjacent",
     "has_food",
+    "has_food_key",
+    "food_key_w",  # the monk's oranges or apples
     "msg_attacked",
     "msg_door_opened",
     "msg_prompt",
+    "msg_eat_prompt",
     "msg_empty",
 )
 
@@ -456,7 +490,8 @@ def test_random_agent_reaches_atoms(random_rollout):
 
 
 # Together with REACHED_BY_RANDOM_AGENT this is every atom but stunned, hallucinating, ill,
-# in_mortal_danger and levitating (constructed cases only) and msg_nothing_to_eat (a scripted game).
+# in_mortal_danger, levitating, msg_eat_corpse_prompt and the food_key atoms of keys other than h
+# (constructed cases only) and msg_nothing_to_eat (a scripted game).
 REACHED_IN_30000_RANDOM_STEPS = (
     "hp_critical",
     "hungry",
@@ -516,6 +551,45 @@ def test_nothing_to_eat_on_a_real_game():
     env.close()
     assert before[atom_index("has_food")] == 0
     assert after[atom_index("msg_nothing_to_eat")] == 1
+
+
+def test_without_inventory_letters_no_food_is_typable():
+    obs = blank_obs()
+    lettered(("h", FOOD))(obs)
+    del obs["inv_letters"]
+    atoms = extract_atoms(obs)[0]
+    assert atoms[atom_index("has_food")] == 1
+    assert not any(atoms[atom_index(name)] for name in ATOMS if "food_key" in name)
+
+
+def test_inventory_letters_must_have_the_shape_of_the_classes():
+    obs = blank_obs()
+    obs["inv_letters"] = np.zeros((1, 10), dtype=np.uint8)
+    with pytest.raises(ValueError, match=r"obs\['inv_letters'\] must have the shape of obs\['inv_oclasses'\]"):
+        extract_atoms(obs)
+
+
+def test_the_move_whose_key_is_a_food_letter_eats_it_on_a_real_game():
+    # The monk starts with oranges under h, the west move's key; EAT asks for a letter and that move answers it.
+    env = make_env(seed=0, observation_keys=(*DEFAULT_OBSERVATION_KEYS, "inv_strs"))
+    obs, _ = env.reset(seed=0)
+    actions = env.unwrapped.actions
+
+    def atoms_now() -> np.ndarray:
+        return extract_atoms({key: value[None] for key, value in obs.items()})[0]
+
+    def oranges() -> str:
+        rows = [bytes(row).rstrip(b"\0").decode() for row in obs["inv_strs"]]
+        return next(row for row in rows if "orange" in row)
+
+    assert atoms_now()[atom_index("food_key_w")] == 1
+    before = oranges()
+    obs, *_ = env.step(actions.index(nethack.Command.EAT))
+    assert atoms_now()[atom_index("msg_eat_prompt")] == 1
+    obs, *_ = env.step(actions.index(nethack.CompassDirection.W))
+    env.close()
+    assert "orange is delicious" in bytes(obs["message"]).decode()
+    assert int(oranges().split()[0]) == int(before.split()[0]) - 1
 
 
 # on_stairs_down / on_stairs_up
@@ -927,3 +1001,30 @@ def test_navigation_cache_equals_the_search_on_a_real_rollout(monkeypatch):
         obs = {key: value.copy() for key, value in obs.items()}
     envs.close()
     assert skipped > 60  # random play bumps into walls and answers prompts: many rows need no new search
+
+
+def test_named_atoms_are_those_columns_of_extract_atoms_in_that_order(random_rollout):
+    from crossmoe.nethack.atoms import NetHackAtoms
+
+    _, obs = random_rollout
+    names = ("msg_eat_prompt", "hp_full", "path_w", "food_key_w", "depth_1")
+    np.testing.assert_array_equal(NetHackAtoms(names)(obs), extract_atoms(obs)[:, [atom_index(n) for n in names]])
+    np.testing.assert_array_equal(NetHackAtoms(ATOMS)(obs), extract_atoms(obs))
+
+
+def test_named_atoms_reject_unknown_names():
+    from crossmoe.nethack.agent import load_hypergraph
+    from crossmoe.nethack.atoms import NetHackAtoms, graph_atoms
+
+    with pytest.raises(ValueError, match=r"names must be atoms of ATOMS, got unknown names \['hp_ful'\]"):
+        NetHackAtoms(["hp_full", "hp_ful"])
+    with pytest.raises(TypeError, match="names must be a sequence of atom names"):
+        NetHackAtoms("hp_full")
+    data = load_hypergraph().to_dict()
+    data["conditions"][0]["name"] = "hit_points_critical"
+    for operator in data["operators"]:
+        operator["requires"] = ["hit_points_critical" if r == "hp_critical" else r for r in operator["requires"]]
+    from crossmoe.hypergraph import Hypergraph
+
+    with pytest.raises(ValueError, match=r"hypergraph's conditions must be atoms .* \['hit_points_critical'\]"):
+        graph_atoms(Hypergraph.from_dict(data))

@@ -71,8 +71,26 @@ def test_every_condition_is_a_precondition(graph):
 
 def test_operator_count_and_the_removed_operators(graph):
     names = {operator["name"] for operator in graph["operators"]}
-    assert len(graph["operators"]) == 59 and len(graph["conditions"]) == len(ATOMS) == 66
+    assert len(graph["operators"]) == 70 and len(graph["conditions"]) == len(ATOMS) == 77
     assert not names & {"head_for_downstairs", "leave_first_level", "melee_adjacent_monster"}
+
+
+@pytest.mark.parametrize(("name", "dy", "dx"), DIRECTIONS)
+def test_the_move_that_names_the_food_is_the_one_whose_key_is_its_letter(graph, name, dy, dx):
+    operator = _operator(graph, f"name_food_{name}")
+    assert sorted(operator["requires"]) == sorted(["msg_eat_prompt", f"food_key_{name}"])
+    (action,) = operator["actions"]
+    key = chr(nethack.CompassDirection[action.split(".")[1]])
+    assert VI_KEY_MOVES[key] == (dy, dx)
+
+
+def test_eating_starts_only_when_a_move_can_name_the_food(graph):
+    for name in ("eat_typable_food_when_hungry", "eat_typable_food_when_weak"):
+        assert "has_food_key" in _operator(graph, name)["requires"]
+        assert _operator(graph, name)["actions"] == ["Command.EAT"]
+    decline = _operator(graph, "decline_corpse")
+    assert decline["requires"] == ["msg_eat_corpse_prompt"] and decline["actions"] == ["CompassDirection.SE"]
+    assert chr(nethack.CompassDirection.SE) == "n"  # "eat it? [ynq]": n declines
 
 
 def _operator(graph, name):

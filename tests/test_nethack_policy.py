@@ -11,15 +11,18 @@ pytest.importorskip("nle")
 from nle import nethack
 
 from crossmoe.fusion import ConcatFusion
+from crossmoe.hypergraph import Hypergraph
 from crossmoe.knowledge import ApplicabilityPrior
 from crossmoe.losses import AuxLossWeights, aux_loss
 from crossmoe.nethack import (
     ATOMS,
+    COMPASS,
     NetHackVisualEncoder,
     build_agent,
     extract_atoms,
     load_agent,
     load_hypergraph,
+    make_baseline_policy,
     make_policy,
     make_vector_env,
 )
@@ -435,6 +438,47 @@ def test_a_checkpoint_from_before_applicable_queries_still_computes_what_it_lear
     torch.testing.assert_close(out.logits, old(real_obs).logits)
     torch.testing.assert_close(out.attention.sum(-1), torch.ones_like(out.attention.sum(-1)))
     assert make_policy(23, dim=DIM).fusion.applicable_queries  # new agents query with the applicable operators
+
+
+EATING_ATOMS = {"has_food_key", "msg_eat_prompt", "msg_eat_corpse_prompt", *(f"food_key_{d.lower()}" for d in COMPASS)}
+
+
+def graph_before_eating() -> Hypergraph:
+    """The shipped graph as it was before the eating atoms: 66 conditions, no operator that reads them."""
+    data = load_hypergraph().to_dict()
+    data["conditions"] = [c for c in data["conditions"] if c["name"] not in EATING_ATOMS]
+    data["operators"] = [o for o in data["operators"] if not EATING_ATOMS & set(o["requires"])]
+    data["operators"] = [o for o in data["operators"] if not o["name"].startswith("eat_typable")]
+    return Hypergraph.from_dict(data)
+
+
+@pytest.mark.parametrize("factory", ["make_policy", "make_baseline_policy"])
+def test_an_agent_of_a_graph_from_before_new_atoms_reads_its_own_atoms(real_obs, tmp_path, factory):
+    """A checkpoint stores its graph; the atoms it was trained on are found by name, whatever ATOMS gained since."""
+    old = graph_before_eating()
+    assert old.num_conditions == 66 and len(ATOMS) > 66
+    torch.manual_seed(0)
+    if factory == "make_policy":
+        policy = make_policy(23, dim=DIM, hypergraph=old).eval()
+    else:
+        policy = make_baseline_policy(23, dim=DIM, hypergraph=old, knowledge=True).eval()
+    columns = [ATOMS.index(name) for name in old.conditions]
+    obs = dict(real_obs)
+    reference = policy({**obs, "atoms": extract_atoms(obs)[:, columns]})
+    torch.testing.assert_close(policy(obs).logits, reference.logits)
+    path = save_checkpoint(tmp_path / "old.pt", {"policy_config": policy.config, "model": policy.state_dict()})
+    torch.testing.assert_close(load_agent(path)(obs).logits, reference.logits)
+
+
+def test_the_rules_without_eating_choose_alike_on_the_old_graph_and_the_shipped_one(real_obs):
+    from crossmoe.nethack.rules import NO_EATING_PRIORITY, RuleAgent
+
+    old = RuleAgent(hypergraph=graph_before_eating(), priority=NO_EATING_PRIORITY, seed=5)
+    new = RuleAgent(priority=NO_EATING_PRIORITY, seed=5)
+    old_ops, old_actions = old.select(real_obs)
+    new_ops, new_actions = new.select(real_obs)
+    np.testing.assert_array_equal(old_actions, new_actions)
+    assert [old.hypergraph.operators[o] for o in old_ops] == [new.hypergraph.operators[o] for o in new_ops]
 
 
 def test_uniform_router_init_routes_every_state_evenly(real_obs):

@@ -14,7 +14,7 @@ from crossmoe.hypergraph import Hypergraph, OperatorSpec, action_name
 from crossmoe.nethack import ATOMS, extract_atoms, make_vector_env
 from crossmoe.nethack.atoms import Hunger
 from crossmoe.nethack.glyphs import screen_symbol
-from crossmoe.nethack.rules import DEFAULT_PRIORITY, RuleAgent
+from crossmoe.nethack.rules import DEFAULT_PRIORITY, EATING_PRIORITY, NO_EATING_PRIORITY, RULES, RuleAgent
 
 Y, X = 10, 40
 ACTIONS = [action_name(action) for action in TASK_ACTIONS]
@@ -23,8 +23,17 @@ EAST = ACTIONS.index("CompassDirection.E")
 COMPASS = {ACTIONS.index(f"CompassDirection.{d}") for d in ("N", "E", "S", "W", "NE", "SE", "SW", "NW")}
 
 
-def obs_batch(size: int = 1, monster_east: bool = False, message: str = "") -> dict[str, np.ndarray]:
-    """``size`` copies of a healthy hero alone in solid stone, with no map memory (so no path)."""
+def obs_batch(
+    size: int = 1,
+    monster_east: bool = False,
+    message: str = "",
+    hunger: Hunger = Hunger.NOT_HUNGRY,
+    food: str = "",
+) -> dict[str, np.ndarray]:
+    """``size`` copies of a healthy hero alone in solid stone, with no map memory (so no path).
+
+    ``food``: the inventory letters of food items (none by default).
+    """
     glyphs = np.full((size, *nethack.DUNGEON_SHAPE), nethack.GLYPH_CMAP_OFF + screen_symbol("S_stone"), np.int16)
     glyphs[:, Y, X] = nethack.GLYPH_MON_OFF  # the hero
     if monster_east:
@@ -32,12 +41,15 @@ def obs_batch(size: int = 1, monster_east: bool = False, message: str = "") -> d
     blstats = np.zeros((size, nethack.NLE_BLSTATS_SIZE), dtype=np.int64)
     blstats[:, nethack.NLE_BL_X], blstats[:, nethack.NLE_BL_Y] = X, Y
     blstats[:, nethack.NLE_BL_HP] = blstats[:, nethack.NLE_BL_HPMAX] = 12
-    blstats[:, nethack.NLE_BL_HUNGER] = Hunger.NOT_HUNGRY
+    blstats[:, nethack.NLE_BL_HUNGER] = hunger
     blstats[:, nethack.NLE_BL_DEPTH] = blstats[:, nethack.NLE_BL_DLEVEL] = 1
     text = np.zeros((size, nethack.NLE_MESSAGE_SIZE), dtype=np.uint8)
     text[:, : len(message)] = np.frombuffer(message.encode(), dtype=np.uint8)
     inventory = np.full((size, nethack.NLE_INVENTORY_SIZE), nethack.MAXOCLASSES, dtype=np.uint8)
-    return {"glyphs": glyphs, "blstats": blstats, "message": text, "inv_oclasses": inventory}
+    letters = np.zeros((size, nethack.NLE_INVENTORY_SIZE), dtype=np.uint8)
+    inventory[:, : len(food)] = nethack.FOOD_CLASS
+    letters[:, : len(food)] = [ord(letter) for letter in food]
+    return {"glyphs": glyphs, "blstats": blstats, "message": text, "inv_oclasses": inventory, "inv_letters": letters}
 
 
 def concat(*batches: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -60,6 +72,38 @@ def test_attacks_the_monster_to_the_east_and_presses_more_at_a_prompt(agent):
     assert names == ["attack_e", "dismiss_prompt", "dismiss_prompt"]
     assert actions.tolist() == [EAST, MORE, MORE]
     assert agent.act(obs).tolist() == [EAST, MORE, MORE]
+
+
+EAT, WEST, SOUTH_EAST = (ACTIONS.index(a) for a in ("Command.EAT", "CompassDirection.W", "CompassDirection.SE"))
+EAT_PROMPT, CORPSE_PROMPT = "What do you want to eat? [fh or ?*] ", "There is a newt corpse here; eat it? [ynq] (n) "
+
+
+@pytest.mark.parametrize(
+    ("situation", "operator", "action"),
+    [
+        (dict(hunger=Hunger.WEAK, food="h", monster_east=True), "eat_typable_food_when_weak", EAT),
+        (dict(hunger=Hunger.HUNGRY, food="h", monster_east=True), "attack_e", EAST),
+        (dict(hunger=Hunger.HUNGRY, food="fh"), "eat_typable_food_when_hungry", EAT),
+        (dict(hunger=Hunger.WEAK, food="f"), "fallback_move", None),  # no move types f: EAT could not be answered
+        (dict(hunger=Hunger.NOT_HUNGRY, food="h"), "fallback_move", None),
+        (dict(message=EAT_PROMPT, food="fh"), "name_food_w", WEST),  # h is the west move's key
+        (dict(message=EAT_PROMPT, food="f"), "dismiss_prompt", MORE),
+        (dict(message=CORPSE_PROMPT, food="h"), "decline_corpse", SOUTH_EAST),  # n is the south-east move's key
+    ],
+)
+def test_eats_food_that_a_move_can_name(agent, situation, operator, action):
+    operators, actions = agent.select(obs_batch(**situation))
+    assert agent.hypergraph.operators[operators[0]] == operator
+    assert actions[0] == action if action is not None else actions[0] in COMPASS
+
+
+def test_the_rules_without_eating_never_press_eat():
+    agent = RuleAgent(priority=RULES["rules_no_eating"], seed=0)
+    obs = concat(obs_batch(hunger=Hunger.WEAK, food="h"), obs_batch(message=EAT_PROMPT, food="h"))
+    operators, _ = agent.select(obs)
+    assert [agent.hypergraph.operators[o] for o in operators] == ["fallback_move", "dismiss_prompt"]
+    assert RuleAgent().priority[: len(EATING_PRIORITY)] == EATING_PRIORITY  # "rules" is the default
+    assert RULES["rules"] == DEFAULT_PRIORITY == EATING_PRIORITY and NO_EATING_PRIORITY == RULES["rules_no_eating"]
 
 
 def test_picks_uniformly_among_the_chosen_operators_actions(agent):
@@ -163,5 +207,17 @@ def test_action_probs_are_the_distribution_act_samples_from_on_real_games(agent)
                 np.testing.assert_allclose(probs[row][support], 1 / support.sum(), rtol=1e-6)
                 assert probs[row, actions[row]] > 0
             obs, *_ = envs.step(actions)
+    finally:
+        envs.close()
+
+
+def test_teachers_by_name_are_the_rule_agents_of_rules():
+    from crossmoe.integrations.common import TEACHERS, make_teacher
+
+    assert set(TEACHERS) == set(RULES)
+    envs = make_vector_env(1, 0)
+    try:
+        for name in TEACHERS:
+            assert make_teacher(name, envs).priority[: len(RULES[name])] == RULES[name]
     finally:
         envs.close()

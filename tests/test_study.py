@@ -217,3 +217,18 @@ def test_training_speed_is_timed_over_every_update_of_a_resumed_run(module):
     rows[1] = {"global_step": 2000}
     assert module._training_sps(rows) == pytest.approx(3000 / 10)
     assert module._training_sps([]) is None
+
+
+def test_a_floor_key_names_the_rules_an_agent_plays(tmp_path, module):
+    config = {**TINY, "agents": {"rules": {"floor": "rules_no_eating"}, "random": {}, "eating": {"floor": "rules"}}}
+    assert [module.floor_of(config, agent) for agent in config["agents"]] == ["rules_no_eating", "random", "rules"]
+    config["agents"]["bad"] = {"floor": "rules_with_cake"}
+    (tmp_path / "study.json").write_text(json.dumps(config))
+    done = subprocess.run(
+        [sys.executable, str(STUDY), "plan", "--config", str(tmp_path / "study.json")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert done.returncode != 0 and "floor must be one of ('random', 'rules', 'rules_no_eating')" in done.stderr

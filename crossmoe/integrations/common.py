@@ -26,9 +26,9 @@ __all__ = [
     "teacher_settings",
 ]
 
-TEACHERS = ("rules",)
-"""The teachers the integrations build by name: ``"rules"``, :class:`crossmoe.nethack.RuleAgent` on the env's
-actions."""
+TEACHERS = ("rules", "rules_no_eating")
+"""The teachers the integrations build by name: :class:`crossmoe.nethack.RuleAgent` on the env's actions, with
+the priority :data:`crossmoe.nethack.rules.RULES` gives the name (``"rules"``: with eating)."""
 
 
 def teacher_settings(
@@ -57,11 +57,12 @@ def make_teacher(name: str, env: Any) -> Any:
     if name not in TEACHERS:
         raise ValueError(f"teacher must be one of {TEACHERS}, got {name!r}")
     from crossmoe.nethack import RuleAgent, env_actions
+    from crossmoe.nethack.rules import RULES
 
     actions = env_actions(env)
     if actions is None:
         raise ValueError(f"teacher={name!r} needs an env that lists its NLE actions, got {type(env).__name__}")
-    return RuleAgent(actions)
+    return RuleAgent(actions, priority=RULES[name])
 
 
 PRESETS = ("nethack",)
@@ -125,10 +126,10 @@ def observation_atoms(
     the arguments of :func:`build_policy` (the action space aside).
     """
     if preset == "nethack":
-        from crossmoe.nethack import NetHackAtoms, load_hypergraph
+        from crossmoe.nethack import graph_atoms, load_hypergraph
 
         graph = policy_kwargs.get("hypergraph") or load_hypergraph()
-        return NetHackAtoms(), graph.num_conditions, "atoms"
+        return graph_atoms(graph), graph.num_conditions, "atoms"
     atoms = getattr(logic_encoder, "atoms", None)
     graph = getattr(logic_encoder, "hypergraph", None)
     if atoms is None or graph is None:

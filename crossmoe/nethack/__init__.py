@@ -13,7 +13,7 @@ from crossmoe.nethack.agent import (
     make_baseline_policy,
     make_policy,
 )
-from crossmoe.nethack.atoms import ATOMS, NetHackAtoms, extract_atoms
+from crossmoe.nethack.atoms import ATOMS, NetHackAtoms, extract_atoms, graph_atoms
 from crossmoe.nethack.encoders import COMPASS, NetHackVisualEncoder, blstats_features, compass_direction
 from crossmoe.nethack.env import (
     DEFAULT_OBSERVATION_KEYS,
@@ -49,6 +49,7 @@ __all__ = [
     "expert_from_label",
     "extract_atoms",
     "glyph_class",
+    "graph_atoms",
     "load_agent",
     "load_hypergraph",
     "make_baseline_policy",

@@ -15,7 +15,7 @@ from crossmoe._checks import check_int
 from crossmoe.encoders import AtomFeatures, HypergraphLogicEncoder
 from crossmoe.hypergraph import Hypergraph, action_name
 from crossmoe.knowledge import ApplicabilityPrior, AttentionDirectionPrior
-from crossmoe.nethack.atoms import NetHackAtoms
+from crossmoe.nethack.atoms import graph_atoms
 from crossmoe.nethack.encoders import COMPASS, NetHackVisualEncoder
 from crossmoe.nethack.rules import expert_from_label
 from crossmoe.policy import ActorCritic, CrossAttentionMoEPolicy
@@ -37,7 +37,8 @@ def load_hypergraph(path: str | os.PathLike[str] | None = None) -> Hypergraph:
     """A NetHack knowledge graph: by default the curated one shipped with the package.
 
     The shipped graph (``crossmoe/nethack/hypergraph.json``) has the atoms of
-    :func:`~crossmoe.nethack.extract_atoms` as its conditions, in the same order.
+    :func:`~crossmoe.nethack.extract_atoms` as its conditions, in the same order;
+    another graph may use any of them, in any order (:func:`~crossmoe.nethack.graph_atoms`).
 
     Args:
         path: A graph file to read instead, in either format of
@@ -153,8 +154,8 @@ def make_policy(
         fusion: ``"cross_attention"``, the ``"concat"`` ablation, or a fusion
             module (:mod:`crossmoe.fusion`).
         hypergraph: Knowledge graph; defaults to :func:`load_hypergraph`.
-            Its conditions must be the atoms of
-            :func:`~crossmoe.nethack.extract_atoms`.
+            Its conditions must be atoms of :data:`~crossmoe.nethack.ATOMS`,
+            in any order (:func:`~crossmoe.nethack.graph_atoms`).
         graph_hidden_dim: Node width of the graph encoder (default ``min(dim, 64)``).
         graph_heads: Attention heads of the graph encoder.
         effect_passes: Operator -> effect -> operator rounds in the graph encoder.
@@ -208,7 +209,7 @@ def make_policy(
     logic = HypergraphLogicEncoder(
         hypergraph,
         dim,
-        atoms=NetHackAtoms(),  # extract_atoms, searching paths only where the map or the hero moved
+        atoms=graph_atoms(hypergraph),  # extract_atoms, searching paths only where the hero moved
         hidden_dim=graph_hidden_dim,
         heads=graph_heads,
         effect_passes=effect_passes,
@@ -304,7 +305,7 @@ def make_baseline_policy(
 
     Example:
         >>> make_baseline_policy(knowledge=True).num_features  # one input per atom
-        66
+        77
     """
     action_dim = _action_dim(action_dim, env)
     if not isinstance(knowledge, bool):
@@ -316,7 +317,7 @@ def make_baseline_policy(
         if not isinstance(hypergraph, Hypergraph):
             raise TypeError(f"hypergraph must be a crossmoe Hypergraph or None, got {type(hypergraph).__name__}")
         actions = _action_set(action_set, action_dim, env)
-        features = AtomFeatures(hypergraph, atoms=NetHackAtoms())
+        features = AtomFeatures(hypergraph, atoms=graph_atoms(hypergraph))
         prior = ApplicabilityPrior(hypergraph.action_mask(actions), init=prior_init)
     elif hypergraph is not None or action_set is not None:
         raise ValueError("hypergraph and action_set are for the flat-features control: pass knowledge=True")

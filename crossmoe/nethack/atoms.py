@@ -14,6 +14,14 @@ and ``visited``, which :func:`~crossmoe.nethack.make_env` includes by default).
 Without those keys ``on_stairs_down`` and ``on_stairs_up`` fall back to the
 messages NetHack prints there, and the ``path_*`` atoms stay 0.
 
+Eating: NetHack asks "What do you want to eat?" after ``EAT`` and waits for an
+inventory letter. The tasks' actions type no letter of their own, but each move
+types its key (``h`` is west), so ``food_key_<dir>`` says that a food item's
+letter (``inv_letters``, which :func:`~crossmoe.nethack.make_env` includes by
+default) is the key of the move in that direction; the monk starts with apples
+or oranges under ``h``. The keys come from ``nle.nethack.CompassDirection``.
+Without ``inv_letters`` these atoms stay 0.
+
 Navigation (``path_to_downstairs`` and ``path_<dir>``): a breadth-first
 distance field over the remembered walkable cells, computed for the whole
 batch at once, gives the first step of a shortest path to the down staircase
@@ -26,17 +34,21 @@ Shapes:
     - blstats: ``(B, 27)`` bottom-line statistics
     - message: ``(B, 256)`` uint8 bytes, zero padded
     - inv_oclasses: ``(B, 55)`` object class of each inventory slot
+    - inv_letters (optional): ``(B, 55)`` letter of each inventory slot
     - output: ``(B, C)`` float32 with ``C = len(ATOMS)``
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from enum import IntEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from nle import nethack
+
+if TYPE_CHECKING:
+    from crossmoe.hypergraph import Hypergraph
 
 from crossmoe.nethack.glyphs import BOULDER_GLYPH, GLYPH_CLASS, PASSABLE_CLASSES, GlyphClass
 
@@ -49,6 +61,7 @@ __all__ = [
     "NetHackAtoms",
     "atom_index",
     "extract_atoms",
+    "graph_atoms",
 ]
 
 
@@ -135,8 +148,18 @@ ATOMS: tuple[str, ...] = (
     "trap_adjacent",
     "boulder_adjacent",
     "wall_adjacent",
-    # inventory
+    # inventory: any food, and food whose inventory letter is the key of the move in that direction, so
+    # that the move answers EAT's "What do you want to eat?" (the monk's apples or oranges are ``h``: west)
     "has_food",
+    "has_food_key",
+    "food_key_n",
+    "food_key_e",
+    "food_key_s",
+    "food_key_w",
+    "food_key_ne",
+    "food_key_se",
+    "food_key_sw",
+    "food_key_nw",
     # messages
     "msg_attacked",
     "msg_killed",
@@ -145,6 +168,8 @@ ATOMS: tuple[str, ...] = (
     "msg_prompt",
     "msg_hungry",
     "msg_nothing_to_eat",
+    "msg_eat_prompt",
+    "msg_eat_corpse_prompt",
     "msg_empty",
 )
 """Names of the atoms, in column order of :func:`extract_atoms`."""
@@ -153,7 +178,8 @@ ATOM_INDEX: dict[str, int] = {name: index for index, name in enumerate(ATOMS)}
 """Column of each atom in the output of :func:`extract_atoms`."""
 
 OBSERVATION_KEYS: tuple[str, ...] = ("glyphs", "blstats", "message", "inv_oclasses")
-"""Observation keys :func:`extract_atoms` needs; it also reads ``map_memory`` and ``visited`` when present."""
+"""Observation keys :func:`extract_atoms` needs; it also reads ``inv_letters``, ``map_memory`` and ``visited``
+when present."""
 
 DIRECTIONS: tuple[tuple[str, int, int], ...] = (
     ("n", -1, 0),
@@ -166,6 +192,11 @@ DIRECTIONS: tuple[tuple[str, int, int], ...] = (
     ("nw", -1, -1),
 )
 """``(name, dy, dx)`` of the eight moves, in the order of ``nle.nethack.CompassDirection``."""
+
+# The key each move types: an inventory item with that letter is what the move answers to an item prompt.
+_DIRECTION_KEYS: tuple[tuple[str, int], ...] = tuple(
+    (name, int(nethack.CompassDirection[name.upper()])) for name, _, _ in DIRECTIONS
+)
 
 _TRAILING_SHAPES: dict[str, tuple[int, ...]] = {
     "glyphs": tuple(nethack.DUNGEON_SHAPE),
@@ -205,6 +236,9 @@ _MESSAGE_PATTERNS: dict[str, tuple[str, ...]] = {
         "munchies",
     ),
     "msg_nothing_to_eat": ("You don't have anything to eat",),
+    "msg_eat_prompt": ("What do you want to eat?",),
+    # "There is a jackal corpse here; eat it? [ynq] (n)": `y` and `n` are the north-west and south-east keys.
+    "msg_eat_corpse_prompt": ("here; eat it?",),
 }
 _ENCODED_PATTERNS: dict[str, tuple[np.ndarray, ...]] = {
     name: tuple(np.frombuffer(pattern.encode("ascii"), dtype=np.uint8) for pattern in patterns)
@@ -270,13 +304,13 @@ def _validated_arrays(obs: Mapping[str, Any]) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _optional(obs: Mapping[str, Any], key: str, shape: tuple[int, ...]) -> np.ndarray | None:
-    """``obs[key]`` as an array of ``shape``, or None when absent."""
+def _optional(obs: Mapping[str, Any], key: str, like: str, shape: tuple[int, ...]) -> np.ndarray | None:
+    """``obs[key]`` as an array of ``shape`` (that of ``obs[like]``), or None when absent."""
     if key not in obs:
         return None
     array = _as_numpy(obs[key])
     if array.shape != shape:
-        raise ValueError(f"obs[{key!r}] must have the shape of obs['glyphs'] {shape}, got {tuple(array.shape)}")
+        raise ValueError(f"obs[{key!r}] must have the shape of obs[{like!r}] {shape}, got {tuple(array.shape)}")
     return array
 
 
@@ -421,7 +455,12 @@ class NetHackAtoms:
     a step that does not move the hero or reveal a cell (a wall bumped, a
     prompt answered, a fight) needs no search. A batch of another size starts
     afresh. The result always equals :func:`extract_atoms` (each row's search
-    is independent of the others').
+    is independent of the others'), or its ``names`` columns.
+
+    Args:
+        names: The atoms to return, in this order (a hypergraph's
+            ``conditions``, so that a graph written for an earlier, shorter
+            :data:`ATOMS` keeps its columns); ``None``: all of :data:`ATOMS`.
 
     Example:
         >>> atoms = NetHackAtoms()  # doctest: +SKIP
@@ -430,12 +469,22 @@ class NetHackAtoms:
         ...     obs, *_ = envs.step(policy(obs, activations))
     """
 
-    def __init__(self) -> None:
+    def __init__(self, names: Sequence[str] | None = None) -> None:
+        if names is not None:
+            if isinstance(names, str) or not all(isinstance(name, str) for name in names):
+                raise TypeError(f"names must be a sequence of atom names or None, got {names!r}")
+            unknown = [name for name in names if name not in ATOM_INDEX]
+            if unknown:
+                raise ValueError(f"names must be atoms of ATOMS, got unknown names {unknown}")
+            names = tuple(names)
+        self.names = names
+        self._columns = None if names is None or names == ATOMS else np.array([ATOM_INDEX[n] for n in names])
         self._inputs: tuple[np.ndarray, ...] | None = None
         self._navigation: dict[str, np.ndarray] | None = None
 
     def __call__(self, obs: Mapping[str, Any]) -> np.ndarray:
-        return extract_atoms(obs, navigation=self._cached_navigation)
+        atoms = extract_atoms(obs, navigation=self._cached_navigation)
+        return atoms if self._columns is None else atoms[:, self._columns]
 
     def _cached_navigation(
         self, memory: np.ndarray, visited: np.ndarray, player_y: np.ndarray, player_x: np.ndarray, alive: np.ndarray
@@ -462,7 +511,7 @@ class NetHackAtoms:
         return navigation
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
+        return f"{type(self).__name__}()" if self.names is None else f"{type(self).__name__}({len(self.names)} atoms)"
 
 
 def extract_atoms(obs: Mapping[str, Any], *, navigation: Any = None) -> np.ndarray:
@@ -576,11 +625,18 @@ def extract_atoms(obs: Mapping[str, Any], *, navigation: Any = None) -> np.ndarr
     atoms["boulder_adjacent"] = (window_glyphs[:, _NEIGHBOURS] == BOULDER_GLYPH).any(axis=1)
     atoms["wall_adjacent"] = adjacent(GlyphClass.WALL)
 
-    atoms["has_food"] = (arrays["inv_oclasses"] == nethack.FOOD_CLASS).any(axis=1)
+    food = arrays["inv_oclasses"] == nethack.FOOD_CLASS  # (B, 55)
+    atoms["has_food"] = food.any(axis=1)
+    letters = _optional(obs, "inv_letters", "inv_oclasses", food.shape)
+    if letters is None:  # no letters, no food known to be typable
+        letters = np.zeros(food.shape, dtype=np.uint8)
+    for name, key in _DIRECTION_KEYS:
+        atoms[f"food_key_{name}"] = (food & (letters == key)).any(axis=1)
+    atoms["has_food_key"] = np.any([atoms[f"food_key_{name}"] for name, _ in _DIRECTION_KEYS], axis=0)
 
     atoms.update(_message_atoms(arrays["message"]))
-    memory = _optional(obs, "map_memory", glyphs.shape)
-    visited = _optional(obs, "visited", glyphs.shape)
+    memory = _optional(obs, "map_memory", "glyphs", glyphs.shape)
+    visited = _optional(obs, "visited", "glyphs", glyphs.shape)
     if memory is not None and visited is not None:
         under = GLYPH_CLASS[memory[batch, player_y, player_x]]  # what the hero stands on
         atoms["on_stairs_down"] |= alive & (under == GlyphClass.STAIRS_DOWN)
@@ -593,3 +649,22 @@ def extract_atoms(obs: Mapping[str, Any], *, navigation: Any = None) -> np.ndarr
             dict.fromkeys(("path_to_downstairs", *(f"path_{name}" for name, _, _ in DIRECTIONS)), alive & False)
         )
     return np.stack([atoms[name] for name in ATOMS], axis=1).astype(np.float32)
+
+
+def graph_atoms(hypergraph: Hypergraph) -> NetHackAtoms:
+    """The atoms a NetHack graph's conditions name, in its order: a :class:`NetHackAtoms`.
+
+    A graph may use any of :data:`ATOMS`, in any order, so a
+    graph (or a checkpoint's graph) written before atoms were added keeps its
+    columns.
+
+    Raises:
+        ValueError: if a condition of ``hypergraph`` is not an atom.
+    """
+    unknown = [name for name in hypergraph.conditions if name not in ATOM_INDEX]
+    if unknown:
+        raise ValueError(
+            f"hypergraph's conditions must be atoms of crossmoe.nethack.ATOMS, got {len(unknown)} that are not: "
+            f"{unknown[:5]}{' ...' if len(unknown) > 5 else ''}"
+        )
+    return NetHackAtoms(hypergraph.conditions)

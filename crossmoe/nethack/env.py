@@ -38,7 +38,7 @@ __all__ = [
     "split_episode_ends",
 ]
 
-DEFAULT_OBSERVATION_KEYS: tuple[str, ...] = ("glyphs", "blstats", "message", "inv_oclasses")
+DEFAULT_OBSERVATION_KEYS: tuple[str, ...] = ("glyphs", "blstats", "message", "inv_oclasses", "inv_letters")
 """What the atoms and encoders read. ``screen_descriptions`` is left out: it halves the step rate."""
 
 MEMORY_KEYS: tuple[str, ...] = ("map_memory", "visited")

@@ -20,9 +20,17 @@ from typing import Any
 import numpy as np
 
 from crossmoe.hypergraph import Hypergraph, action_name
-from crossmoe.nethack.atoms import DIRECTIONS, extract_atoms
+from crossmoe.nethack.atoms import DIRECTIONS, graph_atoms
 
-__all__ = ["DEFAULT_PRIORITY", "EXPERT_WORDS", "RuleAgent", "expert_from_label"]
+__all__ = [
+    "DEFAULT_PRIORITY",
+    "EATING_PRIORITY",
+    "EXPERT_WORDS",
+    "NO_EATING_PRIORITY",
+    "RULES",
+    "RuleAgent",
+    "expert_from_label",
+]
 
 #: Leading action words of an operator label, per expert; any other label is ``"general"``.
 EXPERT_WORDS: Mapping[str, tuple[str, ...]] = {
@@ -69,11 +77,9 @@ def expert_from_label(label: str) -> str:
 
 _COMPASS = tuple(name for name, _, _ in DIRECTIONS)
 
-#: Operators of the shipped graph, most urgent first, that :class:`RuleAgent` tries in turn.
-#: No eating rule: ``EAT`` asks which item to eat and the shipped graph has no atom for that prompt or for an
-#: item whose letter an action types (the monk's oranges are ``h``, the west move's key), so "eat when Weak"
-#: would press EAT, then ``dismiss_prompt`` would cancel the question, until the step cap.
-DEFAULT_PRIORITY: tuple[str, ...] = (
+#: Operators of the shipped graph, most urgent first, that :class:`RuleAgent` tries in turn: the rules without
+#: eating, as first measured.
+NO_EATING_PRIORITY: tuple[str, ...] = (
     "dismiss_prompt",  # a pending prompt swallows every other key
     "descend_stairs",  # NetHackScore pays 50 points per new level
     *(f"attack_{name}" for name in _COMPASS),
@@ -83,6 +89,25 @@ DEFAULT_PRIORITY: tuple[str, ...] = (
     "search_dead_end",
     "fallback_move",  # always applicable: the operators after it are never chosen
 )
+
+#: :data:`NO_EATING_PRIORITY` with eating: EAT when Weak, or when Hungry and no fight or stairs come first, if a
+#: move's key is a food item's letter; answer EAT's questions (which item, and no to what lies here) before
+#: ``dismiss_prompt`` would cancel them.
+EATING_PRIORITY: tuple[str, ...] = (
+    *(f"name_food_{name}" for name in _COMPASS),
+    "decline_corpse",
+    "dismiss_prompt",
+    "eat_typable_food_when_weak",
+    "descend_stairs",
+    *(f"attack_{name}" for name in _COMPASS),
+    "eat_typable_food_when_hungry",
+    *NO_EATING_PRIORITY[2 + len(_COMPASS) :],
+)
+DEFAULT_PRIORITY = EATING_PRIORITY
+
+#: The rule agents by name: ``"rules"`` (:data:`DEFAULT_PRIORITY`, with eating) and ``"rules_no_eating"``
+#: (:data:`NO_EATING_PRIORITY`, the rules of the first studies). The names of ``--teacher`` and the study floors.
+RULES: Mapping[str, tuple[str, ...]] = {"rules": EATING_PRIORITY, "rules_no_eating": NO_EATING_PRIORITY}
 
 
 class RuleAgent:
@@ -142,6 +167,7 @@ class RuleAgent:
         listed = [index[name] for name in priority]
         order = np.asarray(listed + sorted(set(range(hypergraph.num_operators)) - set(listed)))
         self.hypergraph = hypergraph
+        self._atoms = graph_atoms(hypergraph)
         self.action_set = [action_name(action) for action in action_set]
         self.action_mask = hypergraph.action_mask(self.action_set).numpy()  # (O, A)
         self.order = order[self.action_mask[order].any(axis=1)]  # operator indices, most urgent first
@@ -187,7 +213,7 @@ class RuleAgent:
 
     def _choose(self, obs: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         """The first applicable operator in priority order (``-1``: none) and its ``(B, A)`` bool allowed actions."""
-        atoms = obs["atoms"] if "atoms" in obs else extract_atoms(obs)
+        atoms = obs["atoms"] if "atoms" in obs else self._atoms(obs)
         applicable = self.hypergraph.applicable(np.asarray(atoms, dtype=np.float32)).numpy()  # (B, O)
         ranked = applicable[:, self.order]  # (B, O') in priority order
         found = ranked.any(axis=1)
