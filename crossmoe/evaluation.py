@@ -78,9 +78,11 @@ class Agent(Protocol):
     and returns the ``(N,)`` actions, as an array or as an :class:`AgentStep`
     that also carries router weights. Optional members that :func:`evaluate`
     uses when present: ``reset(seed)``, called once before the first step so
-    that an evaluation is reproducible, and ``expert_names``, the names of
+    that an evaluation is reproducible; ``expert_names``, the names of
     the ``E`` experts of the router weights (the agent then also receives the
-    atoms, as ``obs["atoms"]``, instead of computing them again).
+    atoms, as ``obs["atoms"]``, instead of computing them again); and
+    ``condition_names``, the atoms it reads, in order (it then receives
+    those columns).
     """
 
     def act(self, obs: Mapping[str, np.ndarray]) -> np.ndarray | AgentStep: ...
@@ -154,6 +156,10 @@ class PolicyAgent:
         self.deterministic = deterministic
         names = getattr(getattr(policy, "experts", None), "names", None)
         self.expert_names: tuple[str, ...] | None = None if names is None else tuple(names)
+        reader = getattr(policy, "logic_encoder", None) or getattr(policy, "features", None)
+        graph = getattr(reader, "hypergraph", None)
+        #: The conditions the policy reads as ``obs["atoms"]``, in order (its graph's), or None.
+        self.condition_names: tuple[str, ...] | None = None if graph is None else tuple(graph.conditions)
         self._generator = torch.Generator().manual_seed(seed)
 
     def reset(self, seed: int | None = None) -> None:
@@ -377,7 +383,12 @@ def evaluate(
     a ``max_episode_steps`` time limit are ``"step cap"``). For an agent that
     returns router weights, the weights are summed per situation: a step is in
     a situation when any of its atoms (:func:`~crossmoe.nethack.extract_atoms`)
-    holds.
+    holds. The atoms are computed once per step and handed to the agent as
+    ``obs["atoms"]``: in the columns its ``condition_names`` lists (a
+    :class:`PolicyAgent`'s are its graph's conditions, so a checkpoint whose
+    graph predates an atom reads what it was trained on), or all of
+    :data:`~crossmoe.nethack.ATOMS` for an agent with ``expert_names`` and no
+    ``condition_names``.
 
     Args:
         agent: An :class:`Agent`.
@@ -398,6 +409,7 @@ def evaluate(
     from nle import nethack  # the nethack extra
 
     from crossmoe.nethack import ATOMS, extract_atoms, make_vector_env, split_episode_ends
+    from crossmoe.nethack.atoms import ATOM_INDEX
 
     for name, value in (("episodes", episodes), ("num_envs", num_envs)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
@@ -416,6 +428,13 @@ def evaluate(
     if callable(getattr(agent, "reset", None)):
         agent.reset(seed=seed)
     expert_names = getattr(agent, "expert_names", None)
+    # The atoms are computed once per step, for the usage table and, in its graph's columns, for the agent.
+    conditions = getattr(agent, "condition_names", None)
+    if conditions is None and expert_names is not None:
+        conditions = ATOMS
+    columns = None
+    if conditions is not None and all(name in ATOM_INDEX for name in conditions):
+        columns = np.array([ATOM_INDEX[name] for name in conditions])
 
     played: list[list[tuple[float, float, int, int, str]]] = [[] for _ in range(num_envs)]
     try:
@@ -426,9 +445,9 @@ def evaluate(
         while (finished < quota).any():
             counting = active & (finished < quota)
             atoms = None
-            if expert_names is not None:
+            if columns is not None:
                 atoms = extract_atoms(obs)
-                obs = {**obs, "atoms": atoms}
+                obs = {**obs, "atoms": atoms[:, columns]}
             step = agent.act(obs)
             if not isinstance(step, AgentStep):
                 step = AgentStep(np.asarray(step))

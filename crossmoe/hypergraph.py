@@ -27,7 +27,7 @@ from torch import Tensor
 from crossmoe._cache import DeviceCache
 from crossmoe.experts import DEFAULT_EXPERT_NAMES
 
-__all__ = ["FORMAT", "Hypergraph", "OperatorSpec", "action_name"]
+__all__ = ["FORMAT", "Hypergraph", "OperatorSpec", "action_name", "env_actions"]
 
 #: The ``format`` value of a document in the crossmoe JSON schema (see :meth:`Hypergraph.from_json`).
 FORMAT = "crossmoe.hypergraph"
@@ -46,6 +46,25 @@ def action_name(action: Any) -> str:
     if isinstance(action, enum.Enum):
         return f"{type(action).__name__}.{action.name}"
     return str(action)
+
+
+def env_actions(env: Any) -> list[str] | None:
+    """Names of the actions of an env or a vector env (sync or async, wrapped or not); None when it lists none.
+
+    An env lists its actions as ``env.unwrapped.actions``, in action-index
+    order: NLE's tuple of enum members, or MiniGrid's ``Actions`` enum. These
+    are the names :meth:`Hypergraph.action_mask` and
+    :class:`~crossmoe.rules.RuleAgent` take as ``action_set``.
+    """
+    base = getattr(env, "unwrapped", env)  # a vector env's wrappers unwrap to the vector env itself
+    single = (getattr(base, "envs", None) or [base])[0]  # a SyncVectorEnv holds its envs
+    actions = getattr(getattr(single, "unwrapped", single), "actions", None)
+    if actions is None and hasattr(base, "get_attr"):
+        try:
+            actions = base.get_attr("actions")[0]  # an AsyncVectorEnv asks its workers
+        except (AttributeError, IndexError):
+            actions = None
+    return None if actions is None else [action_name(a) for a in actions]
 
 
 @dataclass(frozen=True)

@@ -291,3 +291,24 @@ class _NotCompilable:
 def test_compile_needs_a_crossmoe_policy():
     with pytest.raises(ValueError, match="compile=True needs a crossmoe policy"):
         PolicyAgent(_NotCompilable(), compile=True)
+
+
+def test_an_agent_whose_graph_predates_new_atoms_plays_on_its_own_columns():
+    """A checkpoint's graph may name fewer atoms than ATOMS has today: evaluate hands it exactly those."""
+    from crossmoe.hypergraph import Hypergraph
+    from crossmoe.nethack import ATOMS, load_hypergraph
+
+    data = load_hypergraph().to_dict()
+    kept = [c for c in data["conditions"] if not c["name"].startswith(("food_key", "msg_eat"))]
+    data["conditions"] = kept[::-1]  # another order, too
+    names = {c["name"] for c in kept}
+    data["operators"] = [o for o in data["operators"] if set(o["requires"]) <= names]
+    torch.manual_seed(0)
+    policy = make_policy(dim=32, hypergraph=Hypergraph.from_dict(data)).eval()
+    agent = PolicyAgent(policy)
+    assert agent.condition_names == tuple(c["name"] for c in kept[::-1]) and len(kept) < len(ATOMS)
+    seen = []
+    original = agent.act
+    agent.act = lambda obs: seen.append(obs["atoms"]) or original(obs)
+    result = evaluate(agent, episodes=1, num_envs=1, max_episode_steps=10)
+    assert result.lengths == [10] and seen[0].shape == (1, len(kept))

@@ -13,7 +13,7 @@ from torch import nn
 
 from crossmoe._checks import check_int
 from crossmoe.encoders import AtomFeatures, HypergraphLogicEncoder
-from crossmoe.hypergraph import Hypergraph, action_name
+from crossmoe.hypergraph import Hypergraph, action_name, env_actions
 from crossmoe.knowledge import ApplicabilityPrior, AttentionDirectionPrior
 from crossmoe.nethack.atoms import graph_atoms
 from crossmoe.nethack.encoders import COMPASS, NetHackVisualEncoder
@@ -65,23 +65,6 @@ def _num_actions(env: Any) -> int:
     if space is None or not hasattr(space, "n"):
         raise ValueError(f"env must have a Discrete action_space or single_action_space, got {type(env).__name__}")
     return int(space.n)
-
-
-def env_actions(env: Any) -> list[str] | None:
-    """Names of the NLE actions of an env or a vector env (sync or async, wrapped or not); None when it lists none.
-
-    These are the names :meth:`Hypergraph.action_mask <crossmoe.hypergraph.Hypergraph.action_mask>` and
-    :class:`~crossmoe.nethack.RuleAgent` take as ``action_set``.
-    """
-    base = getattr(env, "unwrapped", env)  # a vector env's wrappers unwrap to the vector env itself
-    single = (getattr(base, "envs", None) or [base])[0]  # a SyncVectorEnv holds its envs
-    actions = getattr(getattr(single, "unwrapped", single), "actions", None)
-    if actions is None and hasattr(base, "get_attr"):
-        try:
-            actions = base.get_attr("actions")[0]  # an AsyncVectorEnv asks its workers
-        except (AttributeError, IndexError):
-            actions = None
-    return None if actions is None else [action_name(a) for a in actions]
 
 
 def _action_set(action_set: Sequence[Any] | None, action_dim: int, env: Any) -> list[str]:

@@ -8,8 +8,9 @@ each operator after the action it takes (``eat_corpse``,
 experts; :func:`~crossmoe.nethack.load_hypergraph` applies it to research
 files.
 
-:class:`RuleAgent` is "the hypergraph alone": a fixed-priority agent with no
-learning, the symbolic floor a learned policy has to beat.
+:class:`RuleAgent` is "the hypergraph alone": :class:`crossmoe.rules.RuleAgent`,
+a fixed-priority agent with no learning, with NetHack's graph, atoms and
+priorities filled in; the symbolic floor a learned policy has to beat.
 """
 
 from __future__ import annotations
@@ -17,10 +18,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
-
-from crossmoe.hypergraph import Hypergraph, action_name
+from crossmoe.hypergraph import Hypergraph
 from crossmoe.nethack.atoms import DIRECTIONS, graph_atoms
+from crossmoe.rules import RuleAgent as GenericRuleAgent
 
 __all__ = [
     "DEFAULT_PRIORITY",
@@ -110,20 +110,13 @@ DEFAULT_PRIORITY = EATING_PRIORITY
 RULES: Mapping[str, tuple[str, ...]] = {"rules": EATING_PRIORITY, "rules_no_eating": NO_EATING_PRIORITY}
 
 
-class RuleAgent:
-    """The knowledge hypergraph played as a fixed-priority rule agent, with no learning.
+class RuleAgent(GenericRuleAgent):
+    """The NetHack knowledge hypergraph played as a fixed-priority rule agent: :class:`crossmoe.rules.RuleAgent`
+    with NetHack's graph, atoms and priorities.
 
-    Each step it computes the atoms (:func:`~crossmoe.nethack.extract_atoms`),
-    finds the applicable operators (:meth:`Hypergraph.applicable
-    <crossmoe.hypergraph.Hypergraph.applicable>`), takes the first of them in
-    ``priority`` order and picks uniformly at random among that operator's
-    actions that the env has (:meth:`Hypergraph.action_mask
-    <crossmoe.hypergraph.Hypergraph.action_mask>`). Operators the priority list
-    does not name follow it in graph order; operators with no action in the
-    env's action set are never chosen. When no operator applies, any action
-    is equally likely. The whole batch is decided at once with NumPy.
-
-    It follows the :class:`~crossmoe.evaluation.Agent` protocol, so
+    The atoms are :func:`~crossmoe.nethack.extract_atoms`' columns that the
+    graph's conditions name (:func:`~crossmoe.nethack.graph_atoms`). It
+    follows the :class:`~crossmoe.evaluation.Agent` protocol, so
     :func:`crossmoe.evaluation.evaluate` takes it as it is, and the
     :class:`~crossmoe.teacher.Teacher` protocol (:meth:`action_probs`), so a
     learner can be kickstarted from it (``examples/ppo_nethack.py --teacher rules``).
@@ -131,9 +124,9 @@ class RuleAgent:
     Args:
         action_set: The env's actions (``env.unwrapped.actions``: enum members
             or ``"Enum.MEMBER"`` names); defaults to those of ``NetHackScore-v0``.
-        hypergraph: The graph whose conditions are the atoms of
-            :func:`~crossmoe.nethack.extract_atoms`; defaults to the shipped one.
-        priority: Operator names, most urgent first.
+        hypergraph: The graph, whose conditions are atoms of
+            :data:`~crossmoe.nethack.ATOMS`; defaults to the shipped one.
+        priority: Operator names, most urgent first (:data:`RULES` names two).
         seed: Seed of the random choice among an operator's actions.
 
     Example:
@@ -158,69 +151,4 @@ class RuleAgent:
             from nle.env.tasks import TASK_ACTIONS  # what NetHackScore-v0 and the other NLE tasks use
 
             action_set = TASK_ACTIONS
-        index = {name: o for o, name in enumerate(hypergraph.operators)}
-        unknown = [name for name in priority if name not in index]
-        if unknown:
-            raise ValueError(f"priority must name operators of the hypergraph, got unknown names {unknown}")
-        if len(set(priority)) != len(priority):
-            raise ValueError(f"priority must name each operator once, got {list(priority)}")
-        listed = [index[name] for name in priority]
-        order = np.asarray(listed + sorted(set(range(hypergraph.num_operators)) - set(listed)))
-        self.hypergraph = hypergraph
-        self._atoms = graph_atoms(hypergraph)
-        self.action_set = [action_name(action) for action in action_set]
-        self.action_mask = hypergraph.action_mask(self.action_set).numpy()  # (O, A)
-        self.order = order[self.action_mask[order].any(axis=1)]  # operator indices, most urgent first
-        self.priority = tuple(hypergraph.operators[o] for o in self.order)
-        self._rng = np.random.default_rng(seed)
-
-    @property
-    def num_actions(self) -> int:
-        return len(self.action_set)
-
-    def reset(self, seed: int | None = None) -> None:
-        """Restart the random choice among an operator's actions from ``seed``."""
-        self._rng = np.random.default_rng(seed)
-
-    def select(self, obs: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-        """The chosen operator and action of each observation.
-
-        An ``atoms`` entry of ``obs``, when present, is used instead of
-        computing the atoms.
-
-        Shapes:
-            - obs: a dict of batched arrays, as :func:`~crossmoe.nethack.make_vector_env` returns
-            - output: ``(operators (B,), actions (B,))``, both int64; the operator
-              is ``-1`` where none applies
-        """
-        operators, allowed = self._choose(obs)
-        # The argmax of i.i.d. uniforms over the allowed actions is a uniform choice among them.
-        actions = np.where(allowed, self._rng.random(allowed.shape), -1.0).argmax(axis=1)
-        return operators, actions
-
-    def action_probs(self, obs: Mapping[str, Any]) -> np.ndarray:
-        """The distribution :meth:`act` samples from: uniform over the chosen operator's actions.
-
-        This makes the rule agent a :class:`~crossmoe.teacher.Teacher` for
-        kickstarting. Where no operator applies, it is uniform over every
-        action. An ``atoms`` entry of ``obs`` is used when present.
-
-        Shapes:
-            - output: ``(B, A)`` float32, rows summing to 1
-        """
-        _, allowed = self._choose(obs)
-        return (allowed / allowed.sum(axis=1, keepdims=True)).astype(np.float32)
-
-    def _choose(self, obs: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-        """The first applicable operator in priority order (``-1``: none) and its ``(B, A)`` bool allowed actions."""
-        atoms = obs["atoms"] if "atoms" in obs else self._atoms(obs)
-        applicable = self.hypergraph.applicable(np.asarray(atoms, dtype=np.float32)).numpy()  # (B, O)
-        ranked = applicable[:, self.order]  # (B, O') in priority order
-        found = ranked.any(axis=1)
-        operators = np.where(found, self.order[ranked.argmax(axis=1)], -1)
-        allowed = np.where(found[:, None], self.action_mask[operators], True)  # (B, A)
-        return operators, allowed
-
-    def act(self, obs: Mapping[str, Any]) -> np.ndarray:
-        """The ``(B,)`` actions of a batch of observations (see :meth:`select`)."""
-        return self.select(obs)[1]
+        super().__init__(hypergraph, graph_atoms(hypergraph), action_set, priority=priority, seed=seed)

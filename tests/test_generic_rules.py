@@ -1,0 +1,79 @@
+"""crossmoe.rules.RuleAgent: a hypergraph played as rules, for any environment, from the public API alone."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from crossmoe.hypergraph import Hypergraph, OperatorSpec, env_actions
+from crossmoe.rules import RuleAgent
+
+# A toy domain: a door ahead or a key here, and four actions.
+ACTIONS = ["Act.turn", "Act.forward", "Act.pick_up", "Act.open"]
+GRAPH = Hypergraph(
+    ["door_ahead", "key_here", "has_key"],
+    [
+        OperatorSpec("open_door", requires=("door_ahead", "has_key"), actions=("Act.open",)),
+        OperatorSpec("pick_up_key", requires=("key_here",), actions=("Act.pick_up",)),
+        OperatorSpec("wander", actions=("Act.turn", "Act.forward")),
+    ],
+)
+
+
+def atoms(obs):
+    return obs["flags"]
+
+
+def test_first_applicable_operator_in_priority_order_with_the_observations_own_atoms():
+    agent = RuleAgent(GRAPH, atoms, action_set=ACTIONS, priority=("open_door", "pick_up_key"), seed=0)
+    flags = np.array([[1, 1, 1], [0, 1, 0], [1, 0, 0], [0, 0, 0]], dtype=np.float32)
+    operators, actions = agent.select({"flags": flags})
+    assert [GRAPH.operators[o] for o in operators] == ["open_door", "pick_up_key", "wander", "wander"]
+    assert actions[:2].tolist() == [3, 2] and set(actions[2:]) <= {0, 1}
+    # An "atoms" entry is used instead of the function, as a tensor too.
+    operators, _ = agent.select({"atoms": torch.as_tensor(flags[::-1].copy())})
+    assert [GRAPH.operators[o] for o in operators] == ["wander", "wander", "pick_up_key", "open_door"]
+    np.testing.assert_allclose(
+        agent.action_probs({"flags": flags}), [[0, 0, 0, 1], [0, 0, 1, 0], [0.5, 0.5, 0, 0], [0.5, 0.5, 0, 0]]
+    )
+
+
+def test_operators_without_an_action_in_the_env_are_never_chosen():
+    agent = RuleAgent(GRAPH, atoms, action_set=ACTIONS[:3], priority=("open_door",))  # this env cannot open
+    assert "open_door" not in agent.priority
+    operators, _ = agent.select({"flags": np.ones((1, 3), dtype=np.float32)})
+    assert GRAPH.operators[operators[0]] == "pick_up_key"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        (dict(hypergraph="graph.json"), TypeError, "hypergraph must be a crossmoe Hypergraph"),
+        (dict(atoms=np.zeros(3)), TypeError, "atoms must be a function"),
+        (dict(action_set=[]), ValueError, "action_set must list at least one action"),
+        (dict(priority="open_door"), TypeError, "priority must be a sequence of operator names"),
+        (dict(priority=("fly",)), ValueError, r"unknown names \['fly'\]"),
+    ],
+)
+def test_bad_arguments_are_named(kwargs, error, match):
+    arguments = dict(hypergraph=GRAPH, atoms=atoms, action_set=ACTIONS) | kwargs
+    with pytest.raises(error, match=match):
+        RuleAgent(**arguments)
+
+
+def test_env_actions_reads_the_actions_an_env_lists_in_index_order():
+    import enum
+
+    class Actions(enum.IntEnum):
+        left = 0
+        right = 1
+
+    class Inner:
+        actions = Actions
+
+    class Wrapped:
+        unwrapped = Inner()
+
+    assert env_actions(Wrapped()) == ["Actions.left", "Actions.right"]
+    assert env_actions(object()) is None
