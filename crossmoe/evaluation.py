@@ -1,4 +1,4 @@
-"""Evaluate agents on fresh NetHack episodes, and compare runs with bootstrap confidence intervals.
+"""Evaluate agents on fresh episodes (NetHack's, or any env family's), and compare runs with bootstrap CIs.
 
 An *agent* is anything with ``act(obs) -> actions`` (:class:`Agent`): a
 trained policy (:class:`PolicyAgent`), the uniform-random floor
@@ -9,14 +9,17 @@ return, depth, length and outcome, and for agents with a router the mean
 routing weight of each expert in a few situations (monster adjacent, HP low,
 ...). :mod:`crossmoe.stats` compares runs across seeds.
 
-:func:`evaluate` needs the ``nethack`` extra, imported when called.
+What an env family needs to tell :func:`evaluate` (how to make its vector
+envs, what its in-game score, depth and atoms are) is an :class:`EvalDomain`;
+NetHack's (:func:`crossmoe.nethack.eval_domain`, which needs the ``nethack``
+extra) is the default.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
@@ -32,6 +35,7 @@ __all__ = [
     "METRICS",
     "Agent",
     "AgentStep",
+    "EvalDomain",
     "EvalResult",
     "PolicyAgent",
     "RandomAgent",
@@ -53,6 +57,51 @@ DEFAULT_SITUATIONS: Mapping[str, tuple[str, ...]] = {
     "hungry or weak": ("hungry", "weak"),
 }
 """Situations of the routing-usage table, after :data:`ALL_STEPS`: a step is in one when any of its atoms holds."""
+
+
+def _episode_ends(terminated: np.ndarray, truncated: np.ndarray, info: Mapping[str, Any]):
+    ends = np.asarray(terminated, dtype=bool) | np.asarray(truncated, dtype=bool)
+    return np.asarray(terminated, dtype=bool), ends, np.zeros_like(ends)
+
+
+@dataclass(frozen=True)
+class EvalDomain:
+    """What :func:`evaluate` needs to know about a family of environments.
+
+    Every function takes the batched observation dict of the vector env.
+
+    Args:
+        make_vector_env: ``(num_envs, seed, env_id, **env_kwargs) -> VectorEnv``
+            whose env ``i`` is seeded with ``seed + i``, in gymnasium's default
+            ``NEXT_STEP`` autoreset mode; ``env_kwargs`` include
+            ``max_episode_steps`` when :func:`evaluate` is given one.
+        score: The ``(N,)`` in-game score of each env's game (an episode's is
+            the largest seen); ``None``: the return.
+        depth: The ``(N,)`` depth (dungeon level, room, ...) of each env's game
+            (an episode's is the deepest); ``None``: 0.
+        atoms: Function to ``(N, C)`` condition activations, columns in
+            ``atom_names`` order: what situations and ``condition_names`` are
+            read from. ``None``: agents compute their own, and no usage table.
+        atom_names: The names of the atoms' columns.
+        situations: The default rows of the usage table (see :data:`DEFAULT_SITUATIONS`).
+        episode_ends: ``(terminated, truncated, info) -> (terminal, ends,
+            aborted)``, each ``(N,)`` bool (see
+            :func:`crossmoe.nethack.split_episode_ends`); by default an episode
+            ends when either flag is set and none is aborted. An aborted end
+            (a game's own step cap) is a ``"step cap"``, as a truncation is.
+
+    Outcomes come from ``info["outcome"]`` when the env reports one
+    (:class:`crossmoe.nethack.EpisodeOutcome`), else they are ``"terminated"``
+    or ``"step cap"``.
+    """
+
+    make_vector_env: Callable[..., Any]
+    score: Callable[[Mapping[str, Any]], np.ndarray] | None = None
+    depth: Callable[[Mapping[str, Any]], np.ndarray] | None = None
+    atoms: Callable[[Mapping[str, Any]], np.ndarray] | None = None
+    atom_names: Sequence[str] = ()
+    situations: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    episode_ends: Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]] = _episode_ends
 
 
 # --- agents -----------------------------------------------------------------------------------------------
@@ -337,7 +386,7 @@ class _UsageBySituation:
         for s, (name, members) in enumerate(situations.items()):
             unknown = [atom for atom in members if atom not in index]
             if unknown:
-                raise ValueError(f"situations[{name!r}] must list atoms of ATOMS, got unknown atoms {unknown}")
+                raise ValueError(f"situations[{name!r}] must list the domain's atoms, got unknown atoms {unknown}")
             self.atoms[s, [index[atom] for atom in members]] = 1.0
         self.every_step = self.atoms.sum(axis=1) == 0
         self.steps = np.zeros(len(situations), dtype=np.int64)
@@ -364,15 +413,17 @@ def evaluate(
     seed: int = 10_000_000,
     max_episode_steps: int | None = None,
     *,
-    situations: Mapping[str, Sequence[str]] = DEFAULT_SITUATIONS,
+    situations: Mapping[str, Sequence[str]] | None = None,
     metadata: Mapping[str, Any] | None = None,
+    domain: EvalDomain | None = None,
     **env_kwargs: Any,
 ) -> EvalResult:
     """Play exactly ``episodes`` fresh episodes with ``agent`` and record how each went.
 
-    The environments come from :func:`crossmoe.nethack.make_vector_env` with
-    ``seed``, and environment ``i`` contributes its first ``k_i`` episodes
-    (``episodes`` split as evenly as possible), so the set of episodes depends
+    The environments come from ``domain.make_vector_env`` (by default
+    :func:`crossmoe.nethack.make_vector_env`) with ``seed``, and environment
+    ``i`` contributes its first ``k_i`` episodes (``episodes`` split as evenly
+    as possible), so the set of episodes depends
     only on the seed, ``num_envs`` and the agent, never on which episodes
     happen to end first. The agent is ``reset(seed)`` first when it has that
     method. The default seed lies far from the seeds training runs use.
@@ -382,34 +433,40 @@ def evaluate(
     the deepest level, the length and the outcome (both NLE's own step cap and
     a ``max_episode_steps`` time limit are ``"step cap"``). For an agent that
     returns router weights, the weights are summed per situation: a step is in
-    a situation when any of its atoms (:func:`~crossmoe.nethack.extract_atoms`)
-    holds. The atoms are computed once per step and handed to the agent as
-    ``obs["atoms"]``: in the columns its ``condition_names`` lists (a
-    :class:`PolicyAgent`'s are its graph's conditions, so a checkpoint whose
-    graph predates an atom reads what it was trained on), or all of
-    :data:`~crossmoe.nethack.ATOMS` for an agent with ``expert_names`` and no
+    a situation when any of its atoms (``domain.atoms``, NetHack's
+    :func:`~crossmoe.nethack.extract_atoms`) holds. The atoms are computed
+    once per step and handed to the agent as ``obs["atoms"]``: in the columns
+    its ``condition_names`` lists (a :class:`PolicyAgent`'s are its graph's
+    conditions, so a checkpoint whose graph predates an atom reads what it
+    was trained on), or all of them for an agent with ``expert_names`` and no
     ``condition_names``.
 
     Args:
         agent: An :class:`Agent`.
-        env_id: A registered NLE or MiniHack id.
+        env_id: A registered id of the domain's envs (NLE or MiniHack by default).
         episodes: Episodes to record, at least 1.
         num_envs: Environments stepped together (at most ``episodes`` are made).
         seed: Seed of the environments and of the agent.
         max_episode_steps: A time limit in agent steps; ``None`` keeps the env's own.
         situations: ``{name: atoms}``, the rows of the usage table after :data:`ALL_STEPS`;
-            see :data:`DEFAULT_SITUATIONS`.
+            ``None``: the domain's (NetHack's: :data:`DEFAULT_SITUATIONS`).
         metadata: Plain data stored in the result (agent name, checkpoint, ...).
-        **env_kwargs: Passed to :func:`~crossmoe.nethack.make_vector_env`.
+        domain: The env family (:class:`EvalDomain`); ``None``: NetHack's
+            (:func:`crossmoe.nethack.eval_domain`).
+        **env_kwargs: Passed to ``domain.make_vector_env``.
 
     Example:
         >>> result = evaluate(RandomAgent(23), episodes=20)  # doctest: +SKIP
         >>> result.summary()["score_mean"], result.outcome_counts()  # doctest: +SKIP
     """
-    from nle import nethack  # the nethack extra
+    if domain is None:
+        from crossmoe.nethack import eval_domain  # the nethack extra
 
-    from crossmoe.nethack import ATOMS, extract_atoms, make_vector_env, split_episode_ends
-    from crossmoe.nethack.atoms import ATOM_INDEX
+        domain = eval_domain()
+    if not isinstance(domain, EvalDomain):
+        raise TypeError(f"domain must be an EvalDomain or None, got {type(domain).__name__}")
+    situations = domain.situations if situations is None else situations
+    atom_index = {name: c for c, name in enumerate(domain.atom_names)}
 
     for name, value in (("episodes", episodes), ("num_envs", num_envs)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
@@ -418,46 +475,51 @@ def evaluate(
         raise ValueError(f"agent must have an act(obs) method, got {type(agent).__name__}")
     if tuple(situations.get(ALL_STEPS, ())):
         raise ValueError(f"situations[{ALL_STEPS!r}] is every step and takes no atoms, got {situations[ALL_STEPS]}")
-    usage = _UsageBySituation({ALL_STEPS: (), **situations}, ATOMS)
+    usage = _UsageBySituation({ALL_STEPS: (), **situations}, domain.atom_names)
     num_envs = min(int(num_envs), int(episodes))
     quota = np.full(num_envs, episodes // num_envs)
     quota[: episodes % num_envs] += 1
     if max_episode_steps is not None:
         env_kwargs["max_episode_steps"] = max_episode_steps
-    envs = make_vector_env(num_envs, seed, env_id, **env_kwargs)
+    envs = domain.make_vector_env(num_envs, seed, env_id, **env_kwargs)
     if callable(getattr(agent, "reset", None)):
         agent.reset(seed=seed)
     expert_names = getattr(agent, "expert_names", None)
     # The atoms are computed once per step, for the usage table and, in its graph's columns, for the agent.
     conditions = getattr(agent, "condition_names", None)
     if conditions is None and expert_names is not None:
-        conditions = ATOMS
+        conditions = domain.atom_names
     columns = None
-    if conditions is not None and all(name in ATOM_INDEX for name in conditions):
-        columns = np.array([ATOM_INDEX[name] for name in conditions])
+    if domain.atoms is not None and conditions is not None and all(name in atom_index for name in conditions):
+        columns = np.array([atom_index[name] for name in conditions], dtype=np.int64)
+
+    def score_and_depth(obs: Mapping[str, Any], rewards: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # Without a score the episode's return stands in for it (taken when the episode ends).
+        score = np.zeros(len(rewards)) if domain.score is None else np.asarray(domain.score(obs), dtype=np.float64)
+        depth = np.zeros(len(rewards), dtype=np.int64) if domain.depth is None else np.asarray(domain.depth(obs))
+        return score, depth
 
     played: list[list[tuple[float, float, int, int, str]]] = [[] for _ in range(num_envs)]
     try:
         obs, _ = envs.reset(seed=seed)
-        running = _RunningEpisodes(obs["blstats"][:, nethack.NLE_BL_SCORE], obs["blstats"][:, nethack.NLE_BL_DEPTH])
+        running = _RunningEpisodes(*score_and_depth(obs, np.zeros(num_envs)))
         active = np.ones(num_envs, dtype=bool)  # False on the autoreset step after an episode end
         finished = np.zeros(num_envs, dtype=np.int64)
         while (finished < quota).any():
             counting = active & (finished < quota)
             atoms = None
             if columns is not None:
-                atoms = extract_atoms(obs)
+                atoms = domain.atoms(obs)
                 obs = {**obs, "atoms": atoms[:, columns]}
             step = agent.act(obs)
             if not isinstance(step, AgentStep):
                 step = AgentStep(np.asarray(step))
-            if step.router_weights is not None:
-                atoms = extract_atoms(obs) if atoms is None else atoms
+            if step.router_weights is not None and domain.atoms is not None:
+                atoms = domain.atoms(obs) if atoms is None else atoms
                 usage.add(atoms, np.asarray(step.router_weights, dtype=np.float64), counting)
             obs, reward, terminated, truncated, info = envs.step(np.asarray(step.actions))
-            _, done, aborted = split_episode_ends(terminated, truncated, info)
-            blstats = obs["blstats"]
-            running.update(active, reward, blstats[:, nethack.NLE_BL_SCORE], blstats[:, nethack.NLE_BL_DEPTH])
+            _, done, aborted = domain.episode_ends(terminated, truncated, info)
+            running.update(active, reward, *score_and_depth(obs, reward))
             for i in np.flatnonzero(done & (finished < quota)):  # episode ends only: rare
                 outcome = str(info["outcome"][i]) if "outcome" in info and info["_outcome"][i] else None
                 if outcome == "truncated" or (outcome is None and (aborted[i] or truncated[i])):
@@ -466,7 +528,7 @@ def evaluate(
                     outcome = "terminated"
                 played[i].append(
                     (
-                        float(running.score[i]),
+                        float(running.score[i] if domain.score is not None else running.episode_return[i]),
                         float(running.episode_return[i]),
                         int(running.depth[i]),
                         int(running.length[i]),

@@ -17,7 +17,7 @@ import re
 import sys
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
@@ -27,12 +27,16 @@ from nle.env.base import NLE
 
 from crossmoe.nethack.glyphs import GLYPH_CLASS, GlyphClass
 
+if TYPE_CHECKING:
+    from crossmoe.evaluation import EvalDomain
+
 __all__ = [
     "DEFAULT_OBSERVATION_KEYS",
     "MEMORY_KEYS",
     "EpisodeOutcome",
     "MapMemory",
     "NetHackSeeding",
+    "eval_domain",
     "make_env",
     "make_vector_env",
     "split_episode_ends",
@@ -379,3 +383,33 @@ def split_episode_ends(
         reported = np.asarray(info.get("_end_status", np.ones_like(terminated)), dtype=bool)
         aborted = (status == int(NLE.StepStatus.ABORTED)) & reported
     return terminated & ~aborted, terminated | truncated, aborted
+
+
+def _bottom_line(index: int):
+    def read(obs: Mapping[str, Any]) -> np.ndarray:
+        return np.asarray(obs["blstats"])[:, index]
+
+    return read
+
+
+def eval_domain() -> EvalDomain:
+    """NetHack as an :class:`~crossmoe.evaluation.EvalDomain`: what :func:`~crossmoe.evaluation.evaluate` plays.
+
+    The envs of :func:`make_vector_env`; the bottom line's score and depth;
+    the atoms of :func:`~crossmoe.nethack.extract_atoms`
+    (:data:`~crossmoe.nethack.ATOMS`) and the usage table's
+    :data:`~crossmoe.evaluation.DEFAULT_SITUATIONS`; episode ends as
+    :func:`split_episode_ends` tells them (NLE's own step cap is a cut-off).
+    """
+    from crossmoe.evaluation import DEFAULT_SITUATIONS, EvalDomain
+    from crossmoe.nethack.atoms import ATOMS, extract_atoms
+
+    return EvalDomain(
+        make_vector_env=make_vector_env,
+        score=_bottom_line(nethack.NLE_BL_SCORE),
+        depth=_bottom_line(nethack.NLE_BL_DEPTH),
+        atoms=extract_atoms,
+        atom_names=ATOMS,
+        situations=DEFAULT_SITUATIONS,
+        episode_ends=split_episode_ends,
+    )
