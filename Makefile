@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # The CPU build of torch is installed first so that nothing pulls a CUDA build.
 # Override for another build, e.g. `make TORCH_SPEC="torch==2.6.0" test`.
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= nethack,minihack,examples,test,docs,dev,sb3,rllib
+EXTRAS ?= nethack,minihack,minigrid,examples,test,docs,dev,sb3,rllib
 # `make demo`: a short PPO run on NetHack, then the agent and uniform random play on the same fresh
 # episodes, and the plot of the score against the random floor (runs/demo/score_vs_random.png).
 DEMO_DIR ?= runs/demo

@@ -1,0 +1,163 @@
+"""The MiniGrid agent's knowledge: missions as numbers, atoms, the graph, and its rules solving easy tasks."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+
+import numpy as np
+import pytest
+
+pytest.importorskip("minigrid")
+
+from minigrid.core.actions import Actions
+from minigrid.core.constants import COLOR_TO_IDX, OBJECT_TO_IDX, STATE_TO_IDX
+
+from crossmoe.evaluation import evaluate
+from crossmoe.hypergraph import env_actions
+from crossmoe.minigrid import (
+    ANY_COLOR,
+    ATOMS,
+    MINIGRID_ACTIONS,
+    RuleAgent,
+    Task,
+    encode_mission,
+    eval_domain,
+    extract_atoms,
+    load_hypergraph,
+    make_env,
+    make_vector_env,
+)
+
+EMPTY, WALL, DOOR, KEY, BALL, BOX, GOAL = (
+    OBJECT_TO_IDX[name] for name in ("empty", "wall", "door", "key", "ball", "box", "goal")
+)
+RED, BLUE = COLOR_TO_IDX["red"], COLOR_TO_IDX["blue"]
+OPEN, CLOSED, LOCKED = STATE_TO_IDX["open"], STATE_TO_IDX["closed"], STATE_TO_IDX["locked"]
+
+
+@pytest.mark.parametrize(
+    ("mission", "expected"),
+    [
+        ("go to the red ball", (Task.GO_TO, BALL, RED)),
+        ("get to the green goal square", (Task.GO_TO, GOAL, COLOR_TO_IDX["green"])),
+        ("pick up a ball", (Task.PICK_UP, BALL, ANY_COLOR)),
+        ("open a door in front of you", (Task.OPEN, DOOR, ANY_COLOR)),
+        ("use the key to open the door and then get to the goal", (Task.GO_TO, GOAL, ANY_COLOR)),
+        ("put the blue box next to the red key", (Task.OTHER, 0, ANY_COLOR)),
+    ],
+)
+def test_a_mission_is_its_last_verb_and_the_object_and_colour_after_it(mission, expected):
+    assert encode_mission(mission) == tuple(int(x) for x in expected)
+
+
+def test_the_vector_env_batches_the_mission_as_numbers():
+    envs = make_vector_env(3, seed=0, env_id="BabyAI-GoToRedBallNoDists-v0")
+    obs, _ = envs.reset(seed=0)
+    envs.close()
+    assert obs["image"].shape == (3, 7, 7, 3) and obs["mission"].dtype == np.uint8
+    np.testing.assert_array_equal(obs["mission"], [[Task.GO_TO, BALL, RED]] * 3)
+    assert env_actions(envs) == list(MINIGRID_ACTIONS)
+
+
+def blank(mission=(Task.GO_TO, BALL, RED)):
+    """One agent in an empty, fully visible room."""
+    image = np.zeros((1, 7, 7, 3), dtype=np.uint8)
+    image[..., 0] = EMPTY
+    return {"image": image, "mission": np.array([mission], dtype=np.uint8)}
+
+
+def put(obs, x, y, obj, color=RED, state=0):
+    obs["image"][0, x, y] = (obj, color, state)
+    return obs
+
+
+def fired(obs) -> set[str]:
+    return {name for name, value in zip(ATOMS, extract_atoms(obs)[0], strict=True) if value}
+
+
+def test_where_the_target_is():
+    assert {"target_ahead", "target_visible"} <= fired(put(blank(), 3, 5, BALL))
+    assert "target_straight" in fired(put(blank(), 3, 1, BALL))
+    assert "target_straight" not in fired(put(put(blank(), 3, 1, BALL), 3, 3, WALL))  # a wall in the way
+    assert "target_left" in fired(put(blank(), 0, 6, BALL)) and "target_right" in fired(put(blank(), 5, 6, BALL))
+    farther = fired(put(blank(), 1, 2, BALL))
+    assert "target_farther" in farther and not farther & {"target_left", "target_right", "target_straight"}
+    assert "target_visible" not in fired(put(blank(), 3, 5, BALL, color=BLUE))  # the wrong colour
+    assert "target_visible" in fired(put(blank((Task.PICK_UP, BALL, ANY_COLOR)), 3, 5, BALL, color=BLUE))
+
+
+def test_the_cell_in_front_and_the_hands():
+    assert {"front_passable", "hands_empty"} <= fired(blank())
+    assert "front_wall" in fired(put(blank(), 3, 5, WALL))
+    assert {"front_door_locked"} <= fired(put(blank(), 3, 5, DOOR, state=LOCKED))
+    assert {"front_door_open", "front_passable"} <= fired(put(blank(), 3, 5, DOOR, state=OPEN))
+    holding = put(put(blank(), 3, 6, KEY, color=BLUE), 3, 5, DOOR, color=BLUE, state=LOCKED)
+    assert {"carrying_key", "key_fits_front_door"} <= fired(holding) and "hands_empty" not in fired(holding)
+    assert "key_fits_front_door" not in fired(put(holding, 3, 5, DOOR, color=RED, state=LOCKED))
+    # A key is sought with empty hands only, a shut door with a key in hand only.
+    assert "key_visible" in fired(put(blank(), 1, 1, KEY))
+    assert "key_visible" not in fired(put(put(blank(), 1, 1, KEY), 3, 6, BALL))
+    assert "door_right" in fired(put(put(blank(), 6, 6, DOOR, state=CLOSED), 3, 6, KEY))
+    assert "door_visible" not in fired(put(blank(), 6, 6, DOOR, state=CLOSED))
+
+
+def test_front_and_hands_agree_with_the_env_itself():
+    """Against MiniGrid's own state (front_pos, carrying), over random play in DoorKey."""
+    env = make_env("MiniGrid-DoorKey-6x6-v0", seed=3)
+    obs, _ = env.reset(seed=3)
+    rng = np.random.default_rng(3)
+    column = {name: ATOMS.index(name) for name in ("front_wall", "front_door_locked", "front_pickable", "carrying_key")}
+    seen = dict.fromkeys(column, 0)
+    for _ in range(400):
+        atoms = extract_atoms({key: np.asarray(value)[None] for key, value in obs.items()})[0]
+        base = env.unwrapped
+        front = base.grid.get(*base.front_pos)
+        truth = {
+            "front_wall": front is not None and front.type == "wall",
+            "front_door_locked": front is not None and front.type == "door" and front.is_locked,
+            "front_pickable": front is not None and front.type in ("key", "ball", "box"),
+            "carrying_key": base.carrying is not None and base.carrying.type == "key",
+        }
+        for name, index in column.items():
+            assert bool(atoms[index]) == truth[name], name
+            seen[name] += truth[name]
+        obs, _, terminated, truncated, _ = env.step(int(rng.integers(0, 6)))
+        if terminated or truncated:
+            obs, _ = env.reset()
+    env.close()
+    assert all(seen.values()), seen  # random play met each case
+
+
+def test_a_batch_equals_its_rows():
+    envs = make_vector_env(4, seed=1, env_id="MiniGrid-DoorKey-5x5-v0")
+    obs, _ = envs.reset(seed=1)
+    envs.close()
+    rows = [extract_atoms({key: value[i : i + 1] for key, value in obs.items()}) for i in range(4)]
+    np.testing.assert_array_equal(extract_atoms(obs), np.concatenate(rows))
+
+
+def test_bad_observations_are_named():
+    with pytest.raises(ValueError, match="obs is missing key 'mission'"):
+        extract_atoms({"image": np.zeros((1, 7, 7, 3))})
+    with pytest.raises(ValueError, match=r"obs\['image'\] must be \(B, 7, 7, 3\), got \(7, 7, 3\)"):
+        extract_atoms({"image": np.zeros((7, 7, 3)), "mission": np.zeros((1, 3))})
+
+
+def test_the_shipped_graph_names_the_atoms_and_minigrids_actions():
+    with resources.as_file(resources.files("crossmoe.minigrid") / "hypergraph.json") as path:
+        data = json.loads(path.read_text())
+    assert [c["name"] for c in data["conditions"]] == list(ATOMS)
+    names = {f"Actions.{action.name}" for action in Actions}
+    assert all(set(op["actions"]) <= names for op in data["operators"])
+    assert data["operators"][-1]["name"] == "turn_around" and data["operators"][-1]["requires"] == []  # a fallback
+    graph = load_hypergraph()
+    assert graph.applicable(np.zeros((1, len(ATOMS)), dtype=np.float32))[0, -1]
+
+
+@pytest.mark.parametrize("env_id", ["MiniGrid-Empty-8x8-v0", "BabyAI-GoToRedBallNoDists-v0", "MiniGrid-DoorKey-5x5-v0"])
+def test_the_rules_solve_easy_tasks(env_id):
+    result = evaluate(RuleAgent(seed=0), env_id, episodes=40, num_envs=8, seed=123, domain=eval_domain())
+    success = np.mean(np.asarray(result.returns) > 0)
+    assert success >= 0.95, (env_id, success)
+    assert result.scores == result.returns  # MiniGrid has no in-game score: the return stands in
