@@ -161,3 +161,95 @@ def test_the_rules_solve_easy_tasks(env_id):
     success = np.mean(np.asarray(result.returns) > 0)
     assert success >= 0.95, (env_id, success)
     assert result.scores == result.returns  # MiniGrid has no in-game score: the return stands in
+
+
+# the policies
+
+
+@pytest.fixture(scope="module")
+def real_obs():
+    """16 observations of random play in DoorKey-5x5, 4 envs x 4 steps."""
+    envs = make_vector_env(4, seed=5, env_id="MiniGrid-DoorKey-5x5-v0")
+    obs, _ = envs.reset(seed=5)
+    rng = np.random.default_rng(5)
+    steps = []
+    for _ in range(4):
+        obs, *_ = envs.step(rng.integers(0, 7, 4))
+        steps.append({key: value.copy() for key, value in obs.items()})
+    envs.close()
+    return {key: np.concatenate([step[key] for step in steps]) for key in steps[0]}
+
+
+@pytest.mark.parametrize("fusion", ["cross_attention", "concat"])
+def test_the_policy_reads_the_cells_and_the_atoms_and_adds_the_knowledge_prior(real_obs, fusion):
+    import torch
+
+    from crossmoe.minigrid import make_policy
+
+    torch.manual_seed(0)
+    policy = make_policy(dim=32, fusion=fusion).eval()
+    out = policy(real_obs)
+    assert out.logits.shape == (16, 7) and out.value.shape == (16,)
+    graph = load_hypergraph()
+    applicable = graph.applicable(extract_atoms(real_obs))
+    assert torch.equal(out.applicable, applicable)
+    # The prior votes only for actions of applicable operators: turn_around always applies, so left and right.
+    votes = applicable.float() @ graph.action_mask(list(MINIGRID_ACTIONS)).float()
+    assert torch.equal(out.prior != 0, votes > 0)
+    policy.train()
+    out = policy(real_obs)
+    (out.logits.logsumexp(-1).mean() + out.value.square().mean()).backward()
+    for name, param in policy.named_parameters():
+        assert param.grad is not None and bool(torch.isfinite(param.grad).all()), name
+
+
+def test_a_batch_is_its_rows(real_obs):
+    import torch
+
+    from crossmoe.minigrid import make_policy
+
+    torch.manual_seed(0)
+    policy = make_policy(dim=32).eval()
+    whole = policy(real_obs).logits
+    rows = torch.cat([policy({key: value[i : i + 1] for key, value in real_obs.items()}).logits for i in range(16)])
+    torch.testing.assert_close(whole, rows, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(factory="make_policy"),
+        dict(factory="make_baseline_policy", knowledge=True),
+        dict(factory="make_baseline_policy"),
+    ],
+)
+def test_agents_round_trip_through_a_checkpoint(real_obs, tmp_path, kwargs):
+    import torch
+
+    import crossmoe.minigrid as minigrid
+    from crossmoe.training import save_checkpoint
+
+    kwargs = dict(kwargs)
+    factory = getattr(minigrid, kwargs.pop("factory"))
+    torch.manual_seed(0)
+    policy = factory(dim=32, **kwargs).eval()
+    path = save_checkpoint(tmp_path / "agent.pt", {"policy_config": policy.config, "model": policy.state_dict()})
+    agent = minigrid.load_agent(path)
+    assert agent.config == policy.config
+    torch.testing.assert_close(agent(real_obs).logits, policy(real_obs).logits)
+    with pytest.raises(ValueError, match="factory 'make_policy'"):
+        minigrid.build_agent({**policy.config, "factory": "make_policy"})  # NetHack's: not this module's
+
+
+def test_the_flat_control_reads_the_atoms_as_features(real_obs):
+    import torch
+
+    from crossmoe.minigrid import make_baseline_policy
+
+    torch.manual_seed(0)
+    flat = make_baseline_policy(dim=32, knowledge=True).eval()
+    assert flat.num_features == len(ATOMS)
+    changed = dict(real_obs, atoms=1.0 - extract_atoms(real_obs))  # other atoms, same cells
+    assert not torch.allclose(flat(changed).logits, flat(real_obs).logits)
+    with pytest.raises(ValueError, match="pass knowledge=True"):
+        make_baseline_policy(hypergraph=load_hypergraph())

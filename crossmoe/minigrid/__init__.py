@@ -1,10 +1,21 @@
-"""A MiniGrid/BabyAI agent's knowledge, built from crossmoe's public API: atoms, graph, rule agent, envs.
+"""A MiniGrid/BabyAI agent built from crossmoe's public API: envs, atoms, graph, encoder, policies, rule agent.
 
 Requires the ``minigrid`` extra (``pip install "crossmoe[minigrid]"``).
 """
 
-from crossmoe.minigrid.agent import MINIGRID_ACTIONS, RuleAgent, eval_domain, graph_atoms, load_hypergraph
+from crossmoe.minigrid.agent import (
+    MINIGRID_ACTIONS,
+    RuleAgent,
+    build_agent,
+    eval_domain,
+    graph_atoms,
+    load_agent,
+    load_hypergraph,
+    make_baseline_policy,
+    make_policy,
+)
 from crossmoe.minigrid.atoms import ATOMS, THINGS, extract_atoms
+from crossmoe.minigrid.encoders import MiniGridVisualEncoder
 from crossmoe.minigrid.env import ANY_COLOR, MissionCode, Task, encode_mission, make_env, make_vector_env
 
 __all__ = [
@@ -12,14 +23,19 @@ __all__ = [
     "ATOMS",
     "MINIGRID_ACTIONS",
     "THINGS",
+    "MiniGridVisualEncoder",
     "MissionCode",
     "RuleAgent",
     "Task",
+    "build_agent",
     "encode_mission",
     "eval_domain",
     "extract_atoms",
     "graph_atoms",
+    "load_agent",
     "load_hypergraph",
+    "make_baseline_policy",
     "make_env",
+    "make_policy",
     "make_vector_env",
 ]

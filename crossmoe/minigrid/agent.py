@@ -1,19 +1,38 @@
-"""The MiniGrid agent's knowledge: the shipped graph, its rule agent and the evaluation domain."""
+"""The MiniGrid agent: the shipped graph, the policy factories, its rule agent and the evaluation domain."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Any
 
-from crossmoe.evaluation import EvalDomain
-from crossmoe.hypergraph import Hypergraph
-from crossmoe.minigrid.atoms import ATOMS, extract_atoms
-from crossmoe.minigrid.env import make_vector_env
-from crossmoe.rules import RuleAgent as GenericRuleAgent
+import torch
+from torch import nn
 
-__all__ = ["MINIGRID_ACTIONS", "RuleAgent", "eval_domain", "graph_atoms", "load_hypergraph"]
+from crossmoe.encoders import AtomFeatures, HypergraphLogicEncoder
+from crossmoe.evaluation import EvalDomain
+from crossmoe.hypergraph import Hypergraph, action_name, env_actions
+from crossmoe.knowledge import ApplicabilityPrior
+from crossmoe.minigrid.atoms import ATOMS, MiniGridAtoms, extract_atoms
+from crossmoe.minigrid.encoders import MiniGridVisualEncoder
+from crossmoe.minigrid.env import make_vector_env
+from crossmoe.policy import ActorCritic, CrossAttentionMoEPolicy
+from crossmoe.rules import RuleAgent as GenericRuleAgent
+from crossmoe.schedule import RoutingState
+from crossmoe.training import load_checkpoint
+
+__all__ = [
+    "MINIGRID_ACTIONS",
+    "RuleAgent",
+    "build_agent",
+    "eval_domain",
+    "graph_atoms",
+    "load_agent",
+    "load_hypergraph",
+    "make_baseline_policy",
+    "make_policy",
+]
 
 MINIGRID_ACTIONS: tuple[str, ...] = tuple(
     f"Actions.{name}" for name in ("left", "right", "forward", "pickup", "drop", "toggle", "done")
@@ -34,24 +53,16 @@ def load_hypergraph(path: str | os.PathLike[str] | None = None) -> Hypergraph:
     return Hypergraph.from_json(path)
 
 
-def graph_atoms(hypergraph: Hypergraph):
-    """The function from observations to the atoms ``hypergraph``'s conditions name, in its order.
+def graph_atoms(hypergraph: Hypergraph) -> MiniGridAtoms:
+    """The atoms ``hypergraph``'s conditions name, in its order (a :class:`~crossmoe.minigrid.atoms.MiniGridAtoms`).
 
     Raises:
         ValueError: if a condition is not an atom of :data:`~crossmoe.minigrid.ATOMS`.
     """
-    index = {name: c for c, name in enumerate(ATOMS)}
-    unknown = [name for name in hypergraph.conditions if name not in index]
-    if unknown:
-        raise ValueError(f"hypergraph's conditions must be atoms of crossmoe.minigrid.ATOMS, got {unknown[:5]}")
-    columns = [index[name] for name in hypergraph.conditions]
-    if columns == list(range(len(ATOMS))):
-        return extract_atoms
-
-    def atoms(obs):
-        return extract_atoms(obs)[:, columns]
-
-    return atoms
+    try:
+        return MiniGridAtoms(hypergraph.conditions)
+    except ValueError as error:
+        raise ValueError(f"hypergraph's conditions must be atoms of crossmoe.minigrid.ATOMS: {error}") from None
 
 
 class RuleAgent(GenericRuleAgent):
@@ -85,3 +96,177 @@ def eval_domain() -> EvalDomain:
         >>> result = evaluate(RuleAgent(), "MiniGrid-Empty-8x8-v0", 100, domain=eval_domain())  # doctest: +SKIP
     """
     return EvalDomain(make_vector_env=make_vector_env, atoms=extract_atoms, atom_names=ATOMS)
+
+
+def _action_set(action_set: Sequence[Any] | None, env: Any) -> list[str]:
+    """The env's action names: given, read from ``env``, or MiniGrid's 7."""
+    if action_set is None and env is not None:
+        action_set = env_actions(env)
+    names = [action_name(a) for a in (MINIGRID_ACTIONS if action_set is None else action_set)]
+    if not names:
+        raise ValueError("action_set must list at least one action, got none")
+    return names
+
+
+def _graph(hypergraph: Hypergraph | None) -> Hypergraph:
+    hypergraph = load_hypergraph() if hypergraph is None else hypergraph
+    if not isinstance(hypergraph, Hypergraph):
+        raise TypeError(f"hypergraph must be a crossmoe Hypergraph or None, got {type(hypergraph).__name__}")
+    return hypergraph
+
+
+def make_policy(
+    *,
+    env: Any = None,
+    action_set: Sequence[Any] | None = None,
+    dim: int = 64,
+    fusion: str = "cross_attention",
+    hypergraph: Hypergraph | None = None,
+    graph_hidden_dim: int | None = None,
+    graph_heads: int = 2,
+    effect_passes: int = 1,
+    num_heads: int = 2,
+    head_dim: int | None = 16,
+    knowledge: bool = True,
+    prior_init: float = 1.0,
+    applicable_queries: bool = True,
+    max_queries: int | None = 8,
+    **policy_kwargs: Any,
+) -> CrossAttentionMoEPolicy:
+    """The MiniGrid agent: atoms and hypergraph, the 7x7 cells and the mission as tokens, fusion, router, experts.
+
+    The same design and options as :func:`crossmoe.nethack.make_policy`,
+    with :class:`~crossmoe.minigrid.encoders.MiniGridVisualEncoder` for the
+    tokens and :func:`graph_atoms` for the atoms. Its ``forward`` takes the
+    observation dict of :func:`~crossmoe.minigrid.make_vector_env`
+    (``image``, ``direction``, ``mission``). ``policy.config`` holds the
+    arguments as plain data, for :func:`load_agent`.
+
+    Args:
+        env: An env or vector env whose actions are read (MiniGrid's 7 by default).
+        action_set: The env's action names instead of ``env``'s.
+        dim: Width of the tokens and the context.
+        fusion: ``"cross_attention"`` or the ``"concat"`` ablation.
+        hypergraph: Knowledge graph; defaults to :func:`load_hypergraph`.
+        knowledge: Add the :class:`~crossmoe.knowledge.ApplicabilityPrior`; ``False`` is the ablation.
+        prior_init: Initial vote of each operator in the prior.
+        applicable_queries, max_queries: As in :func:`crossmoe.nethack.make_policy`.
+        graph_hidden_dim, graph_heads, effect_passes, num_heads, head_dim: As there too.
+        **policy_kwargs: Passed to :class:`~crossmoe.policy.CrossAttentionMoEPolicy`.
+
+    Example:
+        >>> make_policy().action_dim
+        7
+    """
+    hypergraph = _graph(hypergraph)
+    actions = _action_set(action_set, env)
+    logic = HypergraphLogicEncoder(
+        hypergraph,
+        dim,
+        atoms=graph_atoms(hypergraph),
+        hidden_dim=graph_hidden_dim,
+        heads=graph_heads,
+        effect_passes=effect_passes,
+    )
+    prior = ApplicabilityPrior(hypergraph.action_mask(actions), init=prior_init) if knowledge else None
+    policy = CrossAttentionMoEPolicy(
+        MiniGridVisualEncoder(dim),
+        logic,
+        len(actions),
+        dim=dim,
+        num_experts=len(hypergraph.experts),
+        fusion=fusion,
+        num_heads=num_heads,
+        head_dim=head_dim,
+        expert_names=hypergraph.experts,
+        knowledge=prior,
+        applicable_queries=applicable_queries,
+        max_queries=max_queries,
+        **policy_kwargs,
+    )
+    policy.config = {
+        "factory": "minigrid.make_policy",
+        "action_set": actions,
+        "dim": dim,
+        "fusion": fusion,
+        "hypergraph": hypergraph.to_dict(),
+        "graph_hidden_dim": graph_hidden_dim,
+        "graph_heads": graph_heads,
+        "effect_passes": effect_passes,
+        "num_heads": num_heads,
+        "head_dim": head_dim,
+        "knowledge": knowledge,
+        "prior_init": prior_init,
+        "applicable_queries": applicable_queries,
+        "max_queries": max_queries,
+        **policy_kwargs,
+    }
+    return policy
+
+
+def make_baseline_policy(
+    *,
+    env: Any = None,
+    action_set: Sequence[Any] | None = None,
+    dim: int = 64,
+    hidden_dim: int = 256,
+    knowledge: bool = False,
+    hypergraph: Hypergraph | None = None,
+    prior_init: float = 1.0,
+) -> ActorCritic:
+    """The no-MoE baseline: :class:`~crossmoe.minigrid.encoders.MiniGridVisualEncoder` under a plain
+    :class:`~crossmoe.policy.ActorCritic`; with ``knowledge=True`` the flat-features control (the atoms as
+    input and the same knowledge prior as :func:`make_policy`'s), as in :func:`crossmoe.nethack.make_baseline_policy`.
+    """
+    if not isinstance(knowledge, bool):
+        raise TypeError(f"knowledge must be a bool, got {type(knowledge).__name__} {knowledge!r}")
+    actions = _action_set(action_set, env)
+    features = prior = None
+    if knowledge:
+        hypergraph = _graph(hypergraph)
+        features = AtomFeatures(hypergraph, atoms=graph_atoms(hypergraph))
+        prior = ApplicabilityPrior(hypergraph.action_mask(actions), init=prior_init)
+    elif hypergraph is not None:
+        raise ValueError("hypergraph is for the flat-features control: pass knowledge=True")
+    visual = MiniGridVisualEncoder(dim)
+    policy = ActorCritic(visual, len(actions), hidden_dim=hidden_dim, features=features, knowledge=prior)
+    policy.config = {
+        "factory": "minigrid.make_baseline_policy",
+        "action_set": actions,
+        "dim": dim,
+        "hidden_dim": hidden_dim,
+    }
+    if knowledge:
+        policy.config.update(knowledge=True, hypergraph=hypergraph.to_dict(), prior_init=prior_init)
+    return policy
+
+
+_FACTORIES = {"minigrid.make_policy": make_policy, "minigrid.make_baseline_policy": make_baseline_policy}
+
+
+def build_agent(config: Mapping[str, Any]) -> CrossAttentionMoEPolicy | ActorCritic:
+    """Rebuild an untrained MiniGrid agent from its ``policy.config`` (plain data, as checkpoints store it)."""
+    factory = config.get("factory") if isinstance(config, Mapping) else type(config).__name__
+    if factory not in _FACTORIES:
+        raise ValueError(f"config must be a policy.config of {sorted(_FACTORIES)}, got factory {factory!r}")
+    kwargs = {key: value for key, value in config.items() if key != "factory"}
+    if "hypergraph" in kwargs:
+        kwargs["hypergraph"] = Hypergraph.from_dict(kwargs["hypergraph"])
+    return _FACTORIES[factory](**kwargs)
+
+
+def load_agent(checkpoint: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> nn.Module:
+    """The trained MiniGrid agent of a checkpoint, in eval mode (read with ``weights_only=True``: no code runs).
+
+    The checkpoint holds ``policy_config``, ``model`` and, for MoE agents, ``routing``, as
+    :func:`crossmoe.nethack.load_agent` reads them.
+    """
+    state = load_checkpoint(checkpoint, map_location=map_location)
+    missing = [key for key in ("policy_config", "model") if key not in state]
+    if missing:
+        raise ValueError(f"checkpoint {str(checkpoint)!r} must hold 'policy_config' and 'model', it lacks {missing}")
+    agent = build_agent(state["policy_config"]).to(map_location)
+    agent.load_state_dict(state["model"])
+    if state.get("routing") is not None:
+        RoutingState(**state["routing"]).apply(agent)
+    return agent.eval()

@@ -21,7 +21,7 @@ Shapes:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -29,7 +29,7 @@ from minigrid.core.constants import OBJECT_TO_IDX, STATE_TO_IDX
 
 from crossmoe.minigrid.env import ANY_COLOR, Task
 
-__all__ = ["ATOMS", "OBSERVATION_KEYS", "THINGS", "extract_atoms"]
+__all__ = ["ATOMS", "OBSERVATION_KEYS", "THINGS", "MiniGridAtoms", "extract_atoms"]
 
 THINGS: tuple[str, ...] = ("target", "key", "door")
 """What the agent looks for: the mission's object, a key (hands empty) and a shut door (holding a key)."""
@@ -152,3 +152,29 @@ def extract_atoms(obs: Mapping[str, Any]) -> np.ndarray:
         for where, value in _places(mask, passable).items():
             atoms[f"{thing}_{where}"] = value
     return np.stack([atoms[name] for name in ATOMS], axis=1).astype(np.float32)
+
+
+class MiniGridAtoms:
+    """:func:`extract_atoms`, or its ``names`` columns in that order (a graph's conditions); picklable.
+
+    Raises:
+        ValueError: if a name is not an atom of :data:`ATOMS`.
+    """
+
+    def __init__(self, names: Sequence[str] | None = None) -> None:
+        if names is not None:
+            if isinstance(names, str) or not all(isinstance(name, str) for name in names):
+                raise TypeError(f"names must be a sequence of atom names or None, got {names!r}")
+            unknown = [name for name in names if name not in ATOMS]
+            if unknown:
+                raise ValueError(f"names must be atoms of crossmoe.minigrid.ATOMS, got unknown names {unknown[:5]}")
+            names = tuple(names)
+        self.names = names
+        self._columns = None if names is None or names == ATOMS else np.array([ATOMS.index(n) for n in names])
+
+    def __call__(self, obs: Mapping[str, Any]) -> np.ndarray:
+        atoms = extract_atoms(obs)
+        return atoms if self._columns is None else atoms[:, self._columns]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()" if self.names is None else f"{type(self).__name__}({len(self.names)} atoms)"
