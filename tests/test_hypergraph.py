@@ -499,7 +499,7 @@ def test_data_model_is_importable_from_every_documented_place():
     for name in ("FORMAT", "Hypergraph", "OperatorSpec", "action_name"):
         assert getattr(graph_module, name) is getattr(crossmoe.hypergraph, name), name
     assert crossmoe.Hypergraph is Hypergraph and crossmoe.OperatorSpec is OperatorSpec
-    assert set(crossmoe.hypergraph.__all__) == {"FORMAT", "Hypergraph", "OperatorSpec", "action_name"}
+    assert set(crossmoe.hypergraph.__all__) == {"FORMAT", "Hypergraph", "OperatorSpec", "action_name", "env_actions"}
 
 
 def test_copies_and_pickles_rebuild_the_device_cache():
