@@ -25,3 +25,24 @@ def check_real(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
     return float(value)
+
+
+def atom_columns(names: Any, atoms: tuple[str, ...], where: str) -> tuple[tuple[str, ...] | None, Any]:
+    """``(names as a tuple, their columns among atoms)`` for a ``names`` argument; ``(None, None)`` for None.
+
+    The columns are None too when ``names`` is all of ``atoms`` in order (nothing to select). ``where`` names the
+    atoms in the error (``"crossmoe.nethack.ATOMS"``). Raises ``TypeError`` unless ``names`` is a sequence of
+    strings, and ``ValueError`` for a name that is not an atom.
+    """
+    import numpy as np
+
+    if names is None:
+        return None, None
+    if isinstance(names, str) or not all(isinstance(name, str) for name in names):
+        raise TypeError(f"names must be a sequence of atom names or None, got {names!r}")
+    index = {name: column for column, name in enumerate(atoms)}
+    unknown = [name for name in names if name not in index]
+    if unknown:
+        raise ValueError(f"names must be atoms of {where}, got unknown names {unknown[:5]}")
+    names = tuple(names)
+    return names, None if names == atoms else np.array([index[name] for name in names])

@@ -16,9 +16,18 @@ from crossmoe.encoders import LogicOutput, prepare_observation
 from crossmoe.experts import DEFAULT_EXPERT_NAMES, SemanticExpertBank
 from crossmoe.functional import combine_experts
 from crossmoe.fusion import FUSIONS, make_fusion
+from crossmoe.hypergraph import Hypergraph
 from crossmoe.routing import SparsemaxRouter
 
-__all__ = ["FUSIONS", "ActorCritic", "ActorCriticBase", "ActorCriticOutput", "CrossAttentionMoEPolicy", "PolicyOutput"]
+__all__ = [
+    "FUSIONS",
+    "ActorCritic",
+    "ActorCriticBase",
+    "ActorCriticOutput",
+    "CrossAttentionMoEPolicy",
+    "PolicyOutput",
+    "knowledge_policy",
+]
 
 Observation = Mapping[str, Any] | Tensor | np.ndarray
 
@@ -529,3 +538,82 @@ class ActorCritic(ActorCriticBase):
             f"action_dim={self.action_dim}, num_tokens={self.num_tokens}, dim={self.dim}, "
             f"num_features={self.num_features}"
         )
+
+
+def knowledge_policy(
+    visual_encoder: nn.Module,
+    hypergraph: Hypergraph,
+    atoms: Callable[[Mapping[str, Any]], Any],
+    action_dim: int,
+    *,
+    action_set: Sequence[Any] | None = None,
+    dim: int = 128,
+    fusion: str | nn.Module = "cross_attention",
+    graph_hidden_dim: int | None = None,
+    graph_heads: int = 2,
+    effect_passes: int = 1,
+    num_heads: int = 2,
+    head_dim: int | None = 16,
+    knowledge: bool | nn.Module = True,
+    prior_init: float = 1.0,
+    applicable_queries: bool = True,
+    max_queries: int | None = 16,
+    **policy_kwargs: Any,
+) -> CrossAttentionMoEPolicy:
+    """A knowledge-guided MoE policy for any env: its tokens, its graph and atoms, and its actions.
+
+    The design of the NetHack and MiniGrid agents (:func:`crossmoe.nethack.make_policy`,
+    :func:`crossmoe.minigrid.make_policy`), for a domain of your own: a
+    :class:`~crossmoe.encoders.HypergraphLogicEncoder` of ``hypergraph`` over
+    ``atoms(obs)``, the knowledge pathway (an
+    :class:`~crossmoe.knowledge.ApplicabilityPrior` over ``action_set``),
+    and a :class:`CrossAttentionMoEPolicy` with one expert per expert of the graph.
+
+    Args:
+        visual_encoder: Maps the observation to ``(tokens (B, N, dim), mask)``
+            (:class:`~crossmoe.encoders.VisualEncoder`).
+        hypergraph: The knowledge graph.
+        atoms: Function from a batched observation to ``(B, C)`` activations
+            of the graph's conditions, in order.
+        action_dim: The env's number of actions.
+        action_set: The env's action names (what the operators' actions are
+            matched against); needed with ``knowledge=True``.
+        dim: Width of the tokens and the context.
+        fusion: ``"cross_attention"``, ``"concat"`` or a fusion module.
+        graph_hidden_dim, graph_heads, effect_passes: Of the graph encoder
+            (:class:`~crossmoe.graph.HypergraphEncoder`).
+        num_heads, head_dim: Of the cross-attention.
+        knowledge: ``True``: the :class:`~crossmoe.knowledge.ApplicabilityPrior`;
+            ``False``: none (the ablation); or a knowledge module of your own.
+        prior_init: Initial vote of each operator in the prior.
+        applicable_queries, max_queries: Only applicable operators query the
+            map, at most ``max_queries`` per sample in a compiled graph (see
+            :func:`crossmoe.nethack.make_policy`).
+        **policy_kwargs: Passed to :class:`CrossAttentionMoEPolicy`.
+    """
+    from crossmoe.encoders import HypergraphLogicEncoder
+    from crossmoe.knowledge import ApplicabilityPrior
+
+    logic = HypergraphLogicEncoder(
+        hypergraph, dim, atoms=atoms, hidden_dim=graph_hidden_dim, heads=graph_heads, effect_passes=effect_passes
+    )
+    prior = knowledge if isinstance(knowledge, nn.Module) else None
+    if knowledge is True:
+        if action_set is None:
+            raise ValueError("action_set must list the env's actions for the knowledge pathway (knowledge=True)")
+        prior = ApplicabilityPrior(hypergraph.action_mask(list(action_set)), init=prior_init)
+    return CrossAttentionMoEPolicy(
+        visual_encoder,
+        logic,
+        action_dim,
+        dim=dim,
+        num_experts=len(hypergraph.experts),
+        fusion=fusion,
+        num_heads=num_heads,
+        head_dim=head_dim,
+        expert_names=hypergraph.experts,
+        knowledge=prior,
+        applicable_queries=applicable_queries,
+        max_queries=max_queries,
+        **policy_kwargs,
+    )

@@ -10,14 +10,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from crossmoe.encoders import AtomFeatures, HypergraphLogicEncoder
+from crossmoe.encoders import AtomFeatures
 from crossmoe.evaluation import EvalDomain
 from crossmoe.hypergraph import Hypergraph, action_name, env_actions
 from crossmoe.knowledge import ApplicabilityPrior
 from crossmoe.minigrid.atoms import ATOMS, MiniGridAtoms, extract_atoms
 from crossmoe.minigrid.encoders import MiniGridVisualEncoder
 from crossmoe.minigrid.env import make_vector_env
-from crossmoe.policy import ActorCritic, CrossAttentionMoEPolicy
+from crossmoe.policy import ActorCritic, CrossAttentionMoEPolicy, knowledge_policy
 from crossmoe.rules import RuleAgent as GenericRuleAgent
 from crossmoe.schedule import RoutingState
 from crossmoe.training import load_checkpoint
@@ -160,26 +160,21 @@ def make_policy(
     """
     hypergraph = _graph(hypergraph)
     actions = _action_set(action_set, env)
-    logic = HypergraphLogicEncoder(
-        hypergraph,
-        dim,
-        atoms=graph_atoms(hypergraph),
-        hidden_dim=graph_hidden_dim,
-        heads=graph_heads,
-        effect_passes=effect_passes,
-    )
-    prior = ApplicabilityPrior(hypergraph.action_mask(actions), init=prior_init) if knowledge else None
-    policy = CrossAttentionMoEPolicy(
+    policy = knowledge_policy(
         MiniGridVisualEncoder(dim),
-        logic,
+        hypergraph,
+        graph_atoms(hypergraph),
         len(actions),
+        action_set=actions,
         dim=dim,
-        num_experts=len(hypergraph.experts),
         fusion=fusion,
+        graph_hidden_dim=graph_hidden_dim,
+        graph_heads=graph_heads,
+        effect_passes=effect_passes,
         num_heads=num_heads,
         head_dim=head_dim,
-        expert_names=hypergraph.experts,
-        knowledge=prior,
+        knowledge=knowledge,
+        prior_init=prior_init,
         applicable_queries=applicable_queries,
         max_queries=max_queries,
         **policy_kwargs,

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 from minigrid.core.constants import OBJECT_TO_IDX, STATE_TO_IDX
 
+from crossmoe._checks import atom_columns
 from crossmoe.minigrid.env import ANY_COLOR, Task
 
 __all__ = ["ATOMS", "OBSERVATION_KEYS", "THINGS", "MiniGridAtoms", "extract_atoms"]
@@ -162,15 +163,7 @@ class MiniGridAtoms:
     """
 
     def __init__(self, names: Sequence[str] | None = None) -> None:
-        if names is not None:
-            if isinstance(names, str) or not all(isinstance(name, str) for name in names):
-                raise TypeError(f"names must be a sequence of atom names or None, got {names!r}")
-            unknown = [name for name in names if name not in ATOMS]
-            if unknown:
-                raise ValueError(f"names must be atoms of crossmoe.minigrid.ATOMS, got unknown names {unknown[:5]}")
-            names = tuple(names)
-        self.names = names
-        self._columns = None if names is None or names == ATOMS else np.array([ATOMS.index(n) for n in names])
+        self.names, self._columns = atom_columns(names, ATOMS, "crossmoe.minigrid.ATOMS")
 
     def __call__(self, obs: Mapping[str, Any]) -> np.ndarray:
         atoms = extract_atoms(obs)

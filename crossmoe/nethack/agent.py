@@ -12,13 +12,13 @@ import torch
 from torch import nn
 
 from crossmoe._checks import check_int
-from crossmoe.encoders import AtomFeatures, HypergraphLogicEncoder
+from crossmoe.encoders import AtomFeatures
 from crossmoe.hypergraph import Hypergraph, action_name, env_actions
 from crossmoe.knowledge import ApplicabilityPrior, AttentionDirectionPrior
 from crossmoe.nethack.atoms import graph_atoms
 from crossmoe.nethack.encoders import COMPASS, NetHackVisualEncoder
 from crossmoe.nethack.rules import expert_from_label
-from crossmoe.policy import ActorCritic, CrossAttentionMoEPolicy
+from crossmoe.policy import ActorCritic, CrossAttentionMoEPolicy, knowledge_policy
 from crossmoe.schedule import RoutingState
 from crossmoe.training import load_checkpoint
 
@@ -189,20 +189,12 @@ def make_policy(
             f"hypergraph must be a crossmoe Hypergraph (e.g. Hypergraph.from_json(path)) or None, "
             f"got {type(hypergraph).__name__}"
         )
-    logic = HypergraphLogicEncoder(
-        hypergraph,
-        dim,
-        atoms=graph_atoms(hypergraph),  # extract_atoms, searching paths only where the hero moved
-        hidden_dim=graph_hidden_dim,
-        heads=graph_heads,
-        effect_passes=effect_passes,
-    )
     visual = NetHackVisualEncoder(dim, crop_size=crop_size, crop_patch=crop_patch)
     # The no-knowledge ablation needs no action set (make_policy(8, knowledge=False) for an 8-action env).
     actions = _action_set(action_set, action_dim, env) if knowledge or action_set is not None else None
     if knowledge_pathway not in ("prior", "attention"):
         raise ValueError(f"knowledge_pathway must be 'prior' or 'attention', got {knowledge_pathway!r}")
-    prior = None
+    prior: bool | nn.Module = bool(knowledge)
     if knowledge and knowledge_pathway == "attention":
         if fusion != "cross_attention":
             raise ValueError(
@@ -215,19 +207,21 @@ def make_policy(
         prior = AttentionDirectionPrior(
             hypergraph.action_mask(actions), direction_actions, init=prior_init, direction_init=prior_init
         )
-    elif knowledge:
-        prior = ApplicabilityPrior(hypergraph.action_mask(actions), init=prior_init)
-    policy = CrossAttentionMoEPolicy(
+    policy = knowledge_policy(
         visual,
-        logic,
+        hypergraph,
+        graph_atoms(hypergraph),  # extract_atoms, searching paths only where the hero moved
         action_dim,
+        action_set=actions,
         dim=dim,
-        num_experts=len(hypergraph.experts),
         fusion=fusion,
+        graph_hidden_dim=graph_hidden_dim,
+        graph_heads=graph_heads,
+        effect_passes=effect_passes,
         num_heads=num_heads,
         head_dim=head_dim,
-        expert_names=hypergraph.experts,
         knowledge=prior,
+        prior_init=prior_init,
         applicable_queries=applicable_queries,
         max_queries=max_queries,
         **policy_kwargs,

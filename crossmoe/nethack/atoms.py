@@ -50,6 +50,7 @@ from nle import nethack
 if TYPE_CHECKING:
     from crossmoe.hypergraph import Hypergraph
 
+from crossmoe._checks import atom_columns
 from crossmoe.nethack.glyphs import BOULDER_GLYPH, GLYPH_CLASS, PASSABLE_CLASSES, GlyphClass
 
 __all__ = [
@@ -470,15 +471,7 @@ class NetHackAtoms:
     """
 
     def __init__(self, names: Sequence[str] | None = None) -> None:
-        if names is not None:
-            if isinstance(names, str) or not all(isinstance(name, str) for name in names):
-                raise TypeError(f"names must be a sequence of atom names or None, got {names!r}")
-            unknown = [name for name in names if name not in ATOM_INDEX]
-            if unknown:
-                raise ValueError(f"names must be atoms of ATOMS, got unknown names {unknown}")
-            names = tuple(names)
-        self.names = names
-        self._columns = None if names is None or names == ATOMS else np.array([ATOM_INDEX[n] for n in names])
+        self.names, self._columns = atom_columns(names, ATOMS, "ATOMS")
         self._inputs: tuple[np.ndarray, ...] | None = None
         self._navigation: dict[str, np.ndarray] | None = None
 
