@@ -51,7 +51,9 @@ __all__ = [
     "NonFiniteTrainingError",
     "RewardScaler",
     "UnsafeCheckpointError",
+    "compute_gae",
     "load_checkpoint",
+    "masked_mean",
     "read_metrics",
     "rng_state",
     "save_checkpoint",
@@ -547,3 +549,50 @@ class GracefulExit:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
+
+
+def compute_gae(
+    rewards: Tensor,
+    values: Tensor,
+    next_values: Tensor,
+    terminal: Tensor,
+    ends: Tensor,
+    gamma: float,
+    gae_lambda: float,
+) -> tuple[Tensor, Tensor]:
+    """Generalised advantage estimation (Schulman et al., 2016) over a ``(T, N)`` rollout, in time order.
+
+    ``next_values[t]`` is the value of the state after step ``t``: usually
+    ``values[t + 1]``, which in ``NEXT_STEP`` autoreset mode is the value of
+    the final observation when an episode ended at ``t`` (the bootstrap a
+    truncated episode needs). ``terminal[t]`` (a true terminal state) cuts the
+    bootstrap; ``ends[t]`` (any episode end) cuts the recursion, so no
+    advantage leaks across episodes. The loop runs over time only, with the
+    ``N`` envs as a vector.
+
+    Shapes:
+        - every input: ``(T, N)`` (``terminal`` and ``ends`` as 0/1 floats)
+        - output: ``(advantages, returns)``, both ``(T, N)``
+
+    Raises:
+        ValueError: if the inputs do not share one ``(T, N)`` shape.
+    """
+    inputs = (rewards, values, next_values, terminal, ends)
+    shapes = {name: tuple(x.shape) for name, x in zip(_GAE_INPUTS, inputs, strict=True)}
+    if len(set(shapes.values())) != 1 or len(shapes["rewards"]) != 2:
+        raise ValueError(f"rewards, values, next_values, terminal and ends must share one (T, N) shape, got {shapes}")
+    advantages = torch.zeros_like(rewards)
+    last_gae = torch.zeros_like(rewards[0])
+    for t in reversed(range(rewards.shape[0])):
+        delta = rewards[t] + gamma * next_values[t] * (1.0 - terminal[t]) - values[t]
+        last_gae = delta + gamma * gae_lambda * (1.0 - ends[t]) * last_gae
+        advantages[t] = last_gae
+    return advantages, advantages + values
+
+
+_GAE_INPUTS = ("rewards", "values", "next_values", "terminal", "ends")
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """The mean of ``x`` over the entries where ``mask`` is 1 (0 when none is)."""
+    return (x * mask).sum() / mask.sum().clamp_min(1.0)

@@ -85,7 +85,9 @@ from crossmoe.training import (
     MetricsLogger,
     NaNGuard,
     RewardScaler,
+    compute_gae,
     load_checkpoint,
+    masked_mean,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -244,36 +246,6 @@ RESUMABLE = (
 )
 
 
-def compute_gae(
-    rewards: torch.Tensor,
-    values: torch.Tensor,
-    next_values: torch.Tensor,
-    terminal: torch.Tensor,
-    ends: torch.Tensor,
-    gamma: float,
-    gae_lambda: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generalised advantage estimation over a ``(T, N)`` rollout, in time order.
-
-    ``next_values[t]`` is the value of the state after step ``t``: usually
-    ``values[t + 1]``, which in ``NEXT_STEP`` autoreset mode is the value of
-    the final observation when an episode ended at ``t`` (the bootstrap a
-    truncated episode needs). ``terminal[t]`` (a true terminal state) cuts the
-    bootstrap; ``ends[t]`` (any episode end) cuts the recursion, so no
-    advantage leaks across episodes.
-
-    Returns:
-        ``(advantages, returns)``, both ``(T, N)``.
-    """
-    advantages = torch.zeros_like(rewards)
-    last_gae = torch.zeros_like(rewards[0])
-    for t in reversed(range(rewards.shape[0])):
-        delta = rewards[t] + gamma * next_values[t] * (1.0 - terminal[t]) - values[t]
-        last_gae = delta + gamma * gae_lambda * (1.0 - ends[t]) * last_gae
-        advantages[t] = last_gae
-    return advantages, advantages + values
-
-
 def make_scheduler(args: Args, num_iterations: int) -> TemperatureAnnealingScheduler:
     """The routing schedule in ``args.schedule_unit``: the recipe for episodes, scaled to the run otherwise."""
     length = {"env_steps": num_iterations * args.num_envs * args.num_steps, "updates": num_iterations}
@@ -346,10 +318,6 @@ def compile_agent(agent: nn.Module, args: Args, envs: gym.vector.VectorEnv) -> n
         eager.load_state_dict(agent.state_dict())
         return eager
     return agent
-
-
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (x * mask).sum() / mask.sum().clamp_min(1.0)
 
 
 def main(args: Args) -> dict:

@@ -53,36 +53,6 @@ def _run(tmp_path, **overrides):
     return summary, read_metrics(tmp_path / "run" / "metrics.jsonl")
 
 
-def test_gae_matches_a_hand_computed_example():
-    # gamma 0.9, lambda 0.8, no episode end: delta_t = r_t + 0.9 V_{t+1} - V_t, A_t = delta_t + 0.72 A_{t+1}.
-    rewards = torch.tensor([[1.0], [0.0], [2.0], [0.0]])
-    values = torch.tensor([[0.5], [0.4], [0.3], [0.2]])
-    zeros = torch.zeros(4, 1)
-    next_values = torch.tensor([[0.4], [0.3], [0.2], [0.1]])
-    advantages, returns = ppo.compute_gae(rewards, values, next_values, zeros, zeros, 0.9, 0.8)
-    # deltas: -0.11, 1.88, -0.13, 0.86 (t = 3, 2, 1, 0)
-    expected = torch.tensor([[1.69993472], [1.166576], [1.8008], [-0.11]])
-    torch.testing.assert_close(advantages, expected)
-    torch.testing.assert_close(returns, expected + values)
-
-
-def test_gae_cuts_at_episode_ends_and_bootstraps_truncations_from_the_final_observation():
-    # Both columns end an episode at t=1; t=2 is the autoreset step, whose value is V(final observation).
-    # Column 0 terminates (no bootstrap), column 1 is truncated (bootstraps from values[2]).
-    rewards = torch.tensor([[1.0, 1.0], [1.0, 1.0], [0.0, 0.0], [1.0, 1.0]])
-    values = torch.tensor([[0.5, 0.5], [0.6, 0.6], [0.7, 0.7], [0.8, 0.8]])
-    terminal = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
-    ends = torch.tensor([[0.0, 0.0], [1.0, 1.0], [0.0, 0.0], [0.0, 0.0]])
-    next_values = torch.cat([values[1:], torch.tensor([[0.9, 0.9]])])
-    advantages, _ = ppo.compute_gae(rewards, values, next_values, terminal, ends, 0.9, 0.8)
-    # t=3: 1 + 0.81 - 0.8 = 1.01 in both columns (the new episode).
-    torch.testing.assert_close(advantages[3], torch.tensor([1.01, 1.01]))
-    # t=1: terminated 1 - 0.6 = 0.4; truncated 1 + 0.9 * 0.7 - 0.6 = 1.03; nothing from t >= 2 leaks in.
-    torch.testing.assert_close(advantages[1], torch.tensor([0.4, 1.03]))
-    # t=0: 1 + 0.54 - 0.5 = 1.04, plus 0.72 A_1.
-    torch.testing.assert_close(advantages[0], torch.tensor([1.04 + 0.72 * 0.4, 1.04 + 0.72 * 1.03]))
-
-
 def test_next_step_autoreset_contract_the_loop_masks():
     """After an episode ends, the next step ignores its action, gives reward 0 and starts the new episode."""
     from crossmoe.nethack import make_vector_env
