@@ -41,8 +41,6 @@ class MiniGridVisualEncoder(nn.Module):
     def __init__(self, dim: int = 64) -> None:
         super().__init__()
         self.dim = check_int(dim, "dim")
-        if self.dim < 1:
-            raise ValueError(f"dim must be a positive integer, got {dim}")
         self.num_tokens = _VIEW * _VIEW + 1
         self.object_embedding = nn.Embedding(len(OBJECT_TO_IDX), dim)
         self.color_embedding = nn.Embedding(len(COLOR_TO_IDX) + 1, dim)  # + "any colour"

@@ -20,6 +20,8 @@ import gymnasium as gym
 import numpy as np
 from minigrid.core.constants import COLOR_TO_IDX, OBJECT_TO_IDX
 
+from crossmoe._checks import check_int
+
 __all__ = ["ANY_COLOR", "MissionCode", "Task", "encode_mission", "make_env", "make_vector_env"]
 
 ANY_COLOR = 255
@@ -92,7 +94,6 @@ def make_vector_env(
     num_envs: int, seed: int = 0, env_id: str = "MiniGrid-Empty-8x8-v0", **kwargs: Any
 ) -> gym.vector.SyncVectorEnv:
     """``num_envs`` envs of :func:`make_env` (env ``i`` seeded with ``seed + i``) in a synchronous vector env."""
-    if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
-        raise ValueError(f"num_envs must be an integer >= 1, got {num_envs!r}")
+    num_envs = check_int(num_envs, "num_envs")
     thunks = [functools.partial(make_env, env_id, seed + i, **kwargs) for i in range(num_envs)]
     return gym.vector.SyncVectorEnv(thunks)

@@ -654,10 +654,7 @@ def graph_atoms(hypergraph: Hypergraph) -> NetHackAtoms:
     Raises:
         ValueError: if a condition of ``hypergraph`` is not an atom.
     """
-    unknown = [name for name in hypergraph.conditions if name not in ATOM_INDEX]
-    if unknown:
-        raise ValueError(
-            f"hypergraph's conditions must be atoms of crossmoe.nethack.ATOMS, got {len(unknown)} that are not: "
-            f"{unknown[:5]}{' ...' if len(unknown) > 5 else ''}"
-        )
-    return NetHackAtoms(hypergraph.conditions)
+    try:
+        return NetHackAtoms(hypergraph.conditions)
+    except ValueError as error:
+        raise ValueError(f"hypergraph's conditions must be atoms of crossmoe.nethack.ATOMS: {error}") from None

@@ -79,15 +79,19 @@ _COMPASS = tuple(name for name, _, _ in DIRECTIONS)
 
 #: Operators of the shipped graph, most urgent first, that :class:`RuleAgent` tries in turn: the rules without
 #: eating, as first measured.
-NO_EATING_PRIORITY: tuple[str, ...] = (
-    "dismiss_prompt",  # a pending prompt swallows every other key
-    "descend_stairs",  # NetHackScore pays 50 points per new level
-    *(f"attack_{name}" for name in _COMPASS),
+_ATTACKS = tuple(f"attack_{name}" for name in _COMPASS)
+_EXPLORE = (
     *(f"follow_path_{name}" for name in _COMPASS),  # towards the down stairs, or else the nearest unexplored exit
     "open_door",
     "enter_doorway",
     "search_dead_end",
     "fallback_move",  # always applicable: the operators after it are never chosen
+)
+NO_EATING_PRIORITY: tuple[str, ...] = (
+    "dismiss_prompt",  # a pending prompt swallows every other key
+    "descend_stairs",  # NetHackScore pays 50 points per new level
+    *_ATTACKS,
+    *_EXPLORE,
 )
 
 #: :data:`NO_EATING_PRIORITY` with eating: EAT when Weak, or when Hungry and no fight or stairs come first, if a
@@ -99,9 +103,9 @@ EATING_PRIORITY: tuple[str, ...] = (
     "dismiss_prompt",
     "eat_typable_food_when_weak",
     "descend_stairs",
-    *(f"attack_{name}" for name in _COMPASS),
+    *_ATTACKS,
     "eat_typable_food_when_hungry",
-    *NO_EATING_PRIORITY[2 + len(_COMPASS) :],
+    *_EXPLORE,
 )
 DEFAULT_PRIORITY = EATING_PRIORITY
 
