@@ -1,7 +1,8 @@
-"""End-to-end PPO throughput and memory of ``examples/ppo_nethack.py`` with the demo settings.
+"""End-to-end PPO throughput and memory of ``examples/ppo_nethack.py`` (or ``ppo_minigrid.py``) at their defaults.
 
 Each run is a fresh subprocess (so its peak RSS is its own) that trains for a
-few updates on ``NetHackScore-v0`` with 16 envs x 128 steps, and reports:
+few updates on ``NetHackScore-v0`` (``--domain minigrid``:
+``MiniGrid-DoorKey-5x5-v0``) with 16 envs x 128 steps, and reports:
 
 * ``sps``: the median over updates (the first, warm-up update excluded) of
   env steps per second, rollout and PPO update together;
@@ -9,13 +10,13 @@ few updates on ``NetHackScore-v0`` with 16 envs x 128 steps, and reports:
 
 The MoE agent and the ``--policy mlp`` baseline run alternately, ``--rounds``
 times each, and the JSON line gives the medians and the median of the
-per-round ratio. Targets on 2 cores: MoE >= 1,200 steps/s, MoE/mlp >= 0.7,
-peak RSS <= 4 GB. With ``--teacher rules`` a third agent, the MoE agent
+per-round ratio. Targets on 2 cores: NetHack MoE >= 1,200 steps/s, MoE/mlp >= 0.7,
+peak RSS <= 4 GB; MiniGrid MoE >= 2,000 steps/s. With ``--teacher rules`` a third agent, the MoE agent
 kickstarted from the rule agent (``--teacher rules``), runs in each round too,
 and the line adds ``teacher_sps`` and ``teacher_over_moe`` (target >= 0.9).
 
-Usage: ``python benchmarks/bench_training.py [--rounds 3] [--updates 6] [--compile rollout] [--teacher rules]
-[--env-id NetHackScore-v0]``
+Usage: ``python benchmarks/bench_training.py [--domain nethack|minigrid] [--rounds 3] [--updates 6]
+[--compile rollout] [--teacher rules] [--env-id ID]``
 """
 
 from __future__ import annotations
@@ -31,17 +32,23 @@ from pathlib import Path
 from _timing import emit_result, run_worker
 
 ROOT = Path(__file__).resolve().parents[1]
-TARGETS = {"moe_sps_min": 1200, "moe_over_mlp_min": 0.7, "peak_rss_mb_max": 4096}
+TARGETS = {
+    "nethack": {"moe_sps_min": 1200, "moe_over_mlp_min": 0.7, "peak_rss_mb_max": 4096},
+    "minigrid": {"moe_sps_min": 2000, "peak_rss_mb_max": 4096},
+}
+ENV_IDS = {"nethack": "NetHackScore-v0", "minigrid": "MiniGrid-DoorKey-5x5-v0"}
 
 
-def worker(agent: str, env_id: str, updates: int, run_dir: str, compile: str) -> None:
+def worker(domain: str, agent: str, env_id: str, updates: int, run_dir: str, compile: str) -> None:
+    import importlib
+
     sys.path.insert(0, str(ROOT / "examples"))
-    import ppo_nethack
     import torch
 
     from crossmoe.training import read_metrics
 
-    args = ppo_nethack.Args(
+    example = importlib.import_module(f"ppo_{domain}")
+    args = example.Args(
         env_id=env_id,
         policy="mlp" if agent == "mlp" else "moe",
         teacher="rules" if agent == "teacher" else "none",
@@ -52,7 +59,7 @@ def worker(agent: str, env_id: str, updates: int, run_dir: str, compile: str) ->
         checkpoint_every=10**9,
         compile=compile,
     )
-    ppo_nethack.main(args)
+    example.main(args)
     rows = read_metrics(Path(run_dir) / "metrics.jsonl")
     record = {
         "sps": statistics.median(row["sps"] for row in rows[1:]),
@@ -65,10 +72,10 @@ def worker(agent: str, env_id: str, updates: int, run_dir: str, compile: str) ->
     emit_result(record)
 
 
-def run(policy: str, env_id: str, updates: int, compile: str) -> dict:
+def run(domain: str, policy: str, env_id: str, updates: int, compile: str) -> dict:
     with tempfile.TemporaryDirectory() as run_dir:
-        command = [sys.executable, __file__, "--worker", policy, "--env-id", env_id, "--updates", str(updates)]
-        command += ["--compile", compile]
+        command = [sys.executable, __file__, "--domain", domain, "--worker", policy, "--env-id", env_id]
+        command += ["--updates", str(updates), "--compile", compile]
         return run_worker([*command, "--run-dir", run_dir])
 
 
@@ -76,7 +83,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--updates", type=int, default=6, help="updates of 16 x 128 env steps per run")
-    parser.add_argument("--env-id", default="NetHackScore-v0")
+    parser.add_argument("--domain", choices=tuple(ENV_IDS), default="nethack", help="which example trains")
+    parser.add_argument("--env-id", help="default: NetHackScore-v0, or MiniGrid-DoorKey-5x5-v0 for minigrid")
     parser.add_argument(
         "--compile", choices=("off", "rollout", "all"), default="rollout", help="the example's --compile"
     )
@@ -84,19 +92,21 @@ def main() -> None:
     parser.add_argument("--worker", choices=("moe", "mlp", "teacher"), help=argparse.SUPPRESS)
     parser.add_argument("--run-dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.env_id = args.env_id or ENV_IDS[args.domain]
     if args.worker:
-        worker(args.worker, args.env_id, args.updates, args.run_dir, args.compile)
+        worker(args.domain, args.worker, args.env_id, args.updates, args.run_dir, args.compile)
         return
 
     results: dict[str, list[dict]] = {"moe": [], "mlp": [], **({"teacher": []} if args.teacher == "rules" else {})}
     for _ in range(args.rounds):
         for policy in results:
-            results[policy].append(run(policy, args.env_id, args.updates, args.compile))
+            results[policy].append(run(args.domain, policy, args.env_id, args.updates, args.compile))
     keys = ("sps", "rollout_s", "update_s", "first_update_s", "peak_rss_mb")
     median = {name: {key: statistics.median(r[key] for r in rs) for key in keys} for name, rs in results.items()}
     ratio = statistics.median(m["sps"] / b["sps"] for m, b in zip(results["moe"], results["mlp"], strict=True))
     record = {
         "bench": "training",
+        "domain": args.domain,
         "env_id": args.env_id,
         "compile": args.compile,
         "num_envs": 16,
@@ -115,7 +125,7 @@ def main() -> None:
         "moe_peak_rss_mb": round(median["moe"]["peak_rss_mb"]),
         "mlp_peak_rss_mb": round(median["mlp"]["peak_rss_mb"]),
         "threads": results["moe"][0]["threads"],
-        **TARGETS,
+        **TARGETS[args.domain],
     }
     if "teacher" in results:
         teacher_ratio = (t["sps"] / m["sps"] for t, m in zip(results["teacher"], results["moe"], strict=True))

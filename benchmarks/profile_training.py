@@ -43,8 +43,9 @@ from crossmoe.functional import combine_experts  # noqa: E402
 from crossmoe.losses import aux_loss  # noqa: E402
 from crossmoe.nethack import atoms as atoms_module  # noqa: E402
 from crossmoe.nethack import env as env_module  # noqa: E402
-from crossmoe.nethack import make_vector_env  # noqa: E402
+from crossmoe.nethack import make_vector_env, train_domain  # noqa: E402
 from crossmoe.policy import ActorCriticOutput  # noqa: E402
+from crossmoe.ppo import compile_agent, make_agent  # noqa: E402
 
 NUM_ENVS, NUM_STEPS, MINIBATCH_ENVS = 16, 128, 4
 TIMES: defaultdict[str, list[float]] = defaultdict(list)
@@ -204,9 +205,9 @@ def main() -> None:
         plots=False,
     )
     envs = make_vector_env(NUM_ENVS, seed=0)
-    agent = ppo_nethack.make_agent(args, envs)
+    agent = make_agent(args, envs, train_domain())
     if cli.compile == "rollout":
-        agent = ppo_nethack.compile_agent(agent, args, envs)
+        agent = compile_agent(agent, args, envs, train_domain())
 
     rollout = profile_rollout(agent, envs, cli.rounds * 5)
     # A minibatch of real observations: 128 steps of 4 envs, prepared as the rollout buffer stores them.

@@ -1,4 +1,4 @@
-"""examples/ppo_nethack.py: GAE, autoreset masking, the schedule, NaN recovery, checkpoints and resume."""
+"""examples/ppo_nethack.py on crossmoe.ppo: GAE, autoreset masking, the schedule, NaN recovery, checkpoints, resume."""
 
 import contextlib
 import importlib.util
@@ -18,6 +18,7 @@ pytest.importorskip("nle")
 pytest.importorskip("tyro")
 
 from crossmoe.nethack import RuleAgent
+from crossmoe.ppo import make_scheduler
 from crossmoe.routing import SparsemaxRouter
 from crossmoe.schedule import DistillationSchedule, TemperatureAnnealingScheduler
 from crossmoe.training import load_checkpoint, read_metrics
@@ -110,19 +111,19 @@ def test_schedule_drives_the_router(tmp_path, monkeypatch):
 
 def test_recipe_schedule_counts_episodes():
     args = ppo.Args(schedule_unit="episodes")
-    schedule = ppo.make_scheduler(args, num_iterations=10)
+    schedule = make_scheduler(args, num_iterations=10)
     assert (schedule.warmup, schedule.transition, schedule.total, schedule.unit) == (1000, 3000, 5000, "episodes")
-    scaled = ppo.make_scheduler(ppo.Args(num_envs=4, num_steps=10), num_iterations=100)
+    scaled = make_scheduler(ppo.Args(num_envs=4, num_steps=10), num_iterations=100)
     assert (scaled.warmup, scaled.transition, scaled.total) == (800, 2400, 4000)
-    weighted = ppo.make_scheduler(ppo.Args(schedule_coefficients='{"finetune": {"load_balance": 2}}'), 10)
+    weighted = make_scheduler(ppo.Args(schedule_coefficients='{"finetune": {"load_balance": 2}}'), 10)
     assert weighted(10**9).coefficients == {"load_balance": 2.0} and weighted(0).coefficients == {}
-    plain = ppo.make_scheduler(ppo.Args(schedule_coefficients=""), 10)
+    plain = make_scheduler(ppo.Args(schedule_coefficients=""), 10)
     assert plain(10**9).coefficients == {}
 
 
 def test_default_schedule_keeps_experts_alive_from_the_annealing_on():
     """The load-balance weight x10 once annealing starts: what kept all four experts in use (docs/results.md)."""
-    schedule = ppo.make_scheduler(ppo.Args(num_envs=4, num_steps=10), num_iterations=100)
+    schedule = make_scheduler(ppo.Args(num_envs=4, num_steps=10), num_iterations=100)
     assert schedule(0).coefficients == {}
     assert schedule(1000).coefficients == schedule(10**6).coefficients == {"load_balance": 10.0}
     weights = ppo.Args().aux.scaled(schedule(10**6).coefficients)

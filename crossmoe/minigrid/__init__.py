@@ -13,6 +13,7 @@ from crossmoe.minigrid.agent import (
     load_hypergraph,
     make_baseline_policy,
     make_policy,
+    train_domain,
 )
 from crossmoe.minigrid.atoms import ATOMS, THINGS, extract_atoms
 from crossmoe.minigrid.encoders import MiniGridVisualEncoder
@@ -38,4 +39,5 @@ __all__ = [
     "make_env",
     "make_policy",
     "make_vector_env",
+    "train_domain",
 ]

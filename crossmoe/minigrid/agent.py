@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -32,6 +33,7 @@ __all__ = [
     "load_hypergraph",
     "make_baseline_policy",
     "make_policy",
+    "train_domain",
 ]
 
 MINIGRID_ACTIONS: tuple[str, ...] = tuple(
@@ -265,3 +267,34 @@ def load_agent(checkpoint: str | os.PathLike[str], map_location: str | torch.dev
     if state.get("routing") is not None:
         RoutingState(**state["routing"]).apply(agent)
     return agent.eval()
+
+
+def _rules_teacher(envs: Any) -> RuleAgent:
+    return RuleAgent(_action_set(None, envs))
+
+
+def _success(reward: Any, terminal: Any) -> Any:
+    return np.asarray(terminal, dtype=bool) & (np.asarray(reward) > 0)
+
+
+def train_domain() -> Any:
+    """MiniGrid as a :class:`~crossmoe.ppo.TrainDomain`: what :func:`crossmoe.ppo.train` trains on.
+
+    The envs of :func:`~crossmoe.minigrid.make_vector_env`, scored by their
+    return; :func:`make_policy` and :func:`make_baseline_policy`; the graph's
+    :class:`RuleAgent` as the ``rules`` teacher. An episode succeeds when it
+    ends with a positive reward (MiniGrid rewards only success), which the
+    metrics log as ``success_rate``.
+
+    Example:
+        >>> train(PPOArgs(env_id="MiniGrid-DoorKey-5x5-v0", total_timesteps=200_000), train_domain())  # doctest: +SKIP
+    """
+    from crossmoe.ppo import TrainDomain
+
+    return TrainDomain(
+        env=eval_domain(),
+        make_policy=make_policy,
+        make_baseline_policy=make_baseline_policy,
+        teachers={"rules": _rules_teacher},
+        success=_success,
+    )

@@ -12,6 +12,7 @@ from crossmoe.nethack.agent import (
     load_hypergraph,
     make_baseline_policy,
     make_policy,
+    train_domain,
 )
 from crossmoe.nethack.atoms import ATOMS, NetHackAtoms, extract_atoms, graph_atoms
 from crossmoe.nethack.encoders import COMPASS, NetHackVisualEncoder, blstats_features, compass_direction
@@ -59,4 +60,5 @@ __all__ = [
     "make_policy",
     "make_vector_env",
     "split_episode_ends",
+    "train_domain",
 ]

@@ -30,6 +30,7 @@ __all__ = [
     "load_hypergraph",
     "make_baseline_policy",
     "make_policy",
+    "train_domain",
 ]
 
 
@@ -356,3 +357,32 @@ def load_agent(
     if routing is not None:
         RoutingState(**routing).apply(agent)
     return agent.eval()
+
+
+def train_domain() -> Any:
+    """NetHack as a :class:`~crossmoe.ppo.TrainDomain`: what :func:`crossmoe.ppo.train` trains on.
+
+    The envs, score and episode ends of :func:`~crossmoe.nethack.eval_domain`
+    (NLE's own step cap is a cut-off, bootstrapped from the last real
+    observation); :func:`make_policy` and :func:`make_baseline_policy`, with
+    ``knowledge_pathway`` from the args; the rule agents of
+    :data:`~crossmoe.nethack.rules.RULES` as teachers (``rules``: with eating);
+    ``vectorization`` from the args goes to the vector env.
+
+    Example:
+        >>> train(PPOArgs(env_id="NetHackScore-v0", total_timesteps=100_000), train_domain())  # doctest: +SKIP
+    """
+    import functools
+
+    from crossmoe.integrations.common import TEACHERS, make_teacher
+    from crossmoe.nethack.env import eval_domain
+    from crossmoe.ppo import TrainDomain
+
+    return TrainDomain(
+        env=eval_domain(),
+        make_policy=make_policy,
+        make_baseline_policy=make_baseline_policy,
+        teachers={name: functools.partial(make_teacher, name) for name in TEACHERS},
+        env_options=("vectorization",),
+        policy_options=("knowledge_pathway",),
+    )
