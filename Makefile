@@ -13,10 +13,12 @@ EXTRAS ?= nethack,minihack,minigrid,examples,test,docs,dev,sb3,rllib
 DEMO_DIR ?= runs/demo
 DEMO_ARGS ?= --total-timesteps 200000 --run-dir $(DEMO_DIR)
 DEMO_EPISODES ?= 30
+# `make minigrid`: the MiniGrid agent on MiniGrid-DoorKey-5x5-v0 (200k steps), into runs/minigrid.
+MINIGRID_ARGS ?= --run-dir runs/minigrid
 PYTEST_ARGS ?=
 SPHINX := $(BIN)/python -m sphinx -W --keep-going -b html docs docs/_build/html
 
-.PHONY: venv test demo quickstart docs bench lint format clean
+.PHONY: venv test demo minigrid quickstart docs bench lint format clean
 
 venv: $(VENV)/.installed
 
@@ -35,6 +37,9 @@ demo: venv
 	$(BIN)/python examples/evaluate.py --agent random --episodes $(DEMO_EPISODES) --out $(DEMO_DIR)/random.json
 	$(BIN)/python examples/evaluate.py $(DEMO_DIR)/checkpoints/last.pt --episodes $(DEMO_EPISODES) --out $(DEMO_DIR)/eval.json
 	$(BIN)/python examples/plots.py $(DEMO_DIR) --floor $(DEMO_DIR)/random.json --evaluation $(DEMO_DIR)/eval.json
+
+minigrid: venv
+	$(BIN)/python examples/ppo_minigrid.py $(MINIGRID_ARGS)
 
 quickstart: venv
 	$(BIN)/python examples/quickstart.py

@@ -358,6 +358,8 @@ def _resumed(args: PPOArgs, run_dir: Path) -> tuple[PPOArgs, dict[str, Any]]:
 
 
 def _check(args: PPOArgs) -> None:
+    if not isinstance(args.env_id, str) or not args.env_id:
+        raise ValueError(f"env_id must name a registered environment, got {args.env_id!r}")
     if any(step <= 0 for step in args.snapshot_at):
         raise ValueError(f"snapshot_at must be positive env-step counts, got {args.snapshot_at}")
     if args.num_envs % args.num_minibatches:

@@ -1,7 +1,7 @@
 """Machinery that keeps a training run alive: NaN guard, atomic checkpoints, metrics and reward scaling.
 
-The PPO loop itself lives in ``examples/ppo_nethack.py``, written out in one
-file; everything here is reusable by any PyTorch training loop:
+The PPO loop itself is :func:`crossmoe.ppo.train`, written out in one
+function; everything here is reusable by any PyTorch training loop:
 
 - :class:`NaNGuard` checks the loss and gradient norm before every optimizer
   step and rolls the model and optimizer back to the last good snapshot on a

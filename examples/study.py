@@ -9,13 +9,15 @@ The config (JSON) names the env, the budget, the seeds, the evaluation and
 the agents; each agent is a set of ``examples/ppo_nethack.py`` arguments, or
 one of the built-in floors ``random``, ``rules`` and ``rules_no_eating``
 (evaluated, never trained; :data:`crossmoe.nethack.rules.RULES`). Optional
-keys: an agent's own ``env_id`` and ``{"floor": "random"}``
+keys: ``domain`` (``"nethack"``, the default, or ``"minigrid"``: the agents
+are ``examples/ppo_minigrid.py`` arguments, the floors ``random`` and
+``rules``, and the report adds each agent's success rate); an agent's own ``env_id`` and ``{"floor": "random"}``
 (a ladder of tasks in one study, see ``docs/results/minihack-ladder.json``);
 ``snapshot_evals`` (``[{"step": 1000000, "episodes": 50}]``: also evaluate
 each run at that env step); ``return_thresholds`` (``{env_id: return}``: the
 report's steps-to-threshold table); ``curve_metric`` (``"score"`` or
 ``"episodic_return"``). A run is an (agent, seed) pair, trained in ``runs/<study>/`` by
-``ppo_nethack.py`` in a subprocess, then evaluated on fresh-seed episodes with
+the domain's example in a subprocess, then evaluated on fresh-seed episodes with
 :mod:`crossmoe.evaluation`.
 
 What is committed lives in ``docs/results/<study>/<agent>__s<seed>/``: the
@@ -41,8 +43,20 @@ from typing import Literal
 import tyro
 
 FLOORS = ("random", "rules", "rules_no_eating")
+DOMAIN_FLOORS = {"nethack": FLOORS, "minigrid": ("random", "rules")}
 # The metrics columns the results keep (the rest of metrics.jsonl stays in runs/).
-KEPT = ("global_step", "update", "episodes", "score", "episodic_return", "episodic_length", "sps", "phase", "alpha")
+KEPT = (
+    "global_step",
+    "update",
+    "episodes",
+    "score",
+    "episodic_return",
+    "episodic_length",
+    "success_rate",
+    "sps",
+    "phase",
+    "alpha",
+)
 KEPT_PREFIXES = (
     "weight/",
     "usage/",
@@ -86,10 +100,14 @@ def load_config(path: str | Path) -> dict:
             raise ValueError(f"config {str(path)!r} must have the key {key!r}")
     if config.get("curve_metric", "score") not in ("score", "episodic_return"):
         raise ValueError(f"config curve_metric must be 'score' or 'episodic_return', got {config['curve_metric']!r}")
+    domain = config.setdefault("domain", "nethack")
+    if domain not in DOMAIN_FLOORS:
+        raise ValueError(f"config domain must be one of {tuple(DOMAIN_FLOORS)}, got {domain!r}")
+    floors = DOMAIN_FLOORS[domain]
     for agent, spec in config["agents"].items():
-        floor = spec.get("floor")
-        if floor is not None and floor not in FLOORS:
-            raise ValueError(f"config agent {agent!r}: floor must be one of {FLOORS}, got {floor!r}")
+        floor = spec.get("floor") or (agent if agent in FLOORS else None)
+        if floor is not None and floor not in floors:
+            raise ValueError(f"config agent {agent!r}: floor must be one of {floors} for {domain}, got {floor!r}")
     return config
 
 
@@ -131,8 +149,8 @@ def keep_metrics(source: Path, target: Path) -> None:
 
 
 def train(config: dict, agent: str, seed: int, run_dir: Path, torch_threads: int) -> None:
-    """Train one run with ``ppo_nethack.py`` in a subprocess, resuming when a checkpoint is there."""
-    command = [sys.executable, str(Path(__file__).with_name("ppo_nethack.py"))]
+    """Train one run with the domain's example (``ppo_<domain>.py``) in a subprocess, resuming from a checkpoint."""
+    command = [sys.executable, str(Path(__file__).with_name(f"ppo_{config.get('domain', 'nethack')}.py"))]
     if (run_dir / "checkpoints" / "last.pt").is_file():
         command += ["--resume", "--run-dir", str(run_dir), "--total-timesteps", str(config["total_timesteps"])]
     else:
@@ -174,20 +192,27 @@ def evaluate_run(
 ) -> dict:
     """Evaluate a trained run (its ``checkpoint``) or a built-in floor on the study's fresh-seed episodes."""
     from crossmoe.evaluation import PolicyAgent, RandomAgent, evaluate
-    from crossmoe.nethack import load_agent, make_env
-    from crossmoe.nethack.rules import RULES, RuleAgent
 
+    if config.get("domain", "nethack") == "minigrid":
+        from crossmoe.minigrid import MINIGRID_ACTIONS, eval_domain, load_agent
+
+        domain, actions = eval_domain(), MINIGRID_ACTIONS
+    else:
+        from crossmoe.nethack import eval_domain, load_agent, make_env
+
+        domain = eval_domain()
     spec = config["eval"]
     env_id = env_of(config, agent)
     floor = floor_of(config, agent)
     if floor is not None:
-        env = make_env(env_id)
-        actions = env.unwrapped.actions
-        env.close()
+        if domain.score is not None:  # NetHack: the env's own action list
+            env = make_env(env_id)
+            actions = env.unwrapped.actions
+            env.close()
         if floor == "random":
             player = RandomAgent(len(actions), seed=spec["seed"])
         else:
-            player = RuleAgent(actions, priority=RULES[floor], seed=spec["seed"])
+            player = _rules(config, floor, actions, spec["seed"])
     else:
         player = PolicyAgent(load_agent(run_dir / "checkpoints" / checkpoint), compile=compile)
     result = evaluate(
@@ -198,8 +223,20 @@ def evaluate_run(
         seed=spec["seed"],
         max_episode_steps=spec.get("max_episode_steps"),
         metadata={"agent": agent, "seed": seed},
+        domain=domain,
     )
     return result.to_dict()
+
+
+def _rules(config: dict, floor: str, actions: list, seed: int) -> object:
+    """The domain's rule agent called ``floor`` on ``actions``."""
+    if config.get("domain", "nethack") == "minigrid":
+        from crossmoe.minigrid import RuleAgent
+
+        return RuleAgent(actions, seed=seed)
+    from crossmoe.nethack.rules import RULES, RuleAgent
+
+    return RuleAgent(actions, priority=RULES[floor], seed=seed)
 
 
 def run(args: Args, config: dict) -> None:
@@ -256,6 +293,13 @@ def run(args: Args, config: dict) -> None:
 
 def _fmt(mean: float, low: float, high: float, digits: int = 1) -> str:
     return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def _success(returns: list[float]) -> str:
+    """The share of episodes with a positive return, with its bootstrap CI, as a table cell."""
+    from crossmoe.stats import bootstrap_ci
+
+    return _fmt(*bootstrap_ci([float(r > 0) for r in returns]), digits=2) + " | "
 
 
 SMOOTHING = 10  # updates in the rolling mean of the training score before the curves are averaged over seeds
@@ -351,6 +395,8 @@ def report(config: dict, root: Path) -> Path:
     }
     random_score = random_scores.get(config["env_id"])
     study_envs = sorted({env_of(config, agent) for agent in evals})
+    # MiniGrid rewards only success: an episode with a positive return succeeded.
+    success_header = "success [CI] | " if config.get("domain") == "minigrid" else ""
 
     lines = [
         f"# Study `{config['name']}`",
@@ -367,19 +413,20 @@ def report(config: dict, root: Path) -> Path:
         "## Evaluation",
         "",
         "| agent | seeds | score, mean of seeds [CI] | score, all episodes [CI] | × random | return [CI] "
-        "| max depth | length | env steps/s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"{success_header}| max depth | length | env steps/s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if success_header else ""),
     ]
     for agent, results in evals.items():
         pooled = {m: [v for r in results for v in r.metric(m)] for m in ("score", "return", "depth", "length")}
         _, seeds_ci, ratio = _seed_scores(results, random_scores.get(env_of(config, agent)))
         sps = [_training_sps(rows) for rows in metrics.get(agent, [])]
         sps_text = "-" if not sps or None in sps else f"{sum(sps) / len(sps):.0f}"
+        success = _success(pooled["return"]) if success_header else ""
         lines.append(
             f"| {agent} | {len(results) if floor_of(config, agent) is None else '-'} | {seeds_ci} | "
             f"{_fmt(*bootstrap_ci(pooled['score']))} | {ratio} | {_fmt(*bootstrap_ci(pooled['return']))} | "
-            f"{sum(pooled['depth']) / len(pooled['depth']):.2f} | {sum(pooled['length']) / len(pooled['length']):.0f} "
-            f"| {sps_text} |"
+            f"{success}{sum(pooled['depth']) / len(pooled['depth']):.2f} | "
+            f"{sum(pooled['length']) / len(pooled['length']):.0f} | {sps_text} |"
         )
     for snapshot in config.get("snapshot_evals", []):
         step = snapshot["step"]

@@ -108,6 +108,8 @@ def test_bad_arguments_are_refused(tmp_path):
         _run(tmp_path, teacher="rules_no_eating", total_timesteps=128)
     with pytest.raises(TypeError, match=r"domain must be a crossmoe\.ppo\.TrainDomain, got str"):
         train(PPOArgs(env_id="MiniGrid-Empty-5x5-v0", run_dir=str(tmp_path / "x")), "minigrid")
+    with pytest.raises(ValueError, match="env_id must name a registered environment, got ''"):
+        train(PPOArgs(run_dir=str(tmp_path / "y")), train_domain())
     with pytest.raises(ValueError, match="total_timesteps must be >= num_envs \\* num_steps = 128, got 64"):
         _run(tmp_path, total_timesteps=64)
 

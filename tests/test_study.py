@@ -232,3 +232,36 @@ def test_a_floor_key_names_the_rules_an_agent_plays(tmp_path, module):
         timeout=600,
     )
     assert done.returncode != 0 and "floor must be one of ('random', 'rules', 'rules_no_eating')" in done.stderr
+
+
+def test_a_minigrid_study_trains_with_ppo_minigrid_and_reports_success(tmp_path):
+    pytest.importorskip("minigrid")
+    config = {
+        **TINY,
+        "name": "grid",
+        "domain": "minigrid",
+        "env_id": "MiniGrid-Empty-5x5-v0",
+        "eval": {"episodes": 4, "seed": 10_000_000, "num_envs": 2},
+        "agents": {"random": {}, "rules": {}, "moe": {"policy": "moe"}, "mlp": {"policy": "mlp"}},
+    }
+    (tmp_path / "study.json").write_text(json.dumps(config))
+    study(tmp_path, "run", "--torch-threads", "1")
+    results = tmp_path / "results" / "grid"
+    summary = json.loads((results / "moe__s1" / "summary.json").read_text())
+    assert summary["env_id"] == "MiniGrid-Empty-5x5-v0" and summary["global_step"] == 256
+    assert "success_rate" in json.loads((results / "moe__s1" / "metrics.jsonl").read_text().splitlines()[-1])
+    rules = json.loads((results / "rules" / "eval.json").read_text())
+    assert all(r > 0 for r in rules["returns"])  # the graph's rules solve the empty room
+    printed = study(tmp_path, "report")
+    report = (results / "report.md").read_text()
+    assert "success [CI]" in report and "| rules | - | " in report
+    assert re.search(r"\| rules \| - \|[^\n]*\| 1\.00 \[1\.00, 1\.00\] \|", report), report
+    assert str(results / "report.md") in printed
+
+
+def test_a_minigrid_study_has_no_rules_without_eating(tmp_path):
+    config = {**TINY, "domain": "minigrid", "agents": {"rules_no_eating": {}}}
+    (tmp_path / "study.json").write_text(json.dumps(config))
+    command = [sys.executable, str(STUDY), "plan", "--config", str(tmp_path / "study.json")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "floor must be one of ('random', 'rules') for minigrid" in done.stderr

@@ -169,7 +169,7 @@ def minibatch_aux_loss(output: Any, weights: AuxLossWeights, **kwargs: Any) -> t
     The temporal term compares each step's routing with the previous step of
     the same episode, so it needs the rollout in time order. SB3 and RLlib
     shuffle steps into minibatches, so the integrations leave it out (its
-    weight is set to 0); ``examples/ppo_nethack.py`` keeps it by cutting
+    weight is set to 0); :func:`crossmoe.ppo.train` keeps it by cutting
     minibatches along envs. ``kwargs`` go to :func:`crossmoe.aux_loss`.
     """
     if weights.temporal != 0.0:
