@@ -180,6 +180,31 @@ def real_obs():
     return {key: np.concatenate([step[key] for step in steps]) for key in steps[0]}
 
 
+def test_cell_tokens_are_the_sum_of_their_embeddings_and_unseen_cells_are_masked(real_obs):
+    """The encoder's one-matmul form against the plain lookups it replaces, values and gradients."""
+    import torch
+
+    from crossmoe.minigrid import MiniGridVisualEncoder
+
+    torch.manual_seed(0)
+    encoder = MiniGridVisualEncoder(16)
+    tokens, mask = encoder(real_obs)
+    cells = torch.as_tensor(real_obs["image"], dtype=torch.long).reshape(16, 49, 3)
+    reference = (
+        encoder.object_embedding(cells[..., 0])
+        + encoder.color_embedding(cells[..., 1])
+        + encoder.state_embedding(cells[..., 2])
+        + encoder.position
+    )
+    torch.testing.assert_close(tokens[:, :49], reference)
+    assert torch.equal(mask[:, :49], cells[..., 0] != OBJECT_TO_IDX["unseen"]) and bool(mask[:, 49].all())
+    assert not bool(mask.all())  # the random walk's views do have unseen cells
+    weight = torch.randn_like(tokens[:, :49])
+    ours = torch.autograd.grad((tokens[:, :49] * weight).sum(), [encoder.object_embedding.weight])[0]
+    expected = torch.autograd.grad((reference * weight).sum(), [encoder.object_embedding.weight])[0]
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-4)  # summed in another order
+
+
 @pytest.mark.parametrize("fusion", ["cross_attention", "concat"])
 def test_the_policy_reads_the_cells_and_the_atoms_and_adds_the_knowledge_prior(real_obs, fusion):
     import torch

@@ -48,6 +48,8 @@ class MiniGridVisualEncoder(nn.Module):
         self.position = nn.Parameter(torch.randn(_VIEW * _VIEW, dim) * 0.02)
         self.task_embedding = nn.Embedding(len(Task), dim)
         self.direction_embedding = nn.Embedding(4, dim)
+        offsets = torch.tensor([0, len(OBJECT_TO_IDX), len(OBJECT_TO_IDX) + len(COLOR_TO_IDX) + 1])
+        self.register_buffer("_offsets", offsets, persistent=False)  # of each table's rows in the stacked table
 
     def forward(self, obs: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
         device = self.position.device
@@ -56,12 +58,12 @@ class MiniGridVisualEncoder(nn.Module):
         mission = obs_tensor(obs, "mission", device=device, dtype=torch.long, shape=(batch, 3))
         direction = obs_tensor(obs, "direction", device=device, dtype=torch.long, shape=(batch,))
         cells = image.reshape(batch, _VIEW * _VIEW, 3)  # cell x * 7 + y
-        tokens = (
-            self.object_embedding(cells[..., 0])
-            + self.color_embedding(cells[..., 1])
-            + self.state_embedding(cells[..., 2])
-            + self.position
-        )
+        # The sum of the three embeddings as one matmul of the cells' multi-hot codes with the stacked tables:
+        # the same value, and on CPU about half the time of three lookups once the backward pass is counted.
+        table = torch.cat([self.object_embedding.weight, self.color_embedding.weight, self.state_embedding.weight])
+        hot = torch.zeros(batch * _VIEW * _VIEW, table.shape[0], device=device, dtype=table.dtype)
+        hot.scatter_(1, (cells + self._offsets).reshape(-1, 3), 1.0)
+        tokens = (hot @ table).view(batch, _VIEW * _VIEW, self.dim) + self.position
         color = torch.where(mission[:, 2] == ANY_COLOR, len(COLOR_TO_IDX), mission[:, 2])
         goal = (
             self.task_embedding(mission[:, 0])
