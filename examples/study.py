@@ -324,12 +324,12 @@ def _read_eval(path: Path):
     return EvalResult.from_dict(data)
 
 
-def _seed_scores(results: list, random_score: float | None) -> tuple[list[float], str, str]:
+def _seed_scores(results: list, random_score: float | None, digits: int = 1) -> tuple[list[float], str, str]:
     """Each seed's mean score, their mean with its bootstrap CI over seeds, and that mean over random play's."""
     from crossmoe.stats import bootstrap_ci
 
     per_seed = [float(r.metric("score").mean()) for r in results]
-    seeds_ci = _fmt(*bootstrap_ci(per_seed)) if len(per_seed) > 1 else f"{per_seed[0]:.1f}"
+    seeds_ci = _fmt(*bootstrap_ci(per_seed), digits) if len(per_seed) > 1 else f"{per_seed[0]:.{digits}f}"
     ratio = "-" if not random_score else f"{sum(per_seed) / len(per_seed) / random_score:.2f}"
     return per_seed, seeds_ci, ratio
 
@@ -397,6 +397,7 @@ def report(config: dict, root: Path) -> Path:
     study_envs = sorted({env_of(config, agent) for agent in evals})
     # MiniGrid rewards only success: an episode with a positive return succeeded.
     success_header = "success [CI] | " if config.get("domain") == "minigrid" else ""
+    digits = 3 if config.get("domain") == "minigrid" else 1  # MiniGrid's returns lie in [0, 1]
 
     lines = [
         f"# Study `{config['name']}`",
@@ -412,21 +413,22 @@ def report(config: dict, root: Path) -> Path:
         "",
         "## Evaluation",
         "",
-        "| agent | seeds | score, mean of seeds [CI] | score, all episodes [CI] | × random | return [CI] "
-        f"{success_header}| max depth | length | env steps/s |",
+        "| agent | seeds | score, mean of seeds [CI] | score, all episodes [CI] | × random | return [CI] | "
+        f"{success_header}max depth | length | env steps/s |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if success_header else ""),
     ]
     for agent, results in evals.items():
         pooled = {m: [v for r in results for v in r.metric(m)] for m in ("score", "return", "depth", "length")}
-        _, seeds_ci, ratio = _seed_scores(results, random_scores.get(env_of(config, agent)))
+        _, seeds_ci, ratio = _seed_scores(results, random_scores.get(env_of(config, agent)), digits)
         sps = [_training_sps(rows) for rows in metrics.get(agent, [])]
         sps_text = "-" if not sps or None in sps else f"{sum(sps) / len(sps):.0f}"
         success = _success(pooled["return"]) if success_header else ""
         lines.append(
             f"| {agent} | {len(results) if floor_of(config, agent) is None else '-'} | {seeds_ci} | "
-            f"{_fmt(*bootstrap_ci(pooled['score']))} | {ratio} | {_fmt(*bootstrap_ci(pooled['return']))} | "
-            f"{success}{sum(pooled['depth']) / len(pooled['depth']):.2f} | "
-            f"{sum(pooled['length']) / len(pooled['length']):.0f} | {sps_text} |"
+            f"{_fmt(*bootstrap_ci(pooled['score']), digits)} | {ratio} | "
+            f"{_fmt(*bootstrap_ci(pooled['return']), digits)} | {success}"
+            f"{sum(pooled['depth']) / len(pooled['depth']):.2f} | {sum(pooled['length']) / len(pooled['length']):.0f} "
+            f"| {sps_text} |"
         )
     for snapshot in config.get("snapshot_evals", []):
         step = snapshot["step"]

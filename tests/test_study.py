@@ -254,7 +254,7 @@ def test_a_minigrid_study_trains_with_ppo_minigrid_and_reports_success(tmp_path)
     assert all(r > 0 for r in rules["returns"])  # the graph's rules solve the empty room
     printed = study(tmp_path, "report")
     report = (results / "report.md").read_text()
-    assert "success [CI]" in report and "| rules | - | " in report
+    assert "| return [CI] | success [CI] | max depth |" in report and "| rules | - | " in report
     assert re.search(r"\| rules \| - \|[^\n]*\| 1\.00 \[1\.00, 1\.00\] \|", report), report
     assert str(results / "report.md") in printed
 
