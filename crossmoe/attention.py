@@ -175,6 +175,40 @@ class CausalGatedCrossAttention(nn.Module):
         attended = rearrange(torch.einsum("bhnm,bhmd->bhnd", weights, v), "b h n d -> b n (h d)")
         return gate * attended, attention
 
+    def attend_context(
+        self, q: Tensor, gate: Tensor, context: Tensor, context_mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``attend(q, gate, *project_context(context), context_mask)`` without projecting each context token.
+
+        The key and value projections move to the query side: each query,
+        mapped back through ``to_k``, scores the normalised context tokens, and
+        ``to_v`` maps their attention-weighted mean (both projections are
+        linear without bias, so the result is the same up to float rounding).
+        It costs about ``2 H Nq Dc (head_dim + Nk)`` multiply-adds against
+        ``2 H Nk head_dim (Dc + Nq)``: less when the queries are few and the
+        context tokens many (:meth:`context_first_is_cheaper`).
+
+        Shapes:
+            - q: ``(B, H, Nq, head_dim)``, gate: ``(B, Nq, H * head_dim)``
+            - context: ``(B, Nk, Dc)``; context_mask: ``(B, Nk)`` bool or None
+            - gated: ``(B, Nq, H * head_dim)``; attention: ``(B, H, Nq, Nk)``
+        """
+        context = self.norm_context(context)
+        to_k = self.to_k.weight.view(self.num_heads, self.head_dim, self.context_dim)
+        to_v = self.to_v.weight.view(self.num_heads, self.head_dim, self.context_dim)
+        scores = torch.einsum("bhnc,bmc->bhnm", torch.einsum("bhnd,hdc->bhnc", q, to_k), context) * self.scale
+        mask = None if context_mask is None else context_mask[:, None, None, :]  # (B, 1, 1, Nk)
+        attention = sparse_topk_softmax(scores, self.sparse_topk, mask)
+        weights = F.dropout(attention, self.dropout, self.training) if self.dropout > 0 else attention
+        mixed = torch.einsum("bhnm,bmc->bhnc", weights, context)  # (B, H, Nq, Dc)
+        attended = rearrange(torch.einsum("bhnc,hdc->bhnd", mixed, to_v), "b h n d -> b n (h d)")
+        return gate * attended, attention
+
+    def context_first_is_cheaper(self, num_queries: int, num_keys: int) -> bool:
+        """Whether :meth:`attend_context` takes fewer multiply-adds than ``attend`` after ``project_context``."""
+        query_side = num_queries * self.context_dim * (self.head_dim + num_keys)
+        return query_side < num_keys * self.head_dim * (self.context_dim + num_queries)
+
     def _check_inputs(self, query: Tensor, context: Tensor, context_mask: Tensor | None) -> bool:
         """Shape checks, and (in eager mode only) the data-dependent check that every sample keeps a key."""
         if query.dim() not in (2, 3) or query.shape[-1] != self.dim:

@@ -84,7 +84,10 @@ class CrossAttentionFusion(nn.Module):
     :class:`~crossmoe.CrossAttentionMoEPolicy` does before it runs its
     compiled graph), else ``O``. The result equals the full computation with
     the non-applicable operators' gated outputs and attention masked to 0.
-    Without ``logic.applicable`` every operator queries.
+    When ``K`` is small against the number of visual tokens, the keys and
+    values are not projected per token: the queries are mapped into the
+    tokens' space instead (:meth:`~crossmoe.CausalGatedCrossAttention.attend_context`,
+    the same result up to float rounding). Without ``logic.applicable`` every operator queries.
 
     Args:
         dim: Width ``D`` of both token streams and of the context.
@@ -138,9 +141,9 @@ class CrossAttentionFusion(nn.Module):
             token_score = token_score.index_select(0, index)
         pool_logits = token_score if scores is None else token_score + scores  # (B, O)
         gated_score_weight = attn.to_out.weight.t() @ self.pool_score.weight.squeeze(0)  # W_out^T w, (H*d,)
-        k, v = attn.project_context(visual_tokens)
         if self.applicable_queries and applicable is not None:
-            return self._applicable_only(k, v, visual_mask, logic, pool_logits, gated_score_weight)
+            return self._applicable_only(visual_tokens, visual_mask, logic, pool_logits, gated_score_weight)
+        k, v = attn.project_context(visual_tokens)
         q, gate = attn.project_query(tokens)  # (U or B, ...)
         if index is not None:
             q, gate = q.index_select(0, index), gate.index_select(0, index)
@@ -152,8 +155,7 @@ class CrossAttentionFusion(nn.Module):
 
     def _applicable_only(
         self,
-        k: Tensor,
-        v: Tensor,
+        visual_tokens: Tensor,
         visual_mask: Tensor | None,
         logic: LogicOutput,
         pool_logits: Tensor,
@@ -177,7 +179,10 @@ class CrossAttentionFusion(nn.Module):
         q, gate = attn.project_query(gathered)
         if index is not None:
             q, gate, order, valid = (x.index_select(0, index) for x in (q, gate, order, valid))
-        gated, attention = attn.attend(q, gate, k, v, visual_mask)  # (B, K, H*d), (B, H, K, N)
+        if attn.context_first_is_cheaper(width, visual_tokens.shape[1]):  # few queries: keep the tokens unprojected
+            gated, attention = attn.attend_context(q, gate, visual_tokens, visual_mask)  # (B, K, H*d), (B, H, K, N)
+        else:
+            gated, attention = attn.attend(q, gate, *attn.project_context(visual_tokens), visual_mask)
         gated = gated * valid.unsqueeze(-1).to(gated.dtype)  # padding slots read nothing
         # The slots of one sample are distinct operators, so a scatter-add places each score once.
         pool = torch.softmax(pool_logits.scatter_add(1, order, gated @ gated_score_weight), dim=1)  # (B, O)

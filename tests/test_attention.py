@@ -205,3 +205,33 @@ def test_stages_compose_to_forward():
     out, expected_attention = attn(query, context, mask, return_attention=True)
     torch.testing.assert_close(query + attn.to_out(gated), out)
     torch.testing.assert_close(attention, expected_attention)
+
+
+@pytest.mark.parametrize("sparse_topk", [0.3, 1.0])
+def test_attending_the_unprojected_context_equals_projecting_it(sparse_topk):
+    """attend_context moves to_k and to_v to the query side: the same outputs and gradients as attend."""
+    torch.manual_seed(0)
+    attn = CausalGatedCrossAttention(16, num_heads=2, head_dim=4, context_dim=12, sparse_topk=sparse_topk)
+    query, context = torch.randn(3, 2, 16), torch.randn(3, 20, 12, requires_grad=True)
+    mask = _random_mask(3, 20, seed=4)
+    outputs = []
+    for stage in ("projected", "context_first"):
+        q, gate = attn.project_query(query)
+        if stage == "projected":
+            gated, attention = attn.attend(q, gate, *attn.project_context(context), mask)
+        else:
+            gated, attention = attn.attend_context(q, gate, context, mask)
+        weights = torch.linspace(-1, 1, gated.numel()).view_as(gated)
+        grads = torch.autograd.grad((gated * weights).sum(), [context, attn.to_k.weight, attn.to_v.weight])
+        outputs.append((gated, attention, *grads))
+    for projected, context_first in zip(*outputs, strict=True):
+        torch.testing.assert_close(context_first, projected, rtol=1e-5, atol=1e-6)
+    assert bool((outputs[0][1][~mask[:, None, None, :].expand_as(outputs[0][1])] == 0).all())
+
+
+def test_the_cheaper_order_is_chosen_by_counting_multiply_adds():
+    attn = CausalGatedCrossAttention(64, num_heads=2, head_dim=16)
+    # 2 H Nq Dc (hd + Nk) against 2 H Nk hd (Dc + Nq): 3 queries over 50 tokens favour the context first...
+    assert attn.context_first_is_cheaper(3, 50)
+    # ...16 queries over 50 tokens, or as many queries as tokens, the projected keys and values.
+    assert not attn.context_first_is_cheaper(16, 50) and not attn.context_first_is_cheaper(50, 50)
