@@ -278,3 +278,36 @@ def test_the_flat_control_reads_the_atoms_as_features(real_obs):
     assert not torch.allclose(flat(changed).logits, flat(real_obs).logits)
     with pytest.raises(ValueError, match="pass knowledge=True"):
         make_baseline_policy(hypergraph=load_hypergraph())
+
+
+@pytest.mark.parametrize(
+    ("env_id", "kwargs"),
+    [
+        ("MiniGrid-DoorKey-8x8-v0", {}),
+        ("BabyAI-UnlockPickup-v0", {}),
+        ("MiniGrid-KeyCorridorS3R3-v0", {}),
+        ("MiniGrid-DoorKey-8x8-v0", {"see_through_walls": True}),
+    ],
+)
+def test_the_fast_view_is_minigrids_own(env_id, kwargs):
+    """make_env's observations equal MiniGrid's gen_obs on every step of random play, carried objects and
+    open doors included; fast=False keeps MiniGrid's own."""
+    from minigrid.minigrid_env import MiniGridEnv
+
+    env = make_env(env_id, seed=3, **kwargs)
+    base = env.unwrapped
+    assert "gen_obs" in vars(base)  # the instance's own, in place of the class's
+    rng = np.random.default_rng(3)
+    carried, door_states = 0, set()
+    for _ in range(2500):
+        obs, _, terminated, truncated, _ = env.step(int(rng.integers(0, 7)))
+        np.testing.assert_array_equal(obs["image"], MiniGridEnv.gen_obs(base)["image"])
+        carried += base.carrying is not None
+        door_states |= set(obs["image"][obs["image"][..., 0] == OBJECT_TO_IDX["door"]][:, 2].tolist())
+        if terminated or truncated:
+            env.reset()
+    # The random walk carried things and saw doors shut (which hide what is behind) and, in some envs, open.
+    assert carried > 50 and {STATE_TO_IDX["closed"], STATE_TO_IDX["locked"]} & door_states
+    if "KeyCorridor" in env_id:
+        assert STATE_TO_IDX["open"] in door_states
+    assert "gen_obs" not in vars(make_env(env_id, seed=3, fast=False, **kwargs).unwrapped)

@@ -17,7 +17,7 @@ from crossmoe.minigrid.agent import (
 )
 from crossmoe.minigrid.atoms import ATOMS, THINGS, extract_atoms
 from crossmoe.minigrid.encoders import MiniGridVisualEncoder
-from crossmoe.minigrid.env import ANY_COLOR, MissionCode, Task, encode_mission, make_env, make_vector_env
+from crossmoe.minigrid.env import ANY_COLOR, MissionCode, Task, encode_mission, fast_view, make_env, make_vector_env
 
 __all__ = [
     "ANY_COLOR",
@@ -32,6 +32,7 @@ __all__ = [
     "encode_mission",
     "eval_domain",
     "extract_atoms",
+    "fast_view",
     "graph_atoms",
     "load_agent",
     "load_hypergraph",

@@ -22,7 +22,7 @@ from minigrid.core.constants import COLOR_TO_IDX, OBJECT_TO_IDX
 
 from crossmoe._checks import check_int
 
-__all__ = ["ANY_COLOR", "MissionCode", "Task", "encode_mission", "make_env", "make_vector_env"]
+__all__ = ["ANY_COLOR", "MissionCode", "Task", "encode_mission", "fast_view", "make_env", "make_vector_env"]
 
 ANY_COLOR = 255
 """The colour code of a mission that names no colour ("pick up a ball", "get to the goal")."""
@@ -80,11 +80,90 @@ class MissionCode(gym.ObservationWrapper):
         return {**observation, "mission": np.array(encode_mission(observation["mission"]), dtype=np.uint8)}
 
 
-def make_env(env_id: str, seed: int | None = None, max_episode_steps: int | None = None, **kwargs: Any) -> gym.Env:
-    """A MiniGrid or BabyAI env with :class:`MissionCode`; ``seed`` seeds its first reset."""
-    import minigrid  # noqa: F401  (registers the MiniGrid and BabyAI ids)
+_WALL = (OBJECT_TO_IDX["wall"], COLOR_TO_IDX["grey"], 0)  # what lies outside the grid
+_EMPTY = (OBJECT_TO_IDX["empty"], 0, 0)
+_DIRECTIONS = ((1, 0), (0, 1), (-1, 0), (0, -1))  # MiniGrid's agent_dir 0-3: right, down, left, up
 
-    env = MissionCode(gym.make(env_id, max_episode_steps=max_episode_steps, **kwargs))
+
+def fast_view(env: Any) -> np.ndarray:
+    """The agent's egocentric view of a MiniGrid env, as ``env.gen_obs()["image"]`` encodes it, computed directly.
+
+    MiniGrid builds the view by slicing the grid into a new ``Grid``,
+    rotating it ``agent_dir + 1`` times (a new ``Grid`` each) and encoding
+    it, about 500 Python calls per step. Here each view cell reads its world
+    cell once: view cell ``(i, j)`` (the agent at ``(size // 2, size - 1)``,
+    facing ``j = 0``) is the world cell ``size - 1 - j`` steps ahead of the
+    agent and ``i - size // 2`` to its right; cells off the grid are walls.
+    Visibility follows MiniGrid's rule: from the agent's cell, row by row
+    away from it, light spreads sideways and one row ahead past every cell
+    that can be seen behind (``see_behind``), unless ``see_through_walls``.
+    The agent's own cell shows what it carries.
+    """
+    size = env.agent_view_size
+    half = size // 2
+    ax, ay = env.agent_pos
+    dx, dy = _DIRECTIONS[env.agent_dir]
+    rx, ry = -dy, dx  # the agent's right
+    width, height, cells = env.grid.width, env.grid.height, env.grid.grid
+    view: list[list[Any]] = [[None] * size for _ in range(size)]  # view[i][j]
+    for j in range(size):
+        ahead = size - 1 - j
+        for i in range(size):
+            side = i - half
+            x, y = ax + dx * ahead + rx * side, ay + dy * ahead + ry * side
+            view[i][j] = cells[y * width + x] if 0 <= x < width and 0 <= y < height else _WALL
+    image = np.zeros((size, size, 3), dtype=np.uint8)  # unseen: 0
+    if env.see_through_walls:
+        visible = [[True] * size for _ in range(size)]
+    else:
+        visible = [[False] * size for _ in range(size)]
+        visible[half][size - 1] = True
+
+        def clear(cell: Any) -> bool:
+            return cell is None or (cell is not _WALL and cell.see_behind())
+
+        for j in range(size - 1, -1, -1):
+            for i in range(size - 1):  # light spreads to the right...
+                if visible[i][j] and clear(view[i][j]):
+                    visible[i + 1][j] = True
+                    if j > 0:
+                        visible[i + 1][j - 1] = visible[i][j - 1] = True
+            for i in range(size - 1, 0, -1):  # ...and to the left
+                if visible[i][j] and clear(view[i][j]):
+                    visible[i - 1][j] = True
+                    if j > 0:
+                        visible[i - 1][j - 1] = visible[i][j - 1] = True
+    view[half][size - 1] = env.carrying
+    for i in range(size):
+        for j in range(size):
+            if visible[i][j]:
+                cell = view[i][j]
+                image[i, j] = _EMPTY if cell is None else cell if cell is _WALL else cell.encode()
+    return image
+
+
+def _fast_gen_obs(env: Any) -> dict[str, Any]:
+    return {"image": fast_view(env), "direction": env.agent_dir, "mission": env.mission}
+
+
+def make_env(
+    env_id: str, seed: int | None = None, max_episode_steps: int | None = None, fast: bool = True, **kwargs: Any
+) -> gym.Env:
+    """A MiniGrid or BabyAI env with :class:`MissionCode`; ``seed`` seeds its first reset.
+
+    With ``fast`` (the default) an env that uses MiniGrid's own
+    ``gen_obs`` computes its observations with :func:`fast_view` instead:
+    the same observations, about twice as fast a step.
+    """
+    import minigrid  # noqa: F401  (registers the MiniGrid and BabyAI ids)
+    from minigrid.minigrid_env import MiniGridEnv
+
+    env = gym.make(env_id, max_episode_steps=max_episode_steps, **kwargs)
+    base = env.unwrapped
+    stock = getattr(type(base), "gen_obs", None) is MiniGridEnv.gen_obs
+    if fast and stock and type(base).gen_obs_grid is MiniGridEnv.gen_obs_grid:
+        base.gen_obs = functools.partial(_fast_gen_obs, base)
+    env = MissionCode(env)
     if seed is not None:
         env.reset(seed=seed)
     return env
