@@ -4,6 +4,7 @@
     python examples/study.py run --config docs/results/study.json --shard 0/2 --torch-threads 1 &
     python examples/study.py run --config docs/results/study.json --shard 1/2 --torch-threads 1 &
     python examples/study.py report --config docs/results/study.json               # tables and plots
+    python examples/study.py run --config docs/results/study.json --commit          # commit each run as it lands
 
 The config (JSON) names the env, the budget, the seeds, the evaluation and
 the agents; each agent is a set of ``examples/ppo_nethack.py`` arguments, or
@@ -91,6 +92,9 @@ class Args:
     eval_compile: bool = True
     """Evaluate trained agents with their forward compiled (``PolicyAgent(compile=True)``): several times faster
     at the evaluation's batch of 8; ``--no-eval-compile`` evaluates eagerly."""
+    commit: bool = False
+    """``git commit`` each run's result files (its folder under ``--results-root``, and nothing else) the moment
+    the run is evaluated, so a study cut off midway keeps every run that finished."""
 
 
 def load_config(path: str | Path) -> dict:
@@ -247,6 +251,7 @@ def run(args: Args, config: dict) -> None:
     index, count = (int(part) for part in args.shard.split("/"))
     only = None if args.only is None else set(args.only.split(","))
     results = Path(args.results_root)
+    repository = _repository(results) if args.commit else None
     for position, (agent, seed) in enumerate(plan(config, only)):
         if position % count != index:
             continue
@@ -289,6 +294,40 @@ def run(args: Args, config: dict) -> None:
         evaluation["wall_seconds_eval_and_train"] = time.time() - start
         (out / "eval.json").write_text(json.dumps(evaluation, indent=2))
         print(f"finished: {out}", flush=True)
+        if repository is not None:
+            _commit(repository, out, f"study {config['name']}: {agent}" + ("" if seed is None else f", seed {seed}"))
+
+
+def _repository(results: Path) -> Path:
+    """The root of the git repository that holds ``results`` (``--commit`` needs one)."""
+    results.mkdir(parents=True, exist_ok=True)
+    found = subprocess.run(
+        ["git", "rev-parse", "--show-toplevel"], cwd=results, capture_output=True, text=True, check=False
+    )
+    if found.returncode != 0:
+        raise ValueError(f"--commit needs --results-root inside a git repository, got {str(results)!r}")
+    return Path(found.stdout.strip())
+
+
+def _commit(repository: Path, folder: Path, message: str) -> None:
+    """Commit ``folder``'s files alone: whatever else is staged or changed stays as it was.
+
+    Shards running side by side take turns (a lock in the git directory), so
+    their commits never meet on git's index lock.
+    """
+    import fcntl
+
+    path = str(folder.resolve().relative_to(repository.resolve()))
+    git_dir = subprocess.run(
+        ["git", "rev-parse", "--absolute-git-dir"], cwd=repository, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    with open(Path(git_dir) / "crossmoe-study.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        subprocess.run(["git", "add", "--", path], cwd=repository, check=True)
+        if subprocess.run(["git", "diff", "--cached", "--quiet", "--", path], cwd=repository).returncode == 0:
+            return  # nothing new under this run's folder
+        subprocess.run(["git", "commit", "--quiet", "-m", message, "--", path], cwd=repository, check=True)
+    print(f"committed: {path}", flush=True)
 
 
 def _fmt(mean: float, low: float, high: float, digits: int = 1) -> str:

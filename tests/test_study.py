@@ -265,3 +265,51 @@ def test_a_minigrid_study_has_no_rules_without_eating(tmp_path):
     command = [sys.executable, str(STUDY), "plan", "--config", str(tmp_path / "study.json")]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0 and "floor must be one of ('random', 'rules') for minigrid" in done.stderr
+
+
+def test_commit_lands_each_finished_run_and_nothing_else(tmp_path):
+    """run --commit: one commit per evaluated run, holding that run's result files only."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout
+
+    git("init", "-q")
+    git("config", "user.email", "study@example.com")
+    git("config", "user.name", "study")
+    (repo / "notes.txt").write_text("first")
+    git("add", "notes.txt")
+    git("commit", "-qm", "start")
+    (repo / "notes.txt").write_text("staged, not for the study's commits")
+    git("add", "notes.txt")
+    (repo / "study.json").write_text(json.dumps({**TINY, "agents": {"random": {}, "mlp": {"policy": "mlp"}}}))
+    command = [sys.executable, str(STUDY), "run", "--config", "study.json", "--commit", "--torch-threads", "1"]
+    command += ["--runs-root", "runs", "--results-root", "results"]
+    done = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    subjects = git("log", "--format=%s").splitlines()
+    assert subjects == ["study tiny: mlp, seed 1", "study tiny: random", "start"]
+    for revision, folder in (("HEAD", "results/tiny/mlp__s1"), ("HEAD~1", "results/tiny/random")):
+        files = git("show", "--name-only", "--format=", revision).split()
+        assert files and all(name.startswith(folder + "/") for name in files), files
+    assert set(git("show", "--name-only", "--format=", "HEAD").split()) == {
+        "results/tiny/mlp__s1/eval.json",
+        "results/tiny/mlp__s1/metrics.jsonl",
+        "results/tiny/mlp__s1/summary.json",
+    }
+    assert git("diff", "--cached", "--name-only").split() == ["notes.txt"]  # still staged, not committed
+    assert "runs/" in git("status", "--porcelain", "--untracked-files=normal")  # training runs stay out
+
+    # A second call finds everything done and commits nothing more.
+    again = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and len(git("log", "--format=%s").splitlines()) == 3
+
+
+def test_commit_needs_a_git_repository(tmp_path):
+    (tmp_path / "study.json").write_text(json.dumps(TINY))
+    command = [sys.executable, str(STUDY), "run", "--config", str(tmp_path / "study.json"), "--commit"]
+    command += ["--runs-root", str(tmp_path / "runs"), "--results-root", str(tmp_path / "results")]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert done.returncode != 0 and "--commit needs --results-root inside a git repository" in done.stderr
