@@ -8,10 +8,11 @@ BIN := $(VENV)/bin
 # Override for another build, e.g. `make TORCH_SPEC="torch==2.6.0" test`.
 TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= nethack,minihack,minigrid,examples,test,docs,dev,sb3,rllib
-# `make demo`: a short PPO run on NetHack, then the agent and uniform random play on the same fresh
-# episodes, and the plot of the score against the random floor (runs/demo/score_vs_random.png).
+# `make demo`: a short PPO run on NetHack, kickstarted from the rule agent, then the agent, the rules and
+# uniform random play on the same fresh episodes, and the plot of its score against both
+# (runs/demo/score_vs_random.png).
 DEMO_DIR ?= runs/demo
-DEMO_ARGS ?= --total-timesteps 200000 --run-dir $(DEMO_DIR)
+DEMO_ARGS ?= --total-timesteps 200000 --teacher rules --run-dir $(DEMO_DIR)
 DEMO_EPISODES ?= 30
 # `make minigrid`: the MiniGrid agent on MiniGrid-DoorKey-5x5-v0 (200k steps), into runs/minigrid.
 MINIGRID_ARGS ?= --run-dir runs/minigrid
@@ -35,8 +36,10 @@ test: venv
 demo: venv
 	$(BIN)/python examples/ppo_nethack.py $(DEMO_ARGS)
 	$(BIN)/python examples/evaluate.py --agent random --episodes $(DEMO_EPISODES) --out $(DEMO_DIR)/random.json
+	$(BIN)/python examples/evaluate.py --agent rules --episodes $(DEMO_EPISODES) --out $(DEMO_DIR)/rules.json
 	$(BIN)/python examples/evaluate.py $(DEMO_DIR)/checkpoints/last.pt --episodes $(DEMO_EPISODES) --out $(DEMO_DIR)/eval.json
-	$(BIN)/python examples/plots.py $(DEMO_DIR) --floor $(DEMO_DIR)/random.json --evaluation $(DEMO_DIR)/eval.json
+	$(BIN)/python examples/plots.py $(DEMO_DIR) --floor $(DEMO_DIR)/random.json --rules $(DEMO_DIR)/rules.json \
+		--evaluation $(DEMO_DIR)/eval.json
 
 minigrid: venv
 	$(BIN)/python examples/ppo_minigrid.py $(MINIGRID_ARGS)

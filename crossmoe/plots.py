@@ -149,6 +149,7 @@ def plot_score_against_floor(
     *,
     window: int = 20,
     label: str = "agent",
+    references: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Path:
     """The in-game score of a run's training episodes against the random floor, and its final evaluation.
 
@@ -160,6 +161,7 @@ def plot_score_against_floor(
         evaluation: The same summary for the trained agent, drawn at the run's last step with its CI.
         window: Updates in the rolling mean of the training score.
         label: Name of the agent in the legend.
+        references: More agents to beat, by name (e.g. ``{"rules": summary}``): each drawn as its own band.
     """
     fig = Figure(figsize=(7, 4), layout="constrained")
     ax = fig.subplots()
@@ -171,6 +173,10 @@ def plot_score_against_floor(
         ax.plot(steps[len(steps) - len(rolling) :], rolling, color="C0", label=f"{label}: training episodes")
     ax.axhspan(floor["score_ci_low"], floor["score_ci_high"], color="0.5", alpha=0.25, lw=0)
     ax.axhline(floor["score_mean"], color="0.35", ls="--", label=f"uniform random: {floor['score_mean']:.1f}")
+    for index, (name, reference) in enumerate((references or {}).items()):
+        color = f"C{2 + index}"
+        ax.axhspan(reference["score_ci_low"], reference["score_ci_high"], color=color, alpha=0.15, lw=0)
+        ax.axhline(reference["score_mean"], color=color, ls=":", label=f"{name}: {reference['score_mean']:.1f}")
     if evaluation is not None:
         x = rows[-1]["global_step"] if rows else 0.0  # the end of training
         error = [
@@ -186,7 +192,8 @@ def plot_score_against_floor(
             capsize=4,
             label=f"{label}, {evaluation.get('episodes', '?')} fresh episodes: {evaluation['score_mean']:.1f}",
         )
-    ax.set(xlabel="env steps", ylabel="in-game score", title="In-game score against the random floor (95% CIs)")
+    against = "the random floor" if not references else "random play and " + ", ".join(references)
+    ax.set(xlabel="env steps", ylabel="in-game score", title=f"In-game score against {against} (95% CIs)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.savefig(path, dpi=120)

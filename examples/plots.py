@@ -3,6 +3,7 @@
 python examples/plots.py runs/<run>                  # writes learning_curve.png and routing.png there
 python examples/plots.py runs/a runs/b --out cmp.png # compare the learning curves of several runs
 python examples/plots.py runs/demo --floor random.json --evaluation eval.json   # score against the random floor
+python examples/plots.py runs/demo --floor random.json --rules rules.json --evaluation eval.json   # and the rules
 
 The plotting functions live in :mod:`crossmoe.plots`.
 """
@@ -29,6 +30,8 @@ class Args:
     """The ``--out`` JSON of ``examples/evaluate.py --agent random``: also plot the run's score against it."""
     evaluation: str | None = None
     """The ``--out`` JSON of ``examples/evaluate.py`` on the run's checkpoint, shown with the floor."""
+    rules: str | None = None
+    """The ``--out`` JSON of ``examples/evaluate.py --agent rules``: the rules' score, drawn with the floor."""
 
 
 if __name__ == "__main__":
@@ -41,7 +44,9 @@ if __name__ == "__main__":
             floor = json.loads(Path(args.floor).read_text())
             evaluation = None if args.evaluation is None else json.loads(Path(args.evaluation).read_text())
             rows = read_metrics(run_dir / "metrics.jsonl")
-            print(plot_score_against_floor(rows, run_dir / "score_vs_random.png", floor, evaluation))
+            references = {} if args.rules is None else {"rules": json.loads(Path(args.rules).read_text())}
+            path = run_dir / "score_vs_random.png"
+            print(plot_score_against_floor(rows, path, floor, evaluation, references=references))
     else:
         runs = {Path(d).name: read_metrics(Path(d) / "metrics.jsonl") for d in args.run_dirs}
         print(plot_learning_curves(runs, Path(args.out or "comparison.png")))
