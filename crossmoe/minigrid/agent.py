@@ -19,6 +19,7 @@ from crossmoe.minigrid.atoms import ATOMS, MiniGridAtoms, extract_atoms
 from crossmoe.minigrid.encoders import MiniGridVisualEncoder
 from crossmoe.minigrid.env import make_vector_env
 from crossmoe.policy import ActorCritic, CrossAttentionMoEPolicy, knowledge_policy
+from crossmoe.ppo import TrainDomain
 from crossmoe.rules import RuleAgent as GenericRuleAgent
 from crossmoe.schedule import RoutingState
 from crossmoe.training import load_checkpoint
@@ -273,11 +274,11 @@ def _rules_teacher(envs: Any) -> RuleAgent:
     return RuleAgent(_action_set(None, envs))
 
 
-def _success(reward: Any, terminal: Any) -> Any:
+def _success(reward: np.ndarray, terminal: np.ndarray) -> np.ndarray:
     return np.asarray(terminal, dtype=bool) & (np.asarray(reward) > 0)
 
 
-def train_domain() -> Any:
+def train_domain() -> TrainDomain:
     """MiniGrid as a :class:`~crossmoe.ppo.TrainDomain`: what :func:`crossmoe.ppo.train` trains on.
 
     The envs of :func:`~crossmoe.minigrid.make_vector_env`, scored by their
@@ -289,8 +290,6 @@ def train_domain() -> Any:
     Example:
         >>> train(PPOArgs(env_id="MiniGrid-DoorKey-5x5-v0", total_timesteps=200_000), train_domain())  # doctest: +SKIP
     """
-    from crossmoe.ppo import TrainDomain
-
     return TrainDomain(
         env=eval_domain(),
         make_policy=make_policy,

@@ -19,6 +19,7 @@ from crossmoe.nethack.atoms import graph_atoms
 from crossmoe.nethack.encoders import COMPASS, NetHackVisualEncoder
 from crossmoe.nethack.rules import expert_from_label
 from crossmoe.policy import ActorCritic, CrossAttentionMoEPolicy, knowledge_policy
+from crossmoe.ppo import TrainDomain
 from crossmoe.schedule import RoutingState
 from crossmoe.training import load_checkpoint
 
@@ -359,7 +360,7 @@ def load_agent(
     return agent.eval()
 
 
-def train_domain() -> Any:
+def train_domain() -> TrainDomain:
     """NetHack as a :class:`~crossmoe.ppo.TrainDomain`: what :func:`crossmoe.ppo.train` trains on.
 
     The envs, score and episode ends of :func:`~crossmoe.nethack.eval_domain`
@@ -376,7 +377,6 @@ def train_domain() -> Any:
 
     from crossmoe.integrations.common import TEACHERS, make_teacher
     from crossmoe.nethack.env import eval_domain
-    from crossmoe.ppo import TrainDomain
 
     return TrainDomain(
         env=eval_domain(),
