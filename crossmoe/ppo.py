@@ -401,6 +401,8 @@ def train(args: PPOArgs, domain: TrainDomain) -> dict[str, Any]:
     Raises:
         ValueError: An argument out of its range (named), or ``resume`` without a checkpoint.
     """
+    if not isinstance(args, PPOArgs):
+        raise TypeError(f"args must be a crossmoe.ppo.PPOArgs (or a subclass), got {type(args).__name__}")
     if not isinstance(domain, TrainDomain):
         raise TypeError(f"domain must be a crossmoe.ppo.TrainDomain, got {type(domain).__name__}")
     if args.run_dir is None:

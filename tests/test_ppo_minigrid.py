@@ -106,6 +106,8 @@ def test_the_rule_agent_is_a_teacher(tmp_path, monkeypatch):
 def test_bad_arguments_are_refused(tmp_path):
     with pytest.raises(ValueError, match="teacher must be one of \\('none', 'rules'\\), got 'rules_no_eating'"):
         _run(tmp_path, teacher="rules_no_eating", total_timesteps=128)
+    with pytest.raises(TypeError, match=r"args must be a crossmoe\.ppo\.PPOArgs \(or a subclass\), got dict"):
+        train({"env_id": "MiniGrid-Empty-5x5-v0"}, train_domain())
     with pytest.raises(TypeError, match=r"domain must be a crossmoe\.ppo\.TrainDomain, got str"):
         train(PPOArgs(env_id="MiniGrid-Empty-5x5-v0", run_dir=str(tmp_path / "x")), "minigrid")
     with pytest.raises(ValueError, match="env_id must name a registered environment, got ''"):
