@@ -17,7 +17,9 @@ are ``examples/ppo_minigrid.py`` arguments, the floors ``random`` and
 ``snapshot_evals`` (``[{"step": 1000000, "episodes": 50}]``: also evaluate
 each run at that env step); ``return_thresholds`` (``{env_id: return}``: the
 report's steps-to-threshold table); ``curve_metric`` (``"score"`` or
-``"episodic_return"``). A run is an (agent, seed) pair, trained in ``runs/<study>/`` by
+``"episodic_return"``); ``paired`` (``[["default", "concat"]]``: the report's per-seed differences with their
+CI); ``teacher_floor`` (``{"agent": "rules", "after": 200000}``: how kickstarted runs' training score stood
+against that agent after that step). A run is an (agent, seed) pair, trained in ``runs/<study>/`` by
 the domain's example in a subprocess, then evaluated on fresh-seed episodes with
 :mod:`crossmoe.evaluation`.
 
@@ -373,6 +375,67 @@ def _seed_scores(results: list, random_score: float | None, digits: int = 1) -> 
     return per_seed, seeds_ci, ratio
 
 
+def _paired_section(config: dict, evals: dict, seeds: dict) -> list[str]:
+    """The paired comparisons of ``config["paired"]`` (``[[a, b], ...]``): on each seed both finished, a's mean
+    score minus b's (the same evaluation episodes), and the mean difference with its bootstrap CI over seeds."""
+    from crossmoe.stats import bootstrap_ci
+
+    rows = []
+    for first, second in config.get("paired", []):
+        means = [  # trained agents only: a floor has no seeds
+            {s: float(r.metric("score").mean()) for s, r in zip(seeds[a], evals[a], strict=True)} if a in seeds else {}
+            for a in (first, second)
+        ]
+        common = sorted(set(means[0]) & set(means[1]))
+        if not common:
+            continue
+        diffs = [means[0][seed] - means[1][seed] for seed in common]
+        ci = _fmt(*bootstrap_ci(diffs)) if len(diffs) > 1 else f"{diffs[0]:.1f}"
+        per_seed = ", ".join(f"s{seed}: {diff:+.1f}" for seed, diff in zip(common, diffs, strict=True))
+        wins = sum(diff > 0 for diff in diffs)
+        rows.append(f"| {first} − {second} | {len(common)} | {per_seed} | {ci} | {wins} of {len(common)} |")
+    if not rows:
+        return []
+    return [
+        "",
+        "## Paired differences (same seeds, same evaluation episodes)",
+        "",
+        "| difference | seeds | per seed | mean [95% CI over seeds] | first ahead |",
+        "|---|---:|---|---:|---:|",
+        *rows,
+    ]
+
+
+def _teacher_floor_section(config: dict, evals: dict, metrics: dict, seeds: dict) -> list[str]:
+    """For ``config["teacher_floor"]`` (``{"agent": "rules", "after": 200000}``): how each kickstarted run's
+    training score (mean of the last updates) stood against that agent's evaluation mean after that step."""
+    spec = config.get("teacher_floor")
+    if not spec or spec["agent"] not in evals:
+        return []
+    reference = float(evals[spec["agent"]][0].metric("score").mean())
+    rows = []
+    for agent, runs in metrics.items():
+        if config["agents"][agent].get("teacher", "none") == "none":
+            continue
+        for seed, run_rows in zip(seeds[agent], runs, strict=True):
+            later = [r["score"] for r in _rolling(run_rows, "score", SMOOTHING) if r["global_step"] > spec["after"]]
+            if later:
+                share = sum(value >= reference for value in later) / len(later)
+                mean = sum(later) / len(later)
+                rows.append(f"| {agent} | {seed} | {mean:.1f} | {min(later):.1f} | {share:.0%} |")
+    if not rows:
+        return []
+    return [
+        "",
+        f"## Against the teacher: training score after {spec['after']:,} env steps "
+        f"(mean of {SMOOTHING} updates) against the evaluation mean of {spec['agent']}, {reference:.1f}",
+        "",
+        "| agent | seed | mean | lowest | share of updates at or above it |",
+        "|---|---:|---:|---:|---:|",
+        *rows,
+    ]
+
+
 def _steps_to(rows: list[dict], threshold: float, window: int = SMOOTHING) -> int | None:
     """The first ``global_step`` at which the training return, averaged over the last ``window`` updates
     that finished episodes, reaches ``threshold``, or None. Averages over fewer updates (the first ones)
@@ -529,6 +592,9 @@ def report(config: dict, root: Path) -> Path:
                 pooled.usage_steps = [a + b for a, b in zip(pooled.usage_steps, other.usage_steps, strict=True)]
             lines += ["", f"### Mean routing weight by situation: {agent} (evaluation, all seeds)", ""]
             lines.append(pooled.usage_table())
+
+    lines += _paired_section(config, evals, seeds)
+    lines += _teacher_floor_section(config, evals, metrics, seeds)
 
     thresholds = config.get("return_thresholds", {})
     window = config.get("threshold_window", SMOOTHING)

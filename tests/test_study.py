@@ -313,3 +313,45 @@ def test_commit_needs_a_git_repository(tmp_path):
     command += ["--runs-root", str(tmp_path / "runs"), "--results-root", str(tmp_path / "results")]
     done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert done.returncode != 0 and "--commit needs --results-root inside a git repository" in done.stderr
+
+
+def test_the_report_gives_paired_differences_and_the_teacher_floor(tmp_path, module):
+    """Per-seed differences on the same episodes with their CI, and kickstarted runs' training score against the
+    rules, from result folders written here (no training)."""
+    from crossmoe.evaluation import EvalResult
+
+    def write(folder, scores, rows=None):
+        folder.mkdir(parents=True)
+        result = EvalResult("NetHackScore-v0", 10_000_000, 8, None, scores=scores, returns=scores)
+        result.depths, result.lengths, result.outcomes = [1] * len(scores), [10] * len(scores), ["starving"] * 4
+        (folder / "eval.json").write_text(json.dumps(result.to_dict()))
+        if rows is not None:
+            (folder / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+    def curve(level):  # 40 updates of 10,000 env steps, the training score `level` after the first 10
+        return [{"global_step": 10_000 * (i + 1), "score": level if i >= 10 else 0.0} for i in range(40)]
+
+    config = {
+        **TINY,
+        "name": "paired",
+        "seeds": [1, 2, 3],
+        "agents": {
+            "rules": {},
+            "a": {"policy": "moe", "teacher": "rules"},
+            "b": {"policy": "moe", "fusion": "concat", "teacher": "rules"},
+        },
+        "paired": [["a", "b"]],
+        "teacher_floor": {"agent": "rules", "after": 200_000},
+    }
+    root = tmp_path / "results" / "paired"
+    write(root / "rules", [100.0] * 4)
+    for seed, (a, b) in zip((1, 2, 3), ((150.0, 140.0), (120.0, 125.0), (200.0, 170.0)), strict=True):
+        write(root / f"a__s{seed}", [a] * 4, curve(a))
+        write(root / f"b__s{seed}", [b] * 4, curve(b if seed != 2 else 90.0))
+    report = module.report(config, tmp_path / "results").read_text()
+    row = next(line for line in report.splitlines() if line.startswith("| a − b |"))
+    assert "| 3 | s1: +10.0, s2: -5.0, s3: +30.0 | 11.7 [" in row and row.endswith("| 2 of 3 |")
+    floor = "against the evaluation mean of rules, 100.0"
+    assert floor in report
+    assert "| a | 1 | 150.0 | 150.0 | 100% |" in report
+    assert "| b | 2 | 90.0 | 90.0 | 0% |" in report  # below the teacher on every update after 200k
