@@ -199,6 +199,11 @@ class PPOArgs:
     """Env step at which the teacher's weight reaches 0."""
     teacher_loss: Literal["cross_entropy", "kl"] = "cross_entropy"
     """What the distillation loss measures (the same gradient; ``kl`` is 0 where the policy agrees)."""
+    imitation_steps: int = 0
+    """A behavioural-cloning warm start: for the updates that start before this env step the teacher plays (its
+    actions, sampled from its distribution, drive the envs) and the update fits the policy to the teacher's
+    distribution and the value to the teacher's returns, without the PPO and entropy terms (the data is not the
+    policy's). Kickstarted PPO follows. Needs ``--teacher``; the steps count in ``--total-timesteps``."""
 
     checkpoint_every: int = 10
     """Write ``checkpoints/last.pt`` every this many updates."""
@@ -367,6 +372,10 @@ def _check(args: PPOArgs) -> None:
             f"num_minibatches must divide num_envs={args.num_envs} (minibatches are env columns), "
             f"got {args.num_minibatches}"
         )
+    if not isinstance(args.imitation_steps, int) or args.imitation_steps < 0:
+        raise ValueError(f"imitation_steps must be an int >= 0, got {args.imitation_steps!r}")
+    if args.imitation_steps and args.teacher == "none":
+        raise ValueError(f"imitation_steps={args.imitation_steps} needs a teacher to imitate: pass --teacher")
     batch_size = args.num_envs * args.num_steps
     if args.total_timesteps < batch_size:
         raise ValueError(f"total_timesteps must be >= num_envs * num_steps = {batch_size}, got {args.total_timesteps}")
@@ -508,6 +517,7 @@ def train(args: PPOArgs, domain: TrainDomain) -> dict[str, Any]:
             routing.apply(agent)
             aux_weights = args.aux.scaled(routing.coefficients)
             teacher_coef = None if teacher_schedule is None else teacher_schedule(counters["global_step"])
+            imitate = teacher is not None and counters["global_step"] < args.imitation_steps  # the teacher plays
             finished: dict[str, list[float]] = {"return": [], "length": [], "score": [], "success": []}
 
             # ---- rollout --------------------------------------------------------------------------------
@@ -520,7 +530,8 @@ def train(args: PPOArgs, domain: TrainDomain) -> dict[str, Any]:
                     teacher_obs = next_obs if "atoms" not in step_obs else {**next_obs, "atoms": step_obs["atoms"]}
                     buf.teacher[step] = teacher_probs(teacher, teacher_obs, num_actions)
                 with torch.inference_mode():  # same network mode as the update; no autograd bookkeeping
-                    action, logprob, _, value = agent.get_action_and_value(step_obs)
+                    played = torch.multinomial(buf.teacher[step], 1).squeeze(1) if imitate else None
+                    action, logprob, _, value = agent.get_action_and_value(step_obs, played)
                 buf.actions[step], buf.logprobs[step], buf.values[step] = action.cpu(), logprob.cpu(), value.cpu()
 
                 next_obs, reward, terminated, truncated, info = envs.step(action.cpu().numpy())
@@ -602,7 +613,8 @@ def train(args: PPOArgs, domain: TrainDomain) -> dict[str, Any]:
                         v_error = torch.max(v_error, (clipped - mb_returns) ** 2)
                     v_loss = 0.5 * masked_mean(v_error, mask)
                     entropy_loss = masked_mean(entropy, mask)
-                    loss = pg_loss - args.ent_coef * entropy_loss + args.vf_coef * v_loss
+                    # Imitation fits the value to the teacher's returns; its actions are not the policy's to reinforce.
+                    loss = args.vf_coef * v_loss + (0 if imitate else pg_loss - args.ent_coef * entropy_loss)
                     if teacher is not None:
                         mb_teacher = column(buf.teacher)
                         distill = distillation_loss(output.logits, mb_teacher, mask, kind=args.teacher_loss)
@@ -686,6 +698,7 @@ def train(args: PPOArgs, domain: TrainDomain) -> dict[str, Any]:
                 "first_minibatch_ratio_error": first_ratio_error,
                 "nan_rollbacks": guard.total_faults,
                 "teacher_coef": teacher_coef,
+                **({"imitation": imitate} if args.imitation_steps else {}),
                 **{name: float(np.mean([float(value) for value in series])) for name, series in stats.items()},
             }
             logger.log(row)

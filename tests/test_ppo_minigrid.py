@@ -1,6 +1,7 @@
 """examples/ppo_minigrid.py and the loop it shares with ppo_nethack.py (crossmoe.ppo)."""
 
 import contextlib
+import dataclasses
 import importlib.util
 import os
 import signal
@@ -182,3 +183,49 @@ def test_the_training_examples_are_thin_and_share_no_block_of_six_lines():
     nethack, minigrid = EXAMPLES / "ppo_nethack.py", EXAMPLES / "ppo_minigrid.py"
     assert len(nethack.read_text().splitlines()) <= 250 and len(minigrid.read_text().splitlines()) <= 250
     assert not _blocks(nethack) & _blocks(minigrid)
+
+
+class _AlwaysLeft:
+    """A teacher that only ever turns left (action 0)."""
+
+    def action_probs(self, obs):
+        probs = np.zeros((len(obs["image"]), 7))
+        probs[:, 0] = 1.0
+        return probs
+
+
+def test_imitation_lets_the_teacher_play_then_hands_over_to_ppo(tmp_path, monkeypatch):
+    import gymnasium as gym
+
+    played = []
+    step = gym.vector.SyncVectorEnv.step
+
+    def spy(self, actions):
+        played.append(np.array(actions))
+        return step(self, actions)
+
+    monkeypatch.setattr(gym.vector.SyncVectorEnv, "step", spy)
+    domain = dataclasses.replace(train_domain(), teachers={"left": lambda envs: _AlwaysLeft()})
+    args = PPOArgs(
+        **TINY,
+        env_id="MiniGrid-Empty-5x5-v0",
+        total_timesteps=512,
+        max_episode_steps=8,
+        teacher="left",
+        teacher_coef=10.0,
+        learning_rate=1e-3,
+        imitation_steps=256,
+        run_dir=str(tmp_path / "run"),
+        plots=False,
+        progress=False,
+    )
+    train(args, domain)
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [row["imitation"] for row in rows] == [True, True, False, False]
+    actions = np.stack(played)  # (4 updates x 32 steps, 4 envs)
+    assert (actions[:64] == 0).all() and (actions[64:] != 0).any()  # the teacher's turns, then the policy's
+    # Turning left never reaches the goal; imitation pulls the policy towards the teacher.
+    assert rows[0]["success_rate"] == rows[1]["success_rate"] == 0.0
+    assert rows[1]["teacher/policy_mass"] > rows[0]["teacher/policy_mass"]
+    with pytest.raises(ValueError, match="imitation_steps=256 needs a teacher to imitate"):
+        train(dataclasses.replace(args, teacher="none", run_dir=str(tmp_path / "x")), domain)
