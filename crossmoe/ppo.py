@@ -38,7 +38,9 @@ What :func:`train` does, in order:
   action probabilities are computed once per rollout step (from the atoms the
   agent already has) and stored in the buffer, and
   :func:`~crossmoe.losses.distillation_loss` from them to the policy, weighted
-  by :class:`~crossmoe.schedule.DistillationSchedule`, joins the loss.
+  by :class:`~crossmoe.schedule.DistillationSchedule`, joins the loss. With
+  ``imitation_steps`` the teacher first plays for that many env steps while
+  the policy and value are fitted to it (a behavioural-cloning warm start).
 - :class:`~crossmoe.training.NaNGuard` rolls back non-finite steps,
   ``checkpoints/last.pt`` is written atomically every ``checkpoint_every``
   updates and on SIGINT/SIGTERM, and ``resume`` continues from it.

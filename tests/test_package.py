@@ -15,7 +15,7 @@ def test_public_api_is_exported_by_name():
     for name in crossmoe.__all__:
         assert getattr(crossmoe, name) is not None, name
     modules = ("functional", "losses", "diagnostics", "attention", "routing", "experts", "schedule", "graph", "policy")
-    modules = (*modules, "hypergraph", "fusion", "training")
+    modules = (*modules, "hypergraph", "fusion", "training", "ppo")
     for module in (*modules, "encoders"):
         mod = importlib.import_module(f"crossmoe.{module}")
         for name in mod.__all__:
