@@ -499,6 +499,7 @@ def train(args: PPOArgs, domain: TrainDomain) -> dict[str, Any]:
     next_valid = np.ones(args.num_envs, dtype=bool)
     episode_score = np.zeros(args.num_envs)
     episode_success = np.zeros(args.num_envs, dtype=bool)
+    scored = domain.env.score is not None  # else an episode's score is its return
 
     start_time = time.time()
     start_step = counters["global_step"]
@@ -542,7 +543,7 @@ def train(args: PPOArgs, domain: TrainDomain) -> dict[str, Any]:
                 buf.terminal[step] = torch.from_numpy(is_terminal)
                 buf.ends[step] = torch.from_numpy(done)
                 buf.aborted[step] = torch.from_numpy(is_aborted)
-                if domain.env.score is not None:  # an episode's score is the largest the game showed
+                if scored:  # an episode's score is the largest the game showed
                     episode_score = np.where(next_valid, np.maximum(episode_score, domain.env.score(next_obs)), 0)
                 if domain.success is not None:
                     episode_success = next_valid & np.asarray(domain.success(reward, is_terminal), dtype=bool)
@@ -552,7 +553,6 @@ def train(args: PPOArgs, domain: TrainDomain) -> dict[str, Any]:
                     for index in np.flatnonzero(info["_episode"]):
                         finished["return"].append(float(info["episode"]["r"][index]))
                         finished["length"].append(int(info["episode"]["l"][index]))
-                        scored = domain.env.score is not None
                         finished["score"].append(float(episode_score[index] if scored else info["episode"]["r"][index]))
                         finished["success"].append(float(episode_success[index]))
                     counters["episodes"] += int(info["_episode"].sum())

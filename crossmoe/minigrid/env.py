@@ -85,6 +85,11 @@ _EMPTY = (OBJECT_TO_IDX["empty"], 0, 0)
 _DIRECTIONS = ((1, 0), (0, 1), (-1, 0), (0, -1))  # MiniGrid's agent_dir 0-3: right, down, left, up
 
 
+def _clear(cell: Any) -> bool:
+    """Whether light passes a view cell: empty, or an object the agent can see behind (walls off the grid cannot)."""
+    return cell is None or (cell is not _WALL and cell.see_behind())
+
+
 def fast_view(env: Any) -> np.ndarray:
     """The agent's egocentric view of a MiniGrid env, as ``env.gen_obs()["image"]`` encodes it, computed directly.
 
@@ -119,17 +124,14 @@ def fast_view(env: Any) -> np.ndarray:
         visible = [[False] * size for _ in range(size)]
         visible[half][size - 1] = True
 
-        def clear(cell: Any) -> bool:
-            return cell is None or (cell is not _WALL and cell.see_behind())
-
         for j in range(size - 1, -1, -1):
             for i in range(size - 1):  # light spreads to the right...
-                if visible[i][j] and clear(view[i][j]):
+                if visible[i][j] and _clear(view[i][j]):
                     visible[i + 1][j] = True
                     if j > 0:
                         visible[i + 1][j - 1] = visible[i][j - 1] = True
             for i in range(size - 1, 0, -1):  # ...and to the left
-                if visible[i][j] and clear(view[i][j]):
+                if visible[i][j] and _clear(view[i][j]):
                     visible[i - 1][j] = True
                     if j > 0:
                         visible[i - 1][j - 1] = visible[i][j - 1] = True
