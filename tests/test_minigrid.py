@@ -88,7 +88,8 @@ def test_where_the_target_is():
 
 
 def test_the_cell_in_front_and_the_hands():
-    assert {"front_passable", "hands_empty"} <= fired(blank())
+    assert {"front_passable", "front_empty", "hands_empty"} <= fired(blank())
+    assert "front_empty" not in fired(put(blank(), 3, 5, DOOR, state=OPEN))  # passable, but nothing goes down there
     assert "front_wall" in fired(put(blank(), 3, 5, WALL))
     assert {"front_door_locked"} <= fired(put(blank(), 3, 5, DOOR, state=LOCKED))
     assert {"front_door_open", "front_passable"} <= fired(put(blank(), 3, 5, DOOR, state=OPEN))
@@ -107,13 +108,15 @@ def test_front_and_hands_agree_with_the_env_itself():
     env = make_env("MiniGrid-DoorKey-6x6-v0", seed=3)
     obs, _ = env.reset(seed=3)
     rng = np.random.default_rng(3)
-    column = {name: ATOMS.index(name) for name in ("front_wall", "front_door_locked", "front_pickable", "carrying_key")}
+    names = ("front_empty", "front_wall", "front_door_locked", "front_pickable", "carrying_key")
+    column = {name: ATOMS.index(name) for name in names}
     seen = dict.fromkeys(column, 0)
     for _ in range(400):
         atoms = extract_atoms({key: np.asarray(value)[None] for key, value in obs.items()})[0]
         base = env.unwrapped
         front = base.grid.get(*base.front_pos)
         truth = {
+            "front_empty": front is None,
             "front_wall": front is not None and front.type == "wall",
             "front_door_locked": front is not None and front.type == "door" and front.is_locked,
             "front_pickable": front is not None and front.type in ("key", "ball", "box"),
@@ -142,6 +145,22 @@ def test_bad_observations_are_named():
         extract_atoms({"image": np.zeros((1, 7, 7, 3))})
     with pytest.raises(ValueError, match=r"obs\['image'\] must be \(B, 7, 7, 3\), got \(7, 7, 3\)"):
         extract_atoms({"image": np.zeros((7, 7, 3)), "mission": np.zeros((1, 3))})
+
+
+def test_the_rules_put_a_key_down_beside_the_object_they_must_pick_up():
+    """Hands full with a key and the box level on one side: drop the key in front, then turn to the box."""
+    agent = RuleAgent(seed=0)
+    holding = put(put(blank((Task.PICK_UP, BOX, RED)), 3, 6, KEY, color=BLUE), 1, 6, BOX)
+    assert MINIGRID_ACTIONS[int(agent.act(holding)[0])] == "Actions.drop"
+    emptied = put(put(blank((Task.PICK_UP, BOX, RED)), 3, 5, KEY, color=BLUE), 1, 6, BOX)  # the key, put down
+    assert MINIGRID_ACTIONS[int(agent.act(emptied)[0])] == "Actions.left"  # to the box, not back to the key
+    blocked = put(holding, 3, 5, WALL)  # nowhere to put the key: turn instead
+    assert MINIGRID_ACTIONS[int(agent.act(blocked)[0])] != "Actions.drop"
+
+
+def test_the_rules_unlock_the_door_then_swap_the_key_for_the_box():
+    result = evaluate(RuleAgent(seed=0), "MiniGrid-UnlockPickup-v0", 40, num_envs=8, seed=123, domain=eval_domain())
+    assert np.mean(np.asarray(result.returns) > 0) >= 0.8  # 0.9 measured; before the put-down operators, 0.0
 
 
 def test_the_shipped_graph_names_the_atoms_and_minigrids_actions():

@@ -42,6 +42,7 @@ ATOMS: tuple[str, ...] = (
     "task_open",
     # the cell in front
     "front_passable",
+    "front_empty",
     "front_wall",
     "front_door_open",
     "front_door_closed",
@@ -66,7 +67,7 @@ _PASSABLE = np.zeros(256, dtype=bool)
 _PASSABLE[[OBJECT_TO_IDX[name] for name in ("empty", "floor", "goal")]] = True
 _PICKABLE = np.zeros(256, dtype=bool)
 _PICKABLE[[OBJECT_TO_IDX[name] for name in ("key", "ball", "box")]] = True
-_DOOR, _KEY, _WALL, _LAVA = (OBJECT_TO_IDX[name] for name in ("door", "key", "wall", "lava"))
+_DOOR, _KEY, _WALL, _LAVA, _EMPTY = (OBJECT_TO_IDX[name] for name in ("door", "key", "wall", "lava", "empty"))
 _OPEN, _CLOSED, _LOCKED = (STATE_TO_IDX[name] for name in ("open", "closed", "locked"))
 
 
@@ -125,6 +126,7 @@ def extract_atoms(obs: Mapping[str, Any]) -> np.ndarray:
     front, front_color, front_state = (a[:, AGENT_X, AGENT_Y - 1] for a in (objects, colors, states))
     door = front == _DOOR
     atoms["front_passable"] = _PASSABLE[front] | (door & (front_state == _OPEN))
+    atoms["front_empty"] = front == _EMPTY
     atoms["front_wall"] = front == _WALL
     atoms["front_door_open"] = door & (front_state == _OPEN)
     atoms["front_door_closed"] = door & (front_state == _CLOSED)
