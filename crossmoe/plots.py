@@ -1,6 +1,7 @@
 """Plots of a training run from its ``metrics.jsonl``: the learning curve, the routing diagnostics, the expert usage.
 
-Pictures of a NetHack agent at work are in :mod:`crossmoe.nethack.pictures`.
+Pictures of an agent at work are in :mod:`crossmoe.nethack.pictures` and :mod:`crossmoe.minigrid.pictures`;
+:func:`top_applicable` picks the operators they show.
 Needs matplotlib (the ``examples`` extra). ``examples/plots.py`` is the command line for these functions.
 The figures are built with matplotlib's object interface (:class:`~matplotlib.figure.Figure`), so
 importing this module neither changes the global backend nor needs a display.
@@ -8,7 +9,7 @@ importing this module neither changes the global backend nor needs a display.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,15 @@ from matplotlib.figure import Figure
 
 from crossmoe.training import read_metrics
 
-__all__ = ["plot_expert_usage", "plot_learning_curves", "plot_routing", "plot_run", "plot_score_against_floor"]
+__all__ = [
+    "draw_router_weights",
+    "plot_expert_usage",
+    "plot_learning_curves",
+    "plot_routing",
+    "plot_run",
+    "plot_score_against_floor",
+    "top_applicable",
+]
 
 PHASE_COLORS = {"warmup": "tab:blue", "transition": "tab:orange", "finetune": "tab:green"}
 
@@ -198,3 +207,29 @@ def plot_score_against_floor(
     ax.legend(fontsize=8)
     fig.savefig(path, dpi=120)
     return path
+
+
+def top_applicable(scores: Any, applicable: Any, k: int) -> np.ndarray:
+    """The ``k`` applicable operators of highest score per sample, best first; ``-1`` pads where fewer apply.
+
+    Shapes: scores, applicable ``(B, O)``; output ``(B, k)`` int.
+    """
+    scores, applicable = np.asarray(scores, dtype=np.float64), np.asarray(applicable, dtype=bool)
+    if scores.shape != applicable.shape or scores.ndim != 2:
+        raise ValueError(
+            f"scores and applicable must be (B, O) of one shape, got {scores.shape} and {applicable.shape}"
+        )
+    order = np.argsort(np.where(applicable, -scores, np.inf), axis=1, kind="stable")[:, :k]
+    return np.where(np.take_along_axis(applicable, order, 1), order, -1)
+
+
+def draw_router_weights(ax: Axes, weights: Any, expert_names: Sequence[str]) -> None:
+    """One state's router weights as horizontal bars, one per expert in its own colour, on ``ax``."""
+    weights = np.asarray(weights, dtype=np.float64)
+    if weights.shape != (len(expert_names),):
+        raise ValueError(f"weights must be ({len(expert_names)},), one per expert name, got {weights.shape}")
+    ax.barh(np.arange(len(expert_names)), weights, color=[f"C{i}" for i in range(len(expert_names))])
+    ax.set(xlim=(0, 1), yticks=np.arange(len(expert_names)), title="router weights")
+    ax.set_yticklabels(expert_names, fontsize=7)
+    ax.invert_yaxis()
+    ax.tick_params(axis="x", labelsize=6)

@@ -24,6 +24,8 @@ from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
 from matplotlib.patches import Rectangle
 
+from crossmoe.plots import draw_router_weights, top_applicable
+
 __all__ = [
     "MAP_SHAPE",
     "EpisodeFrame",
@@ -148,20 +150,6 @@ def attention_to_map(
     return heat.reshape(*heat.shape[:-1], *map_shape)
 
 
-def top_applicable(scores: Any, applicable: Any, k: int) -> np.ndarray:
-    """The ``k`` applicable operators of highest score per sample, best first; ``-1`` pads where fewer apply.
-
-    Shapes: scores, applicable ``(B, O)``; output ``(B, k)`` int.
-    """
-    scores, applicable = np.asarray(scores, dtype=np.float64), np.asarray(applicable, dtype=bool)
-    if scores.shape != applicable.shape or scores.ndim != 2:
-        raise ValueError(
-            f"scores and applicable must be (B, O) of one shape, got {scores.shape} and {applicable.shape}"
-        )
-    order = np.argsort(np.where(applicable, -scores, np.inf), axis=1, kind="stable")[:, :k]
-    return np.where(np.take_along_axis(applicable, order, 1), order, -1)
-
-
 def _numpy(value: Any) -> np.ndarray:
     return value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
 
@@ -268,15 +256,6 @@ def draw_dungeon(
     return image
 
 
-def _draw_router(ax: Axes, weights: np.ndarray, expert_names: Sequence[str]) -> None:
-    colors = [f"C{i}" for i in range(len(expert_names))]
-    ax.barh(np.arange(len(expert_names)), weights, color=colors)
-    ax.set(xlim=(0, 1), yticks=np.arange(len(expert_names)), title="router weights")
-    ax.set_yticklabels(expert_names, fontsize=7)
-    ax.invert_yaxis()
-    ax.tick_params(axis="x", labelsize=6)
-
-
 def plot_attention_maps(
     frames: Sequence[EpisodeFrame],
     path: Path,
@@ -311,7 +290,7 @@ def plot_attention_maps(
             )
         row[0].set_ylabel(f"step {frame.step}\n{frame.action}", fontsize=8)
         row[0].set_xlabel(frame.message.replace("$", r"\$"), fontsize=7, loc="left")  # "$" starts mathtext
-        _draw_router(row[-1], frame.router_weights, expert_names)
+        draw_router_weights(row[-1], frame.router_weights, expert_names)
     if image is not None:
         fig.colorbar(
             image,
@@ -475,7 +454,7 @@ def write_episode_gif(
             draw_dungeon(map_ax, frame.screen, heat, player=frame.player, crop_size=crop_size, norm=norm)
             reads = f"heat: {frame.operators[0]} [{frame.operator_experts[0]}]" if heat is not None else "no attention"
             map_ax.set_title(f"step {frame.step}: {frame.action}   {reads}", fontsize=8)
-            _draw_router(router_ax, frame.router_weights, expert_names)
+            draw_router_weights(router_ax, frame.router_weights, expert_names)
             fig.suptitle(title, fontsize=9)
             writer.grab_frame()
     return Path(path)

@@ -1,0 +1,103 @@
+"""Where a MiniGrid agent's operators look: the 7x7 view under each top operator's attention, for a few real states.
+
+    python examples/minigrid_pictures.py --checkpoint runs/x/checkpoints/last.pt --out docs/pictures/minigrid
+    python examples/minigrid_pictures.py --out /tmp/pictures --steps 10     # an untrained agent: the script always runs
+
+It plays the first ``--steps`` steps of one seeded episode with the agent and
+writes ``attention.png`` into ``--out``: ``--states`` states of the episode,
+evenly spaced, one row each, with the view as MiniGrid draws it under the
+attention (mean over heads) of each of the ``--top-k`` applicable operators
+of highest score, the share of that attention on the mission token, and the
+router weights. Without ``--checkpoint`` the agent is an untrained
+:func:`crossmoe.minigrid.make_policy`, and the title says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import tyro
+
+from crossmoe import CrossAttentionMoEPolicy
+from crossmoe.hypergraph import action_name, env_actions
+from crossmoe.minigrid import load_agent, make_env, make_policy
+from crossmoe.minigrid.pictures import grid_frames, plot_grid_attention
+from crossmoe.training import load_checkpoint
+
+
+@dataclass
+class Args:
+    checkpoint: str | None = None
+    """A ``last.pt`` or ``best.pt`` of ``ppo_minigrid.py``; without it, an untrained agent."""
+    out: str = "docs/pictures/minigrid"
+    """Directory the picture goes to."""
+    env_id: str | None = None
+    """Environment (default: the checkpoint's, else ``MiniGrid-UnlockPickup-v0``)."""
+    steps: int = 60
+    """Steps of the episode to play (fewer if it ends earlier)."""
+    states: int = 4
+    """States of the episode, evenly spaced, in the picture."""
+    top_k: int = 3
+    """Operators shown per state: the applicable ones of highest score."""
+    seed: int = 7
+    """Seed of the episode, the action sampling and the untrained agent."""
+    deterministic: bool = False
+    """Take the most likely action instead of sampling."""
+
+
+def load(args: Args) -> tuple[CrossAttentionMoEPolicy, str, str]:
+    """The agent, the environment id and a label for the title."""
+    if args.checkpoint is None:
+        torch.manual_seed(args.seed)
+        return make_policy().eval(), args.env_id or "MiniGrid-UnlockPickup-v0", f"untrained agent (seed {args.seed})"
+    policy = load_agent(args.checkpoint)
+    if not isinstance(policy, CrossAttentionMoEPolicy):
+        raise ValueError(f"checkpoint must hold a MoE agent (make_policy), got {type(policy).__name__}")
+    state = load_checkpoint(args.checkpoint)
+    env_id = args.env_id or state.get("args", {}).get("env_id", "MiniGrid-UnlockPickup-v0")
+    step = state.get("counters", {}).get("global_step")
+    return policy, env_id, f"agent of {args.checkpoint}" + (f" ({step:,} env steps)" if step is not None else "")
+
+
+def main(args: Args) -> Path:
+    if args.steps < 1 or args.states < 1 or args.top_k < 1:
+        raise ValueError(f"steps, states and top_k must be >= 1, got {args.steps}, {args.states} and {args.top_k}")
+    policy, env_id, label = load(args)
+    env = make_env(env_id, seed=args.seed)
+    names = [action_name(action) for action in env_actions(env)]
+    obs, _ = env.reset(seed=args.seed)
+    torch.manual_seed(args.seed)
+    history, missions, actions, rewards = [], [], [], []
+    for _ in range(args.steps):
+        history.append({key: np.array(value) for key, value in obs.items()})
+        missions.append(env.unwrapped.mission)
+        with torch.inference_mode():
+            action, *_ = policy.get_action_and_value(
+                {key: np.asarray(value)[None] for key, value in obs.items()}, deterministic=args.deterministic
+            )
+        obs, reward, terminated, truncated, _ = env.step(int(action))
+        actions.append(names[int(action)].removeprefix("Actions."))
+        rewards.append(float(reward))
+        if terminated or truncated:
+            break
+    env.close()
+    stacked = {key: np.stack([step[key] for step in history]) for key in history[0]}
+    with torch.inference_mode():
+        output = policy(stacked)  # the whole episode at once: a sample's output does not depend on its batch
+    frames = grid_frames(policy, stacked, output, actions, rewards, missions, top_k=args.top_k)
+    chosen = np.unique(np.linspace(0, len(frames) - 1, min(args.states, len(frames))).round().astype(int))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    return plot_grid_attention(
+        [frames[i] for i in chosen],
+        out / "attention.png",
+        expert_names=policy.experts.names,
+        title=f"Where the top operators look: {label}, {env_id} seed {args.seed}",
+    )
+
+
+if __name__ == "__main__":
+    print(main(tyro.cli(Args)))
