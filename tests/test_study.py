@@ -355,3 +355,66 @@ def test_the_report_gives_paired_differences_and_the_teacher_floor(tmp_path, mod
     assert floor in report
     assert "| a | 1 | 150.0 | 150.0 | 100% |" in report
     assert "| b | 2 | 90.0 | 90.0 | 0% |" in report  # below the teacher on every update after 200k
+
+
+def test_each_task_trains_for_its_own_budget_and_the_report_bounds_unreached_thresholds(tmp_path, module, monkeypatch):
+    """An agent's own total_timesteps reaches its training command (fresh and resumed) and the report; a seed
+    that never reached the threshold counts at the budget, and the mean says it is a lower bound."""
+    from crossmoe.evaluation import EvalResult
+
+    commands = []
+    monkeypatch.setattr(module.subprocess, "run", lambda command, check: commands.append(command))
+    config = module.load_config(
+        _write(
+            tmp_path,
+            {**TINY, "agents": {"short": {"policy": "mlp", "total_timesteps": 128}, "long": {"policy": "mlp"}}},
+        )
+    )
+    module.train(config, "short", 1, tmp_path / "run", 1)
+    module.train(config, "long", 1, tmp_path / "run2", 1)
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "last.pt").touch()
+    module.train(config, "short", 1, tmp_path / "run", 1)
+    budgets = [command[command.index("--total-timesteps") + 1] for command in commands]
+    assert budgets == ["128", "256", "128"] and all(command.count("--total-timesteps") == 1 for command in commands)
+    with pytest.raises(ValueError, match="agent 'x': total_timesteps must be a positive int, got 0"):
+        module.load_config(_write(tmp_path, {**TINY, "agents": {"x": {"policy": "mlp", "total_timesteps": 0}}}))
+
+    env = "MiniGrid-Empty-5x5-v0"
+    config = {
+        **TINY,
+        "name": "budgets",
+        "domain": "minigrid",
+        "env_id": env,
+        "total_timesteps": 100_000,
+        "seeds": [1, 2],
+        "agents": {"a": {"policy": "moe", "total_timesteps": 50_000}, "b": {"policy": "moe", "fusion": "concat"}},
+        "paired": [["a", "b"]],
+        "return_thresholds": {env: 0.5},
+        "threshold_window": 1,
+    }
+    root = tmp_path / "results" / "budgets"
+    for agent, seed, returns, level in (
+        ("a", 1, 0.9, 0.6),
+        ("a", 2, 0.8, 0.0),
+        ("b", 1, 0.85, 0.6),
+        ("b", 2, 0.8, 0.6),
+    ):
+        folder = root / f"{agent}__s{seed}"
+        folder.mkdir(parents=True)
+        result = EvalResult(env, 10_000_000, 2, None, scores=[returns] * 2, returns=[returns] * 2)
+        result.depths, result.lengths, result.outcomes = [0, 0], [10, 10], ["success", "success"]
+        (folder / "eval.json").write_text(json.dumps(result.to_dict()))
+        rows = [{"global_step": 10_000 * (i + 1), "episodic_return": level if i >= 2 else 0.0} for i in range(5)]
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    report = module.report(config, tmp_path / "results").read_text()
+    assert "50,000 or 100,000 (each agent's `total_timesteps`) env steps per training run" in report
+    assert f"| a | {env} | 0.5 | 30k, not reached | ≥ 40k [30k, 50k] | 50k |" in report  # 30k and the budget
+    assert f"| b | {env} | 0.5 | 30k, 30k | 30k [30k, 30k] | 100k |" in report
+    assert "| a − b | 2 | s1: +0.050, s2: +0.000 | 0.025 [" in report  # returns in [0, 1]: three digits
+
+
+def _write(tmp_path: Path, config: dict) -> Path:
+    path = tmp_path / "study.json"
+    path.write_text(json.dumps(config))
+    return path
