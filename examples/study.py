@@ -19,9 +19,10 @@ each run at that env step); ``return_thresholds`` (``{env_id: return}``: the
 report's steps-to-threshold table); ``curve_metric`` (``"score"`` or
 ``"episodic_return"``); ``paired`` (``[["default", "concat"]]``: the report's per-seed differences with their
 CI); ``teacher_floor`` (``{"agent": "rules", "after": 200000}``: how kickstarted runs' training score stood
-against that agent after that step). A run is an (agent, seed) pair, trained in ``runs/<study>/`` by
-the domain's example in a subprocess, then evaluated on fresh-seed episodes with
-:mod:`crossmoe.evaluation`.
+against that agent after that step); ``ratio_to`` (``"rules"``: each trained agent's score as a multiple of
+that agent's, per seed and with its CI, at the end and at each snapshot). A run is an (agent, seed) pair,
+trained in ``runs/<study>/`` by the domain's example in a subprocess, then evaluated on fresh-seed episodes
+with :mod:`crossmoe.evaluation`.
 
 What is committed lives in ``docs/results/<study>/<agent>__s<seed>/``: the
 run's metrics (the columns the report reads), its ``summary.json`` and its
@@ -425,6 +426,50 @@ def _paired_section(config: dict, evals: dict, seeds: dict) -> list[str]:
     ]
 
 
+def _ratio_section(config: dict, evals: dict, root: Path) -> list[str]:
+    """For ``config["ratio_to"]`` (an agent, e.g. ``"rules"``): each trained agent's score as a multiple of
+    that agent's evaluation mean on the same env and episodes, per seed and as the mean of seeds with its
+    bootstrap CI, at the end of training and at each snapshot, with the mean max depth."""
+    from crossmoe.stats import bootstrap_ci
+
+    name = config.get("ratio_to")
+    if not name or name not in evals:
+        return []
+    reference = float(evals[name][0].metric("score").mean())
+    steps = [
+        (None, "eval.json"),
+        *((s["step"], f"eval_step_{s['step']}.json") for s in config.get("snapshot_evals", [])),
+    ]
+    rows = []
+    for agent in evals:
+        if floor_of(config, agent) is not None or env_of(config, agent) != env_of(config, name):
+            continue
+        for step, file in steps:
+            results = [
+                _read_eval(path)
+                for seed in config["seeds"]
+                if (path := result_dir(config, agent, seed, root) / file).is_file()
+            ]
+            if not results:
+                continue
+            ratios = [float(r.metric("score").mean()) / reference for r in results]
+            depth = sum(float(r.metric("depth").mean()) for r in results) / len(results)
+            mean = _fmt(*bootstrap_ci(ratios), digits=2) if len(ratios) > 1 else f"{ratios[0]:.2f}"
+            at = f"{budget_of(config, agent):,} (end)" if step is None else f"{step:,}"
+            per_seed = ", ".join(f"{ratio:.2f}" for ratio in ratios)
+            rows.append(f"| {agent} | {at} | {len(results)} | {per_seed} | {mean} | {depth:.2f} |")
+    if not rows:
+        return []
+    return [
+        "",
+        f"## Against {name}: score as a multiple of its evaluation mean, {reference:.1f}",
+        "",
+        f"| agent | env steps | seeds | × {name}, per seed | × {name}, mean of seeds [CI] | max depth, mean of seeds |",
+        "|---|---:|---:|---|---:|---:|",
+        *rows,
+    ]
+
+
 def _teacher_floor_section(config: dict, evals: dict, metrics: dict, seeds: dict) -> list[str]:
     """For ``config["teacher_floor"]`` (``{"agent": "rules", "after": 200000}``): how each kickstarted run's
     training score (mean of the last updates) stood against that agent's evaluation mean after that step."""
@@ -613,6 +658,7 @@ def report(config: dict, root: Path) -> Path:
             lines.append(pooled.usage_table())
 
     lines += _paired_section(config, evals, seeds)
+    lines += _ratio_section(config, evals, root)
     lines += _teacher_floor_section(config, evals, metrics, seeds)
 
     thresholds = config.get("return_thresholds", {})

@@ -348,7 +348,15 @@ def test_the_report_gives_paired_differences_and_the_teacher_floor(tmp_path, mod
     for seed, (a, b) in zip((1, 2, 3), ((150.0, 140.0), (120.0, 125.0), (200.0, 170.0)), strict=True):
         write(root / f"a__s{seed}", [a] * 4, curve(a))
         write(root / f"b__s{seed}", [b] * 4, curve(b if seed != 2 else 90.0))
+    config["ratio_to"] = "rules"
+    config["snapshot_evals"] = [{"step": 500, "episodes": 4}]
+    snapshot = EvalResult("NetHackScore-v0", 10_000_000, 8, None, scores=[110.0] * 4, returns=[110.0] * 4)
+    snapshot.depths, snapshot.lengths, snapshot.outcomes = [3] * 4, [10] * 4, ["starving"] * 4
+    (root / "a__s1" / "eval_step_500.json").write_text(json.dumps(snapshot.to_dict()))
     report = module.report(config, tmp_path / "results").read_text()
+    assert "## Against rules: score as a multiple of its evaluation mean, 100.0" in report
+    assert "| a | 256 (end) | 3 | 1.50, 1.20, 2.00 | 1.57 [1.20, 2.00] | 1.00 |" in report
+    assert "| a | 500 | 1 | 1.10 | 1.10 | 3.00 |" in report  # the snapshot, on the seed that has one
     row = next(line for line in report.splitlines() if line.startswith("| a − b |"))
     assert "| 3 | s1: +10.0, s2: -5.0, s3: +30.0 | 11.7 [" in row and row.endswith("| 2 of 3 |")
     floor = "against the evaluation mean of rules, 100.0"
