@@ -8,12 +8,18 @@ writes ``attention.png`` into ``--out``: ``--states`` states of the episode,
 evenly spaced, one row each, with the view as MiniGrid draws it under the
 attention (mean over heads) of each of the ``--top-k`` applicable operators
 of highest score, the share of that attention on the mission token, and the
-router weights. Without ``--checkpoint`` the agent is an untrained
+router weights. With ``--target-steps N`` it also plays ``N`` steps of fresh
+episodes and writes ``target_attention.json`` (and prints it as a table): per
+operator, over the states where it applies and the mission's object is in
+view, the share of its attention on that object's cells against the share
+that uniform attention over the seen tokens would give. Without
+``--checkpoint`` the agent is an untrained
 :func:`crossmoe.minigrid.make_policy`, and the title says so.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +30,7 @@ import tyro
 from crossmoe import CrossAttentionMoEPolicy
 from crossmoe.hypergraph import action_name, env_actions
 from crossmoe.minigrid import load_agent, make_env, make_policy
-from crossmoe.minigrid.pictures import grid_frames, plot_grid_attention
+from crossmoe.minigrid.pictures import attention_on_target, grid_frames, plot_grid_attention
 from crossmoe.training import load_checkpoint
 
 
@@ -46,6 +52,9 @@ class Args:
     """Seed of the episode, the action sampling and the untrained agent."""
     deterministic: bool = False
     """Take the most likely action instead of sampling."""
+    target_steps: int = 0
+    """Also play this many steps (fresh episodes) and write ``target_attention.json``: per operator, the share
+    of its attention on the mission's object against what uniform attention would give; 0: skip."""
 
 
 def load(args: Args) -> tuple[CrossAttentionMoEPolicy, str, str]:
@@ -62,42 +71,97 @@ def load(args: Args) -> tuple[CrossAttentionMoEPolicy, str, str]:
     return policy, env_id, f"agent of {args.checkpoint}" + (f" ({step:,} env steps)" if step is not None else "")
 
 
-def main(args: Args) -> Path:
-    if args.steps < 1 or args.states < 1 or args.top_k < 1:
-        raise ValueError(f"steps, states and top_k must be >= 1, got {args.steps}, {args.states} and {args.top_k}")
-    policy, env_id, label = load(args)
-    env = make_env(env_id, seed=args.seed)
+def play(
+    policy: CrossAttentionMoEPolicy, env_id: str, steps: int, seed: int, deterministic: bool, *, episodes: int = 1
+):
+    """The observations (stacked), missions, action names and rewards of ``steps`` steps of play: the first
+    episode only, or as many episodes as the steps hold when ``episodes`` is 0."""
+    env = make_env(env_id, seed=seed)
     names = [action_name(action) for action in env_actions(env)]
-    obs, _ = env.reset(seed=args.seed)
-    torch.manual_seed(args.seed)
+    obs, _ = env.reset(seed=seed)
+    torch.manual_seed(seed)
     history, missions, actions, rewards = [], [], [], []
-    for _ in range(args.steps):
+    for _ in range(steps):
         history.append({key: np.array(value) for key, value in obs.items()})
         missions.append(env.unwrapped.mission)
         with torch.inference_mode():
             action, *_ = policy.get_action_and_value(
-                {key: np.asarray(value)[None] for key, value in obs.items()}, deterministic=args.deterministic
+                {key: np.asarray(value)[None] for key, value in obs.items()}, deterministic=deterministic
             )
         obs, reward, terminated, truncated, _ = env.step(int(action))
         actions.append(names[int(action)].removeprefix("Actions."))
         rewards.append(float(reward))
         if terminated or truncated:
-            break
+            if episodes:
+                break
+            obs, _ = env.reset()
     env.close()
-    stacked = {key: np.stack([step[key] for step in history]) for key in history[0]}
+    return {key: np.stack([step[key] for step in history]) for key in history[0]}, missions, actions, rewards
+
+
+def target_table(policy: CrossAttentionMoEPolicy, obs: dict) -> list[dict]:
+    """Per operator, over the states where it applies and the mission's object is in view: the mean share of
+    its attention on the object, and the share that uniform attention over the seen tokens would give."""
     with torch.inference_mode():
-        output = policy(stacked)  # the whole episode at once: a sample's output does not depend on its batch
-    frames = grid_frames(policy, stacked, output, actions, rewards, missions, top_k=args.top_k)
-    chosen = np.unique(np.linspace(0, len(frames) - 1, min(args.states, len(frames))).round().astype(int))
+        output = policy(obs)
+    share, uniform = attention_on_target(output.attention, obs)
+    applicable = output.applicable.numpy() & ~np.isnan(share)
+    rows = []
+    for index, name in enumerate(policy.logic_encoder.hypergraph.operators):
+        states = applicable[:, index]
+        if states.any():
+            rows.append(
+                {
+                    "operator": name,
+                    "states": int(states.sum()),
+                    "share_on_target": float(share[states, index].mean()),
+                    "uniform_share": float(uniform[states].mean()),
+                }
+            )
+    return rows
+
+
+def main(args: Args) -> list[Path]:
+    if args.steps < 1 or args.states < 1 or args.top_k < 1 or args.target_steps < 0:
+        raise ValueError(
+            f"steps, states and top_k must be >= 1 and target_steps >= 0, got {args.steps}, {args.states}, "
+            f"{args.top_k} and {args.target_steps}"
+        )
+    policy, env_id, label = load(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    return plot_grid_attention(
-        [frames[i] for i in chosen],
-        out / "attention.png",
-        expert_names=policy.experts.names,
-        title=f"Where the top operators look: {label}, {env_id} seed {args.seed}",
-    )
+    obs, missions, actions, rewards = play(policy, env_id, args.steps, args.seed, args.deterministic)
+    with torch.inference_mode():
+        output = policy(obs)  # the whole episode at once: a sample's output does not depend on its batch
+    frames = grid_frames(policy, obs, output, actions, rewards, missions, top_k=args.top_k)
+    chosen = np.unique(np.linspace(0, len(frames) - 1, min(args.states, len(frames))).round().astype(int))
+    written = [
+        plot_grid_attention(
+            [frames[i] for i in chosen],
+            out / "attention.png",
+            expert_names=policy.experts.names,
+            title=f"Where the top operators look: {label}, {env_id} seed {args.seed}",
+        )
+    ]
+    if args.target_steps:
+        seed = args.seed + 1_000  # other episodes than the picture's
+        played, *_ = play(policy, env_id, args.target_steps, seed, args.deterministic, episodes=0)
+        rows = target_table(policy, played)
+        path = out / "target_attention.json"
+        meta = {"agent": label, "env_id": env_id, "steps": args.target_steps, "seed": seed}
+        path.write_text(json.dumps({**meta, "operators": rows}, indent=1) + "\n")
+        print("| operator | states | attention on the mission's object | uniform attention would give | ratio |")
+        print("|---|---:|---:|---:|---:|")
+        for row in rows:
+            ratio = row["share_on_target"] / row["uniform_share"]
+            print(
+                f"| {row['operator']} | {row['states']} | {row['share_on_target']:.3f} | {row['uniform_share']:.3f} "
+                f"| {ratio:.2f} |"
+            )
+        written.append(path)
+    return written
 
 
 if __name__ == "__main__":
-    print(main(tyro.cli(Args)))
+    for path in main(tyro.cli(Args)):
+        print(path)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -10,8 +12,15 @@ pytest.importorskip("matplotlib")
 
 import torch
 
-from crossmoe.minigrid import RuleAgent, extract_atoms, load_hypergraph, make_env, make_policy
-from crossmoe.minigrid.pictures import VIEW, grid_frames, plot_grid_attention, render_view, view_heat
+from crossmoe.minigrid import ATOMS, RuleAgent, extract_atoms, load_hypergraph, make_env, make_policy, target_cells
+from crossmoe.minigrid.pictures import (
+    VIEW,
+    attention_on_target,
+    grid_frames,
+    plot_grid_attention,
+    render_view,
+    view_heat,
+)
 
 
 def test_a_tokens_attention_lands_on_its_cell():
@@ -81,6 +90,48 @@ def test_frames_show_the_applicable_operators_of_highest_score_and_where_they_lo
     assert path.stat().st_size > 10_000
 
 
+@pytest.fixture(scope="module")
+def among_distractors():
+    """8 steps of turning and walking in GoToLocal: the named object among 7 others, in and out of view."""
+    env = make_env("BabyAI-GoToLocal-v0", seed=0)
+    obs, _ = env.reset(seed=0)
+    steps = []
+    for action in (0, 0, 0, 2, 1, 1, 2, 0):
+        steps.append({key: np.array(value) for key, value in obs.items()})
+        obs, *_ = env.step(action)
+    env.close()
+    return {key: np.stack([step[key] for step in steps]) for key in steps[0]}
+
+
+def test_attention_on_the_target_is_the_attention_on_the_cells_behind_target_visible(among_distractors):
+    episode = among_distractors
+    torch.manual_seed(0)
+    policy = make_policy(dim=32).eval()
+    with torch.inference_mode():
+        output = policy(episode)
+    share, uniform = attention_on_target(output.attention, episode)
+    cells = target_cells(episode)  # (T, 7, 7) [x, y]
+    visible = extract_atoms(episode)[:, ATOMS.index("target_visible")] == 1
+    np.testing.assert_array_equal(cells.any((1, 2)), visible)  # the cells are the atom's
+    assert visible.any() and not visible.all()  # the object comes into view and goes out of it
+    np.testing.assert_array_equal(np.isnan(uniform), ~visible)
+    attention = output.attention.numpy().mean(1)  # (T, O, 50)
+    for t in np.nonzero(visible)[0]:
+        x, y = np.nonzero(cells[t])
+        np.testing.assert_allclose(share[t], attention[t][:, x * VIEW + y].sum(-1), rtol=1e-6)
+        seen = (episode["image"][t, ..., 0] != 0).sum()
+        assert uniform[t] == pytest.approx(len(x) / (seen + 1))  # + the mission token
+    # Attention that looks only at the target puts all of itself there.
+    one_hot = np.zeros((1, 1, 1, 50))
+    t = int(np.nonzero(visible)[0][0])
+    x, y = np.nonzero(cells[t])
+    one_hot[0, 0, 0, x[0] * VIEW + y[0]] = 1.0
+    single = {key: value[t : t + 1] for key, value in episode.items()}
+    assert attention_on_target(one_hot, single)[0][0, 0] == 1.0
+    with pytest.raises(ValueError, match=r"attention must be \(B, H, O, 50\)"):
+        attention_on_target(np.zeros((1, 1, 50)), single)
+
+
 def test_the_concat_fusion_has_frames_without_heat(episode, tmp_path):
     policy = make_policy(dim=32, fusion="concat").eval()
     with torch.inference_mode():
@@ -105,13 +156,18 @@ def test_the_script_draws_an_untrained_agent_and_refuses_a_checkpoint_without_ex
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look the module up while the class is built
     spec.loader.exec_module(module)
-    path = module.main(module.Args(out=str(tmp_path), steps=6, states=2))
-    assert path == tmp_path / "attention.png" and path.is_file()
+    paths = module.main(
+        module.Args(out=str(tmp_path), steps=6, states=2, target_steps=40, env_id="BabyAI-GoToLocal-v0")
+    )
+    assert paths == [tmp_path / "attention.png", tmp_path / "target_attention.json"]
+    table = json.loads(paths[1].read_text())
+    assert table["steps"] == 40 and table["operators"]  # some operator applied with the object in view
+    assert all(0 <= row["share_on_target"] <= 1 and row["states"] > 0 for row in table["operators"])
     baseline = make_baseline_policy(dim=32)
     checkpoint = save_checkpoint(
         tmp_path / "mlp.pt", {"policy_config": baseline.config, "model": baseline.state_dict()}
     )
     with pytest.raises(ValueError, match="checkpoint must hold a MoE agent"):
         module.main(module.Args(checkpoint=str(checkpoint), out=str(tmp_path)))
-    with pytest.raises(ValueError, match="steps, states and top_k must be >= 1"):
+    with pytest.raises(ValueError, match="steps, states and top_k must be >= 1 and target_steps >= 0"):
         module.main(module.Args(out=str(tmp_path), steps=0))

@@ -15,7 +15,7 @@ from crossmoe.minigrid.agent import (
     make_policy,
     train_domain,
 )
-from crossmoe.minigrid.atoms import ATOMS, THINGS, extract_atoms
+from crossmoe.minigrid.atoms import ATOMS, THINGS, extract_atoms, target_cells
 from crossmoe.minigrid.encoders import MiniGridVisualEncoder
 from crossmoe.minigrid.env import ANY_COLOR, MissionCode, Task, encode_mission, fast_view, make_env, make_vector_env
 
@@ -40,5 +40,6 @@ __all__ = [
     "make_env",
     "make_policy",
     "make_vector_env",
+    "target_cells",
     "train_domain",
 ]

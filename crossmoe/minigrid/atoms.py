@@ -30,7 +30,7 @@ from minigrid.core.constants import OBJECT_TO_IDX, STATE_TO_IDX
 from crossmoe._checks import atom_columns
 from crossmoe.minigrid.env import ANY_COLOR, Task
 
-__all__ = ["ATOMS", "OBSERVATION_KEYS", "THINGS", "MiniGridAtoms", "extract_atoms"]
+__all__ = ["ATOMS", "OBSERVATION_KEYS", "THINGS", "MiniGridAtoms", "extract_atoms", "target_cells"]
 
 THINGS: tuple[str, ...] = ("target", "key", "door")
 """What the agent looks for: the mission's object, a key (hands empty) and a shut door (holding a key)."""
@@ -106,6 +106,24 @@ def _places(found: np.ndarray, passable: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
+def _target_cells(objects: np.ndarray, colors: np.ndarray, wanted: np.ndarray, wanted_color: np.ndarray) -> np.ndarray:
+    """``(B, 7, 7)`` cells that hold the mission's object, of its colour when it names one (none without an object)."""
+    color_ok = (wanted_color[:, None, None] == ANY_COLOR) | (colors == wanted_color[:, None, None])
+    return (objects == wanted[:, None, None]) & color_ok & (wanted[:, None, None] > 0)
+
+
+def target_cells(obs: Mapping[str, Any]) -> np.ndarray:
+    """Where the mission's object lies in each view: ``(B, 7, 7)`` bool, indexed ``[b, x, y]`` like ``image``.
+
+    The cells behind ``target_visible``: the mission's object, of its colour when it names one; never the
+    agent's own cell (which shows what it carries).
+    """
+    image, mission = _validated(obs)
+    cells = _target_cells(image[..., 0], image[..., 1], mission[:, 1], mission[:, 2])
+    cells[:, AGENT_X, AGENT_Y] = False
+    return cells
+
+
 def extract_atoms(obs: Mapping[str, Any]) -> np.ndarray:
     """Compute the condition atoms of a batch of MiniGrid observations (see the module docstring).
 
@@ -143,11 +161,8 @@ def extract_atoms(obs: Mapping[str, Any]) -> np.ndarray:
     view = np.ones(objects.shape, dtype=bool)
     view[:, AGENT_X, AGENT_Y] = False  # the agent's own cell shows what it carries, not a thing to find
     passable = _PASSABLE[objects] | ((objects == _DOOR) & (states == _OPEN))
-    target = (objects == wanted[:, None, None]) & (
-        (wanted_color[:, None, None] == ANY_COLOR) | (colors == wanted_color[:, None, None])
-    )
     found = {
-        "target": target & (wanted[:, None, None] > 0) & view,
+        "target": _target_cells(objects, colors, wanted, wanted_color) & view,
         "key": (objects == _KEY) & atoms["hands_empty"][:, None, None] & view,
         "door": (objects == _DOOR) & (states != _OPEN) & atoms["carrying_key"][:, None, None] & view,
     }

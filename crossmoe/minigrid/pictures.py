@@ -13,7 +13,7 @@ needs a display.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -23,7 +23,15 @@ from matplotlib.figure import Figure
 
 from crossmoe.plots import draw_router_weights, top_applicable
 
-__all__ = ["VIEW", "GridFrame", "grid_frames", "plot_grid_attention", "render_view", "view_heat"]
+__all__ = [
+    "VIEW",
+    "GridFrame",
+    "attention_on_target",
+    "grid_frames",
+    "plot_grid_attention",
+    "render_view",
+    "view_heat",
+]
 
 VIEW = 7
 """Side of MiniGrid's egocentric view: the agent at ``(x, y) = (3, 6)``, facing up."""
@@ -68,6 +76,36 @@ def view_heat(attention: Any) -> tuple[np.ndarray, np.ndarray]:
         )
     cells = attention[..., : VIEW * VIEW].reshape(*attention.shape[:-1], VIEW, VIEW)  # [x, y]
     return np.swapaxes(cells, -1, -2), attention[..., -1]
+
+
+def attention_on_target(attention: Any, obs: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """How much of each operator's attention lands on the mission's object, against what uniform attention gives.
+
+    The question behind the cross-attention: does an operator such as
+    ``approach_target`` find the one cell that matters among the 49?
+
+    Args:
+        attention: ``(B, H, O, 50)``, :class:`~crossmoe.policy.PolicyOutput`'s ``attention``.
+        obs: The ``B`` observations (``image`` and ``mission``).
+
+    Returns:
+        ``share (B, O)``: the attention (mean over heads) on the cells of
+        :func:`~crossmoe.minigrid.target_cells`, and ``uniform (B,)``: the share
+        that attention spread evenly over the seen tokens (the seen cells and
+        the mission) would put there. Both are NaN where no target is in view.
+        A non-applicable operator's row is 0 (it does not attend).
+    """
+    from crossmoe.minigrid.atoms import target_cells
+
+    attention = _numpy(attention).astype(np.float64)
+    if attention.ndim != 4 or attention.shape[-1] != VIEW * VIEW + 1:
+        raise ValueError(f"attention must be (B, H, O, {VIEW * VIEW + 1}), got {attention.shape}")
+    target = target_cells(obs).reshape(len(attention), -1)  # (B, 49), token order x * 7 + y
+    seen = np.asarray(obs["image"])[..., 0].reshape(len(attention), -1) != 0  # unseen cells are masked tokens
+    share = attention.mean(1)[..., : VIEW * VIEW] @ target[..., None].astype(np.float64)  # (B, O, 1)
+    uniform = target.sum(1) / (seen.sum(1) + 1.0)
+    visible = target.any(1)
+    return np.where(visible[:, None], share[..., 0], np.nan), np.where(visible, uniform, np.nan)
 
 
 def render_view(image: Any, tile_size: int = 16) -> np.ndarray:
@@ -182,6 +220,8 @@ def plot_grid_attention(
             shrink=0.5,
             aspect=30,
             label="attention per cell (mean over heads)",
+            ticks=vmax * np.array([0.0, 1 / 16, 1 / 4, 9 / 16, 1.0]),  # evenly spaced under the square root
+            format="%.3f",
         )
     fig.suptitle(title, fontsize=9)
     path = Path(path)
