@@ -5,6 +5,7 @@
     python examples/study.py run --config docs/results/study.json --shard 1/2 --torch-threads 1 &
     python examples/study.py report --config docs/results/study.json               # tables and plots
     python examples/study.py run --config docs/results/study.json --commit          # commit each run as it lands
+    python examples/study.py run --config docs/results/study.json --within-minutes 150   # only runs that can finish
 
 The config (JSON) names the env, the budget, the seeds, the evaluation and
 the agents; each agent is a set of ``examples/ppo_nethack.py`` arguments, or
@@ -95,6 +96,11 @@ class Args:
     eval_compile: bool = True
     """Evaluate trained agents with their forward compiled (``PolicyAgent(compile=True)``): several times faster
     at the evaluation's batch of 8; ``--no-eval-compile`` evaluates eagerly."""
+    within_minutes: float | None = None
+    """Start no training run that is not expected to finish within this many minutes of the start of this
+    command (a session with a hard end): the estimate is the run's remaining env steps at the training speed
+    of this agent's finished runs (else of any finished run of the study), plus a sixth for its evaluations.
+    A run that would not fit is skipped, and a shorter one after it may still start; unset: no limit."""
     commit: bool = False
     """``git commit`` each run's result files (its folder under ``--results-root``, and nothing else) the moment
     the run is evaluated, so a study cut off midway keeps every run that finished."""
@@ -264,6 +270,7 @@ def run(args: Args, config: dict) -> None:
     only = None if args.only is None else set(args.only.split(","))
     results = Path(args.results_root)
     repository = _repository(results) if args.commit else None
+    deadline = None if args.within_minutes is None else time.time() + 60 * args.within_minutes
     for position, (agent, seed) in enumerate(plan(config, only)):
         if position % count != index:
             continue
@@ -273,6 +280,13 @@ def run(args: Args, config: dict) -> None:
             continue
         if args.train_only and seed is None:
             continue
+        if deadline is not None and seed is not None:
+            run_dir = result_dir(config, agent, seed, Path(args.runs_root))
+            expected = expected_seconds(config, agent, run_dir, results)
+            if expected is not None and time.time() + expected > deadline:
+                left = max(0.0, deadline - time.time()) / 60
+                print(f"skipped: {out} needs about {expected / 60:.0f} min, {left:.0f} min left", flush=True)
+                continue
         out.mkdir(parents=True, exist_ok=True)
         run_dir = None
         start = time.time()
@@ -308,6 +322,37 @@ def run(args: Args, config: dict) -> None:
         print(f"finished: {out}", flush=True)
         if repository is not None:
             _commit(repository, out, f"study {config['name']}: {agent}" + ("" if seed is None else f", seed {seed}"))
+
+
+EVAL_SHARE = 1 / 6  # evaluations (100 episodes, snapshots) add about this share to a NetHack run's training time
+
+
+def expected_seconds(config: dict, agent: str, run_dir: Path, results: Path) -> float | None:
+    """How long training (or finishing) one run of ``agent`` and evaluating it should take, or None if no
+    finished run of the study says how fast it trains: the env steps left (the run's budget less what its
+    ``metrics.jsonl`` under ``run_dir`` already logged) at the training speed of ``agent``'s finished runs under
+    ``results``, else of all the study's finished runs, plus :data:`EVAL_SHARE` of the whole run's time."""
+    from crossmoe.training import read_metrics
+
+    speeds: dict[str, list[float]] = {}
+    for other in config["agents"]:
+        if floor_of(config, other) is not None:
+            continue
+        for seed in config["seeds"]:
+            metrics = result_dir(config, other, seed, results) / "metrics.jsonl"
+            if metrics.is_file() and (metrics.parent / "eval.json").is_file():
+                sps = _training_sps(read_metrics(metrics))
+                if sps:
+                    speeds.setdefault(other, []).append(sps)
+    pool = speeds.get(agent) or [sps for values in speeds.values() for sps in values]
+    if not pool:
+        return None
+    sps = sum(pool) / len(pool)
+    budget = budget_of(config, agent)
+    done = 0
+    if (run_dir / "metrics.jsonl").is_file():
+        done = max((row["global_step"] for row in read_metrics(run_dir / "metrics.jsonl")), default=0)
+    return (max(0, budget - done) + EVAL_SHARE * budget) / sps
 
 
 def _repository(results: Path) -> Path:

@@ -426,3 +426,51 @@ def _write(tmp_path: Path, config: dict) -> Path:
     path = tmp_path / "study.json"
     path.write_text(json.dumps(config))
     return path
+
+
+def test_within_minutes_starts_only_the_runs_that_can_finish(tmp_path, module, monkeypatch, capsys):
+    """A finished run says how fast the agent trains; a run that would overrun the time left is skipped and a
+    shorter one after it still starts; a half-done run is estimated on its remaining steps."""
+    from crossmoe.evaluation import EvalResult
+
+    trained = []
+
+    def fake_training(config, agent, seed, run_dir, torch_threads):
+        trained.append((agent, seed))
+        raise SystemExit  # stop here: only the choice of runs is under test
+
+    monkeypatch.setattr(module, "train", fake_training)
+    config = {
+        **TINY,
+        "seeds": [1, 2],
+        "total_timesteps": 600_000,
+        "agents": {"slow": {"policy": "moe"}, "short": {"policy": "moe", "total_timesteps": 60_000}},
+        "runs": [["slow", 1], ["slow", 2], ["short", 1]],
+    }
+    results, runs = tmp_path / "results", tmp_path / "runs"
+    finished = results / "tiny" / "slow__s1"  # trained at 100 env steps/s: 600k steps take 100 minutes
+    finished.mkdir(parents=True)
+    rows = [{"global_step": 60_000 * (i + 1), "sps": 100.0} for i in range(10)]
+    (finished / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    result = EvalResult("NetHackScore-v0", 10_000_000, 2, None, scores=[1.0], returns=[1.0])
+    (finished / "eval.json").write_text(json.dumps(result.to_dict()))
+
+    assert module.expected_seconds(config, "slow", runs / "tiny" / "slow__s2", results) == pytest.approx(7000.0)
+    assert module.expected_seconds(config, "short", runs / "tiny" / "short__s1", results) == pytest.approx(700.0)
+    half = runs / "tiny" / "slow__s2"
+    half.mkdir(parents=True)
+    (half / "metrics.jsonl").write_text(json.dumps({"global_step": 300_000, "sps": 100.0}) + "\n")
+    assert module.expected_seconds(config, "slow", half, results) == pytest.approx(4000.0)  # 300k left + evals
+    assert module.expected_seconds({**config, "agents": {"x": {}}}, "x", half, tmp_path / "none") is None
+
+    args = module.Args(
+        command="run", runs_root=str(runs), results_root=str(results), torch_threads=1, within_minutes=60
+    )
+    with pytest.raises(SystemExit):
+        module.run(args, config)
+    assert trained == [("short", 1)]  # slow s2 needs about 67 minutes of the 60
+    assert "skipped: " in capsys.readouterr().out
+    args.within_minutes = 90
+    with pytest.raises(SystemExit):
+        module.run(args, config)
+    assert trained[-1] == ("slow", 2)
