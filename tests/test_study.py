@@ -474,3 +474,12 @@ def test_within_minutes_starts_only_the_runs_that_can_finish(tmp_path, module, m
     with pytest.raises(SystemExit):
         module.run(args, config)
     assert trained[-1] == ("slow", 2)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "docs" / "results").glob("*.json")), ids=lambda path: path.name)
+def test_every_committed_study_config_loads_and_plans(path, module):
+    """A typo in a committed config (an unknown agent in ``runs``, a bad budget) would stop a study midway."""
+    config = module.load_config(path)
+    runs = module.plan(config)
+    assert runs and all(agent in config["agents"] for agent, _ in runs)
+    assert all(module.budget_of(config, agent) > 0 for agent, _ in runs)
