@@ -72,10 +72,16 @@ def load(args: Args) -> tuple[CrossAttentionMoEPolicy, str, str]:
 
 
 def play(
-    policy: CrossAttentionMoEPolicy, env_id: str, steps: int, seed: int, deterministic: bool, *, episodes: int = 1
+    policy: CrossAttentionMoEPolicy,
+    env_id: str,
+    steps: int,
+    seed: int,
+    deterministic: bool,
+    *,
+    one_episode: bool = True,
 ):
     """The observations (stacked), missions, action names and rewards of ``steps`` steps of play: the first
-    episode only, or as many episodes as the steps hold when ``episodes`` is 0."""
+    episode only, or as many episodes as the steps hold without ``one_episode``."""
     env = make_env(env_id, seed=seed)
     names = [action_name(action) for action in env_actions(env)]
     obs, _ = env.reset(seed=seed)
@@ -92,7 +98,7 @@ def play(
         actions.append(names[int(action)].removeprefix("Actions."))
         rewards.append(float(reward))
         if terminated or truncated:
-            if episodes:
+            if one_episode:
                 break
             obs, _ = env.reset()
     env.close()
@@ -145,7 +151,7 @@ def main(args: Args) -> list[Path]:
     ]
     if args.target_steps:
         seed = args.seed + 1_000  # other episodes than the picture's
-        played, *_ = play(policy, env_id, args.target_steps, seed, args.deterministic, episodes=0)
+        played, *_ = play(policy, env_id, args.target_steps, seed, args.deterministic, one_episode=False)
         rows = target_table(policy, played)
         path = out / "target_attention.json"
         meta = {"agent": label, "env_id": env_id, "steps": args.target_steps, "seed": seed}

@@ -55,16 +55,21 @@ def test_the_view_is_drawn_as_minigrid_draws_the_agents_point_of_view():
         render_view(np.zeros((1, 7, 7, 3)))
 
 
-@pytest.fixture(scope="module")
-def episode():
-    env = make_env("MiniGrid-UnlockPickup-v0", seed=4)
-    obs, _ = env.reset(seed=4)
+def played(env_id: str, seed: int, actions: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """The observations before each of ``actions``, stacked."""
+    env = make_env(env_id, seed=seed)
+    obs, _ = env.reset(seed=seed)
     steps = []
-    for action in (1, 2, 2, 0, 2, 3, 1, 2):
+    for action in actions:
         steps.append({key: np.array(value) for key, value in obs.items()})
         obs, *_ = env.step(action)
     env.close()
     return {key: np.stack([step[key] for step in steps]) for key in steps[0]}
+
+
+@pytest.fixture(scope="module")
+def episode():
+    return played("MiniGrid-UnlockPickup-v0", 4, (1, 2, 2, 0, 2, 3, 1, 2))
 
 
 def test_frames_show_the_applicable_operators_of_highest_score_and_where_they_look(episode, tmp_path):
@@ -93,14 +98,7 @@ def test_frames_show_the_applicable_operators_of_highest_score_and_where_they_lo
 @pytest.fixture(scope="module")
 def among_distractors():
     """8 steps of turning and walking in GoToLocal: the named object among 7 others, in and out of view."""
-    env = make_env("BabyAI-GoToLocal-v0", seed=0)
-    obs, _ = env.reset(seed=0)
-    steps = []
-    for action in (0, 0, 0, 2, 1, 1, 2, 0):
-        steps.append({key: np.array(value) for key, value in obs.items()})
-        obs, *_ = env.step(action)
-    env.close()
-    return {key: np.stack([step[key] for step in steps]) for key in steps[0]}
+    return played("BabyAI-GoToLocal-v0", 0, (0, 0, 0, 2, 1, 1, 2, 0))
 
 
 def test_attention_on_the_target_is_the_attention_on_the_cells_behind_target_visible(among_distractors):
