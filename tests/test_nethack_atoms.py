@@ -4,6 +4,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
+from nethack_facts import VI_KEY_MOVES
 
 pytest.importorskip("nle")
 
@@ -643,18 +644,6 @@ def test_memory_keys_must_have_the_shape_of_the_glyphs():
 
 
 # monster_<dir>
-
-# NetHack's vi-keys: the ASCII value of each CompassDirection is the key that moves that way.
-VI_KEY_MOVES = {
-    "k": (-1, 0),
-    "l": (0, 1),
-    "j": (1, 0),
-    "h": (0, -1),
-    "u": (-1, 1),
-    "n": (1, 1),
-    "b": (1, -1),
-    "y": (-1, -1),
-}
 
 
 def test_directions_follow_nle_compass_directions():

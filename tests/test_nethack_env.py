@@ -5,6 +5,7 @@ import sys
 
 import numpy as np
 import pytest
+from nethack_facts import VI_KEY_MOVES
 
 pytest.importorskip("nle")
 
@@ -23,17 +24,6 @@ from crossmoe.nethack.env import (
 )
 
 UNSEEN = nethack.GLYPH_CMAP_OFF  # S_stone
-# NetHack's vi-keys: the ASCII value of each CompassDirection (upper case: CompassDirectionLonger) moves that way.
-VI_KEY_MOVES = {
-    "k": (-1, 0),
-    "l": (0, 1),
-    "j": (1, 0),
-    "h": (0, -1),
-    "u": (-1, 1),
-    "n": (1, 1),
-    "b": (1, -1),
-    "y": (-1, -1),
-}
 MONSTER_NAMES = {nethack.permonst(index).mname for index in range(nethack.NUMMONS)}
 
 

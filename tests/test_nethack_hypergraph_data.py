@@ -5,6 +5,7 @@ import json
 from importlib import resources
 
 import pytest
+from nethack_facts import VI_KEY_MOVES
 
 pytest.importorskip("nle")
 
@@ -95,19 +96,6 @@ def test_eating_starts_only_when_a_move_can_name_the_food(graph):
 
 def _operator(graph, name):
     return next(operator for operator in graph["operators"] if operator["name"] == name)
-
-
-# NetHack's vi-keys: the ASCII value of each CompassDirection is the key that moves that way.
-VI_KEY_MOVES = {
-    "k": (-1, 0),
-    "l": (0, 1),
-    "j": (1, 0),
-    "h": (0, -1),
-    "u": (-1, 1),
-    "n": (1, 1),
-    "b": (1, -1),
-    "y": (-1, -1),
-}
 
 
 @pytest.mark.parametrize(("name", "dy", "dx"), DIRECTIONS)
