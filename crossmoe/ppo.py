@@ -247,7 +247,9 @@ class TrainDomain:
         teachers: Teacher factories by name, each ``vector env -> Teacher``.
         env_options: Names of fields of the args (of a :class:`PPOArgs`
             subclass) passed on to ``make_vector_env`` as they are.
-        policy_options: Names of fields passed on to ``make_policy``.
+        policy_options: Names of fields passed on to ``make_policy``. Both
+            are optional: args without such a field (a plain
+            :class:`PPOArgs`) leave the factory's default.
         success: ``(reward, terminal) -> (N,) bool``: whether an episode that
             ends on this step succeeded; metrics then log ``success_rate``.
     """
@@ -305,6 +307,11 @@ def make_teacher(args: PPOArgs, envs: Any, domain: TrainDomain) -> tuple[Teacher
     return domain.teachers[args.teacher](envs), schedule
 
 
+def _options(args: PPOArgs, names: tuple[str, ...]) -> dict[str, Any]:
+    """The fields of ``args`` among ``names`` (a domain's env or policy options) that ``args`` has."""
+    return {name: getattr(args, name) for name in names if hasattr(args, name)}
+
+
 def make_agent(args: PPOArgs, envs: Any, domain: TrainDomain) -> nn.Module:
     """The MoE agent (``policy="moe"``), the no-MoE baseline (``"mlp"``) or the flat-features control (``"flat"``)."""
     if args.policy == "moe":
@@ -315,7 +322,7 @@ def make_agent(args: PPOArgs, envs: Any, domain: TrainDomain) -> nn.Module:
             knowledge=args.knowledge,
             uniform_router_init=args.uniform_router_init,
             applicable_queries=args.applicable_queries,
-            **{name: getattr(args, name) for name in domain.policy_options},
+            **_options(args, domain.policy_options),
         )
     if args.policy not in ("mlp", "flat"):
         raise ValueError(f"policy must be one of ('moe', 'mlp', 'flat'), got {args.policy!r}")
@@ -436,7 +443,7 @@ def train(args: PPOArgs, domain: TrainDomain) -> dict[str, Any]:
 
     import gymnasium as gym
 
-    env_kwargs = {name: getattr(args, name) for name in domain.env_options}
+    env_kwargs = _options(args, domain.env_options)
     if args.max_episode_steps is not None:
         env_kwargs["max_episode_steps"] = args.max_episode_steps
     envs = domain.env.make_vector_env(args.num_envs, args.seed, args.env_id, **env_kwargs)
@@ -733,7 +740,10 @@ def train(args: PPOArgs, domain: TrainDomain) -> dict[str, Any]:
         "policy": args.policy,
         "fusion": args.fusion if moe else None,
         "knowledge": args.knowledge if moe else None,
-        **{name: getattr(args, name) if moe and args.knowledge else None for name in domain.policy_options},
+        **{
+            name: value if moe and args.knowledge else None
+            for name, value in _options(args, domain.policy_options).items()
+        },
         "teacher": args.teacher,
         "seed": args.seed,
         "global_step": counters["global_step"],

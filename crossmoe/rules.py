@@ -131,6 +131,8 @@ class RuleAgent:
         if hasattr(atoms, "detach"):
             atoms = atoms.detach().cpu().numpy()
         applicable = self.hypergraph.applicable(np.asarray(atoms, dtype=np.float32)).numpy()  # (B, O)
+        if not self.order.size:  # no operator has an action in the env's action set: uniform play
+            return np.full(len(applicable), -1), np.ones((len(applicable), self.num_actions), dtype=bool)
         ranked = applicable[:, self.order]  # (B, O') in priority order
         found = ranked.any(axis=1)
         operators = np.where(found, self.order[ranked.argmax(axis=1)], -1)

@@ -36,6 +36,9 @@ class Args(PPOArgs):
     """Token and context width."""
     teacher: Literal["none", "rules"] = "none"
     """Kickstart from the MiniGrid graph played as rules (``crossmoe.minigrid.RuleAgent``); ``none``: plain PPO."""
+    knowledge_pathway: Literal["prior", "rules"] = "prior"
+    """``prior``: each applicable operator votes for its actions (``ApplicabilityPrior``); ``rules``: the first
+    applicable operator in the rules' order votes (``RulePrior``): the policy starts as the rules, softened."""
 
 
 def main(args: Args) -> dict:

@@ -38,10 +38,11 @@ class Args(PPOArgs):
     (``crossmoe.nethack.RuleAgent``), ``rules_no_eating`` the same rules before they learned to eat; the
     distillation loss from its action distribution to the policy's, on the rollout's states, joins the PPO
     loss. ``none``: plain PPO."""
-    knowledge_pathway: Literal["prior", "attention"] = "prior"
+    knowledge_pathway: Literal["prior", "attention", "rules"] = "prior"
     """``prior``: each applicable operator votes for its actions (``ApplicabilityPrior``); ``attention``: operators
     that move in several directions vote for the directions their cross-attention reads
-    (``AttentionDirectionPrior``, ``--fusion cross_attention`` only)."""
+    (``AttentionDirectionPrior``, ``--fusion cross_attention`` only); ``rules``: the first applicable operator
+    in the rules' order votes (``RulePrior``): the policy starts as the rules, softened, with no teacher."""
     vectorization: Literal["sync", "async"] = "sync"
     """``sync`` steps the envs in this process; ``async`` in one subprocess each (slower on 2 cores)."""
 

@@ -44,6 +44,12 @@ def test_operators_without_an_action_in_the_env_are_never_chosen():
     assert "open_door" not in agent.priority
     operators, _ = agent.select({"flags": np.ones((1, 3), dtype=np.float32)})
     assert GRAPH.operators[operators[0]] == "pick_up_key"
+    # An env in which no operator has an action: no operator plays, and every action is equally likely.
+    lost = RuleAgent(GRAPH, atoms, action_set=["Act.jump", "Act.swim"])
+    assert lost.priority == ()
+    operators, actions = lost.select({"flags": np.ones((3, 3), dtype=np.float32)})
+    assert operators.tolist() == [-1, -1, -1] and set(actions) <= {0, 1}
+    np.testing.assert_allclose(lost.action_probs({"flags": np.zeros((2, 3), dtype=np.float32)}), np.full((2, 2), 0.5))
 
 
 @pytest.mark.parametrize(

@@ -205,5 +205,28 @@ def test_the_nethack_agent_with_the_attention_pathway(nethack_play):
 
     with pytest.raises(ValueError, match="fusion must be 'cross_attention', got 'concat'"):
         make_policy(action_set=actions, fusion="concat", knowledge_pathway="attention")
-    with pytest.raises(ValueError, match="knowledge_pathway must be 'prior' or 'attention', got 'both'"):
+    with pytest.raises(ValueError, match="knowledge_pathway must be 'prior', 'attention' or 'rules', got 'both'"):
         make_policy(action_set=actions, knowledge_pathway="both")
+
+
+def test_the_nethack_agent_with_the_rules_pathway_starts_as_the_rules(nethack_play):
+    from crossmoe.knowledge import RulePrior
+    from crossmoe.nethack import RuleAgent, build_agent, make_policy
+
+    rows, _, actions = nethack_play
+    obs = {key: np.stack([row[key] for row in rows]) for key in rows[0]}
+    torch.manual_seed(0)
+    policy = make_policy(action_set=actions, knowledge_pathway="rules")
+    assert isinstance(policy.knowledge, RulePrior) and policy.config["prior_init"] == 5.0
+    out = policy(obs)
+    allowed = RuleAgent(actions).action_probs(obs) > 0  # the actions the rules (with eating) may play
+    np.testing.assert_array_equal(out.prior.detach().numpy() > 0, allowed)  # something applies in every state
+    torch.testing.assert_close(out.prior.max(1).values, torch.full((len(rows),), 5.0))
+    mass = (out.logits.softmax(1) * torch.from_numpy(allowed)).sum(1)
+    assert bool((mass > 0.85).all()), mass  # at least e^5 / (e^5 + 22) on the rules' actions, before training
+
+    rebuilt = build_agent(policy.config)
+    rebuilt.load_state_dict(policy.state_dict())
+    torch.testing.assert_close(rebuilt(obs).logits, out.logits)
+    weak = make_policy(action_set=actions, knowledge_pathway="rules", prior_init=1.0)
+    torch.testing.assert_close(weak(obs).prior, out.prior / 5.0)

@@ -26,6 +26,7 @@ from crossmoe.minigrid import (
     extract_atoms,
     load_hypergraph,
     make_env,
+    make_policy,
     make_vector_env,
 )
 
@@ -260,9 +261,37 @@ def test_a_batch_is_its_rows(real_obs):
 
 
 @pytest.mark.parametrize(
+    "env_id", ["MiniGrid-DoorKey-5x5-v0", pytest.param("MiniGrid-UnlockPickup-v0", marks=pytest.mark.slow)]
+)
+def test_a_fresh_policy_on_the_rules_pathway_plays_like_the_rules(env_id):
+    import torch
+
+    from crossmoe.evaluation import PolicyAgent
+    from crossmoe.knowledge import RulePrior
+
+    torch.manual_seed(0)
+    policy = make_policy(knowledge_pathway="rules")
+    assert isinstance(policy.knowledge, RulePrior) and policy.knowledge.order.tolist() == RuleAgent().order.tolist()
+
+    def play(
+        agent, episodes=40
+    ):  # cut at about 3x the rules' mean length (11 steps on DoorKey-5x5, 54 on UnlockPickup)
+        steps = 40 if env_id == "MiniGrid-DoorKey-5x5-v0" else 150
+        return evaluate(agent, env_id, episodes, 8, 123, max_episode_steps=steps, domain=eval_domain())
+
+    untrained, rules = play(PolicyAgent(policy, seed=0)), play(RuleAgent(seed=0))
+    plain = play(PolicyAgent(make_policy(), seed=0), episodes=16)  # every applicable operator votes, in no order
+    assert np.mean(untrained.returns) >= 0.9 * np.mean(rules.returns), (untrained.returns, rules.returns)
+    assert np.mean(untrained.returns) > np.mean(plain.returns) + 0.2
+    with pytest.raises(ValueError, match="knowledge_pathway must be 'prior' or 'rules', got 'attention'"):
+        make_policy(knowledge_pathway="attention")
+
+
+@pytest.mark.parametrize(
     "kwargs",
     [
         dict(factory="make_policy"),
+        dict(factory="make_policy", knowledge_pathway="rules"),
         dict(factory="make_baseline_policy", knowledge=True),
         dict(factory="make_baseline_policy"),
     ],

@@ -54,6 +54,19 @@ def _run(tmp_path, **overrides):
     return summary, read_metrics(tmp_path / "run" / "metrics.jsonl")
 
 
+def test_a_plain_ppoargs_trains_with_the_nethack_domains_defaults(tmp_path):
+    """The options only the example's Args has (vectorization, knowledge_pathway) keep the factories' defaults."""
+    from crossmoe.nethack import train_domain
+    from crossmoe.ppo import PPOArgs, train
+
+    args = PPOArgs(env_id="NetHackScore-v0", total_timesteps=64, run_dir=str(tmp_path / "run"), plots=False, **TINY)
+    summary = train(args, train_domain())
+    assert summary["global_step"] == 64 and "knowledge_pathway" not in summary
+    assert (
+        load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["policy_config"]["knowledge_pathway"] == "prior"
+    )
+
+
 def test_next_step_autoreset_contract_the_loop_masks():
     """After an episode ends, the next step ignores its action, gives reward 0 and starts the new episode."""
     from crossmoe.nethack import make_vector_env
@@ -148,7 +161,14 @@ def test_invalid_minibatch_split_is_rejected(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "options", [{"fusion": "concat"}, {"policy": "mlp"}, {"policy": "flat"}, {"knowledge_pathway": "attention"}]
+    "options",
+    [
+        {"fusion": "concat"},
+        {"policy": "mlp"},
+        {"policy": "flat"},
+        {"knowledge_pathway": "attention"},
+        {"knowledge_pathway": "rules"},
+    ],
 )
 def test_ablations_train(tmp_path, options):
     summary, rows = _run(tmp_path, total_timesteps=128, **options)

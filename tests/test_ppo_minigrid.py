@@ -68,6 +68,16 @@ def test_example_runs_as_a_script_with_the_shared_metrics_and_a_loadable_checkpo
     assert len(played.returns) == 4
 
 
+def test_on_the_rules_pathway_the_agent_succeeds_from_its_first_update(tmp_path):
+    summary, rows = _run(tmp_path, knowledge_pathway="rules", total_timesteps=512)
+    assert summary["knowledge_pathway"] == "rules"
+    assert (
+        load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["policy_config"]["knowledge_pathway"] == "rules"
+    )
+    finished = [row for row in rows if row["episodes_finished"]]
+    assert finished and min(row["success_rate"] for row in finished) >= 0.75  # no teacher, and no learning yet
+
+
 def test_success_rate_counts_the_episodes_that_ended_with_a_reward(tmp_path):
     """MiniGrid rewards only success: an episode cut at 3 steps never succeeds; on Empty-5x5 the rules' prior does."""
     _, cut = _run(tmp_path / "cut", total_timesteps=256, max_episode_steps=3)
@@ -164,6 +174,7 @@ def test_resume_after_sigkill_continues_the_run(tmp_path):
 def test_each_domain_says_what_is_its_own():
     minigrid = train_domain()
     assert isinstance(minigrid, TrainDomain) and minigrid.teachers.keys() == {"rules"}
+    assert minigrid.policy_options == ("knowledge_pathway",)
     assert minigrid.env.score is None  # the return is the score
     np.testing.assert_array_equal(minigrid.success(np.array([0.9, 0.0, 0.5]), np.array([True, True, False])), [1, 0, 0])
     nethack = pytest.importorskip("crossmoe.nethack")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from importlib import resources
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -14,7 +14,7 @@ from torch import nn
 from crossmoe.encoders import AtomFeatures
 from crossmoe.evaluation import EvalDomain
 from crossmoe.hypergraph import Hypergraph, action_name, env_actions
-from crossmoe.knowledge import ApplicabilityPrior
+from crossmoe.knowledge import ApplicabilityPrior, RulePrior
 from crossmoe.minigrid.atoms import ATOMS, MiniGridAtoms, extract_atoms
 from crossmoe.minigrid.encoders import MiniGridVisualEncoder
 from crossmoe.minigrid.env import make_vector_env
@@ -131,7 +131,8 @@ def make_policy(
     num_heads: int = 2,
     head_dim: int | None = 16,
     knowledge: bool = True,
-    prior_init: float = 1.0,
+    prior_init: float | None = None,
+    knowledge_pathway: Literal["prior", "rules"] = "prior",
     applicable_queries: bool = True,
     max_queries: int | None = 8,
     **policy_kwargs: Any,
@@ -151,8 +152,12 @@ def make_policy(
         dim: Width of the tokens and the context.
         fusion: ``"cross_attention"`` or the ``"concat"`` ablation.
         hypergraph: Knowledge graph; defaults to :func:`load_hypergraph`.
-        knowledge: Add the :class:`~crossmoe.knowledge.ApplicabilityPrior`; ``False`` is the ablation.
-        prior_init: Initial vote of each operator in the prior.
+        knowledge: Add the knowledge pathway; ``False`` is the ablation.
+        prior_init: Initial vote of each operator in the prior; ``None``: the
+            pathway's default (1.0, or the :class:`~crossmoe.knowledge.RulePrior`'s 5.0).
+        knowledge_pathway: ``"prior"``, the :class:`~crossmoe.knowledge.ApplicabilityPrior`,
+            or ``"rules"``, the :class:`~crossmoe.knowledge.RulePrior` of :class:`RuleAgent`:
+            the policy starts as the rules, softened, and learns from there.
         applicable_queries, max_queries: As in :func:`crossmoe.nethack.make_policy`.
         graph_hidden_dim, graph_heads, effect_passes, num_heads, head_dim: As there too.
         **policy_kwargs: Passed to :class:`~crossmoe.policy.CrossAttentionMoEPolicy`.
@@ -163,6 +168,12 @@ def make_policy(
     """
     hypergraph = _graph(hypergraph)
     actions = _action_set(action_set, env)
+    if knowledge_pathway not in ("prior", "rules"):
+        raise ValueError(f"knowledge_pathway must be 'prior' or 'rules', got {knowledge_pathway!r}")
+    init = (5.0 if knowledge_pathway == "rules" else 1.0) if prior_init is None else prior_init
+    prior: bool | nn.Module = bool(knowledge)
+    if knowledge and knowledge_pathway == "rules":
+        prior = RulePrior.from_rules(RuleAgent(actions, hypergraph=hypergraph), init=init)
     policy = knowledge_policy(
         MiniGridVisualEncoder(dim),
         hypergraph,
@@ -176,8 +187,8 @@ def make_policy(
         effect_passes=effect_passes,
         num_heads=num_heads,
         head_dim=head_dim,
-        knowledge=knowledge,
-        prior_init=prior_init,
+        knowledge=prior,
+        prior_init=init,
         applicable_queries=applicable_queries,
         max_queries=max_queries,
         **policy_kwargs,
@@ -194,7 +205,8 @@ def make_policy(
         "num_heads": num_heads,
         "head_dim": head_dim,
         "knowledge": knowledge,
-        "prior_init": prior_init,
+        "prior_init": init,
+        "knowledge_pathway": knowledge_pathway,
         "applicable_queries": applicable_queries,
         "max_queries": max_queries,
         **policy_kwargs,
@@ -296,4 +308,5 @@ def train_domain() -> TrainDomain:
         make_baseline_policy=make_baseline_policy,
         teachers={"rules": _rules_teacher},
         success=_success,
+        policy_options=("knowledge_pathway",),
     )

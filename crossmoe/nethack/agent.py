@@ -14,10 +14,10 @@ from torch import nn
 from crossmoe._checks import check_int
 from crossmoe.encoders import AtomFeatures
 from crossmoe.hypergraph import Hypergraph, action_name, env_actions
-from crossmoe.knowledge import ApplicabilityPrior, AttentionDirectionPrior
+from crossmoe.knowledge import ApplicabilityPrior, AttentionDirectionPrior, RulePrior
 from crossmoe.nethack.atoms import graph_atoms
 from crossmoe.nethack.encoders import COMPASS, NetHackVisualEncoder
-from crossmoe.nethack.rules import expert_from_label
+from crossmoe.nethack.rules import RuleAgent, expert_from_label
 from crossmoe.policy import ActorCritic, CrossAttentionMoEPolicy, knowledge_policy
 from crossmoe.ppo import TrainDomain
 from crossmoe.schedule import RoutingState
@@ -112,8 +112,8 @@ def make_policy(
     num_heads: int = 2,
     head_dim: int | None = 16,
     knowledge: bool = True,
-    prior_init: float = 1.0,
-    knowledge_pathway: Literal["prior", "attention"] = "prior",
+    prior_init: float | None = None,
+    knowledge_pathway: Literal["prior", "attention", "rules"] = "prior",
     action_set: Sequence[Any] | None = None,
     applicable_queries: bool = True,
     max_queries: int | None = 16,
@@ -157,13 +157,17 @@ def make_policy(
             :class:`~crossmoe.knowledge.ApplicabilityPrior` over the actions of
             the applicable operators; ``False`` is the no-knowledge ablation
             (the graph then only shapes the context).
-        prior_init: Initial vote of each operator in the prior.
+        prior_init: Initial vote of each operator in the prior; ``None``: the
+            pathway's default (1.0, or the :class:`~crossmoe.knowledge.RulePrior`'s 5.0).
         knowledge_pathway: ``"prior"``, the
-            :class:`~crossmoe.knowledge.ApplicabilityPrior` (design (a)), or
+            :class:`~crossmoe.knowledge.ApplicabilityPrior` (design (a)),
             ``"attention"``, the
             :class:`~crossmoe.knowledge.AttentionDirectionPrior` (design (b)):
             operators that move in several directions vote for the directions
-            their cross-attention reads (``fusion="cross_attention"`` only).
+            their cross-attention reads (``fusion="cross_attention"`` only), or
+            ``"rules"``, the :class:`~crossmoe.knowledge.RulePrior` of the
+            rule agent (:data:`~crossmoe.nethack.rules.DEFAULT_PRIORITY`): the
+            policy starts as the rules, softened, and learns from there.
         action_set: The env's actions (enum members or ``"Enum.MEMBER"``
             names), which the operators' actions are matched against; read
             from ``env`` when given, else ``NetHackScore-v0``'s.
@@ -194,9 +198,12 @@ def make_policy(
     visual = NetHackVisualEncoder(dim, crop_size=crop_size, crop_patch=crop_patch)
     # The no-knowledge ablation needs no action set (make_policy(8, knowledge=False) for an 8-action env).
     actions = _action_set(action_set, action_dim, env) if knowledge or action_set is not None else None
-    if knowledge_pathway not in ("prior", "attention"):
-        raise ValueError(f"knowledge_pathway must be 'prior' or 'attention', got {knowledge_pathway!r}")
+    if knowledge_pathway not in ("prior", "attention", "rules"):
+        raise ValueError(f"knowledge_pathway must be 'prior', 'attention' or 'rules', got {knowledge_pathway!r}")
+    init = (5.0 if knowledge_pathway == "rules" else 1.0) if prior_init is None else prior_init
     prior: bool | nn.Module = bool(knowledge)
+    if knowledge and knowledge_pathway == "rules":
+        prior = RulePrior.from_rules(RuleAgent(actions, hypergraph=hypergraph), init=init)
     if knowledge and knowledge_pathway == "attention":
         if fusion != "cross_attention":
             raise ValueError(
@@ -207,7 +214,7 @@ def make_policy(
             [[name in (f"CompassDirection.{d}", f"CompassDirectionLonger.{d}") for name in actions] for d in COMPASS]
         )
         prior = AttentionDirectionPrior(
-            hypergraph.action_mask(actions), direction_actions, init=prior_init, direction_init=prior_init
+            hypergraph.action_mask(actions), direction_actions, init=init, direction_init=init
         )
     policy = knowledge_policy(
         visual,
@@ -223,7 +230,7 @@ def make_policy(
         num_heads=num_heads,
         head_dim=head_dim,
         knowledge=prior,
-        prior_init=prior_init,
+        prior_init=init,
         applicable_queries=applicable_queries,
         max_queries=max_queries,
         **policy_kwargs,
@@ -242,7 +249,7 @@ def make_policy(
         "num_heads": num_heads,
         "head_dim": head_dim,
         "knowledge": knowledge,
-        "prior_init": prior_init,
+        "prior_init": init,
         "knowledge_pathway": knowledge_pathway,
         "action_set": actions,
         "applicable_queries": applicable_queries,
