@@ -14,6 +14,22 @@ if TYPE_CHECKING:
 __all__ = ["ApplicabilityPrior", "AttentionDirectionPrior", "RulePrior"]
 
 
+def _check_prior_arguments(action_mask: Tensor, **inits: float) -> Tensor:
+    """``action_mask`` as a non-empty ``(O, A)`` bool tensor, and each of ``inits`` a number; else a ValueError."""
+    action_mask = torch.as_tensor(action_mask, dtype=torch.bool)
+    if action_mask.dim() != 2 or 0 in action_mask.shape:
+        raise ValueError(f"action_mask must be a non-empty (O, A) bool tensor, got shape {tuple(action_mask.shape)}")
+    for name, value in inits.items():
+        if not isinstance(value, (int, float)) or value != value:
+            raise ValueError(f"{name} must be a number, got {value!r}")
+    return action_mask
+
+
+def _check_applicable(applicable: Tensor, num_operators: int) -> None:
+    if applicable.dim() != 2 or applicable.shape[1] != num_operators:
+        raise ValueError(f"applicable must be (B, O) with O={num_operators}, got shape {tuple(applicable.shape)}")
+
+
 class ApplicabilityPrior(nn.Module):
     r"""A learned bias on the action logits from the applicable operators.
 
@@ -41,23 +57,14 @@ class ApplicabilityPrior(nn.Module):
 
     def __init__(self, action_mask: Tensor, init: float = 1.0) -> None:
         super().__init__()
-        action_mask = torch.as_tensor(action_mask, dtype=torch.bool)
-        if action_mask.dim() != 2 or 0 in action_mask.shape:
-            raise ValueError(
-                f"action_mask must be a non-empty (O, A) bool tensor, got shape {tuple(action_mask.shape)}"
-            )
-        if not isinstance(init, (int, float)) or init != init:
-            raise ValueError(f"init must be a number, got {init!r}")
+        action_mask = _check_prior_arguments(action_mask, init=init)
         self.num_operators, self.num_actions = action_mask.shape
         self.register_buffer("action_mask", action_mask.float())
         per_action = init / action_mask.sum(dim=1, keepdim=True).clamp_min(1)
         self.weight = nn.Parameter(per_action * self.action_mask)
 
     def forward(self, applicable: Tensor) -> Tensor:
-        if applicable.dim() != 2 or applicable.shape[1] != self.num_operators:
-            raise ValueError(
-                f"applicable must be (B, O) with O={self.num_operators}, got shape {tuple(applicable.shape)}"
-            )
+        _check_applicable(applicable, self.num_operators)
         return applicable.to(self.weight.dtype) @ (self.weight * self.action_mask)
 
     def extra_repr(self) -> str:
@@ -106,13 +113,7 @@ class RulePrior(nn.Module):
 
     def __init__(self, action_mask: Tensor, order: Sequence[int], init: float = 5.0) -> None:
         super().__init__()
-        action_mask = torch.as_tensor(action_mask, dtype=torch.bool)
-        if action_mask.dim() != 2 or 0 in action_mask.shape:
-            raise ValueError(
-                f"action_mask must be a non-empty (O, A) bool tensor, got shape {tuple(action_mask.shape)}"
-            )
-        if not isinstance(init, (int, float)) or init != init:
-            raise ValueError(f"init must be a number, got {init!r}")
+        action_mask = _check_prior_arguments(action_mask, init=init)
         self.num_operators, self.num_actions = action_mask.shape
         order = torch.as_tensor(order, dtype=torch.long).flatten()
         if order.numel() and (int(order.min()) < 0 or int(order.max()) >= self.num_operators):
@@ -129,10 +130,7 @@ class RulePrior(nn.Module):
         return cls(torch.as_tensor(rules.action_mask), rules.order.tolist(), init=init)
 
     def forward(self, applicable: Tensor) -> Tensor:
-        if applicable.dim() != 2 or applicable.shape[1] != self.num_operators:
-            raise ValueError(
-                f"applicable must be (B, O) with O={self.num_operators}, got shape {tuple(applicable.shape)}"
-            )
+        _check_applicable(applicable, self.num_operators)
         ranked = applicable[:, self.order].to(torch.int32)  # (B, O') in priority order
         first = ranked * (ranked.cumsum(1) == 1)  # one-hot of the first applicable one, or all zeros
         votes = (self.weight * self.action_mask).index_select(0, self.order)  # (O', A)
@@ -189,20 +187,13 @@ class AttentionDirectionPrior(nn.Module):
         self, action_mask: Tensor, direction_actions: Tensor, init: float = 1.0, direction_init: float = 1.0
     ) -> None:
         super().__init__()
-        action_mask = torch.as_tensor(action_mask, dtype=torch.bool)
+        action_mask = _check_prior_arguments(action_mask, init=init, direction_init=direction_init)
         direction_actions = torch.as_tensor(direction_actions, dtype=torch.bool)
-        if action_mask.dim() != 2 or 0 in action_mask.shape:
-            raise ValueError(
-                f"action_mask must be a non-empty (O, A) bool tensor, got shape {tuple(action_mask.shape)}"
-            )
         if direction_actions.dim() != 2 or direction_actions.shape[1] != action_mask.shape[1]:
             raise ValueError(
                 f"direction_actions must be (K, A) with A={action_mask.shape[1]}, got shape "
                 f"{tuple(direction_actions.shape)}"
             )
-        for name, value in (("init", init), ("direction_init", direction_init)):
-            if not isinstance(value, (int, float)) or value != value:
-                raise ValueError(f"{name} must be a number, got {value!r}")
         self.num_operators, self.num_actions = action_mask.shape
         self.num_directions = direction_actions.shape[0]
         moves = direction_actions.any(0)  # (A,)
@@ -220,10 +211,7 @@ class AttentionDirectionPrior(nn.Module):
 
     def forward(self, applicable: Tensor, attention: Tensor, directions: Tensor) -> Tensor:
         batch = applicable.shape[0]
-        if applicable.dim() != 2 or applicable.shape[1] != self.num_operators:
-            raise ValueError(
-                f"applicable must be (B, O) with O={self.num_operators}, got shape {tuple(applicable.shape)}"
-            )
+        _check_applicable(applicable, self.num_operators)
         if attention.dim() != 4 or attention.shape[0] != batch or attention.shape[2] != self.num_operators:
             raise ValueError(
                 f"attention must be (B, H, O, N) with B={batch}, O={self.num_operators}, got shape "
