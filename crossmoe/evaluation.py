@@ -249,6 +249,14 @@ def _describe(values: Sequence[float], prefix: str) -> dict[str, float]:
     }
 
 
+def _quota(episodes: int, num_envs: int) -> np.ndarray:
+    """Episodes per environment: ``episodes`` over ``min(num_envs, episodes)`` environments, the first ones one more."""
+    num_envs = min(int(num_envs), int(episodes))
+    quota = np.full(num_envs, episodes // num_envs)
+    quota[: episodes % num_envs] += 1
+    return quota
+
+
 @dataclass
 class EvalResult:
     """The episodes of one :func:`evaluate` call, and the routing usage of its agent.
@@ -294,11 +302,28 @@ class EvalResult:
     def num_episodes(self) -> int:
         return len(self.scores)
 
-    def metric(self, name: str) -> np.ndarray:
-        """The per-episode values of ``name``, one of :data:`METRICS` (``"score"``, ``"return"``, ...)."""
+    def metric(self, name: str, episodes: int | None = None) -> np.ndarray:
+        """The per-episode values of ``name``, one of :data:`METRICS` (``"score"``, ``"return"``, ...).
+
+        With ``episodes``, only the episodes that an evaluation of that many
+        episodes with the same seed and ``num_envs`` plays (each environment's
+        first ones, :func:`evaluate`'s split): what to compare a shorter
+        evaluation of another agent with, such as a 50-episode snapshot
+        against a 100-episode floor.
+        """
         if name not in METRICS:
             raise ValueError(f"name must be one of {METRICS}, got {name!r}")
-        return np.asarray(getattr(self, name + "s"), dtype=float)
+        values = np.asarray(getattr(self, name + "s"), dtype=float)
+        if episodes is None:
+            return values
+        if isinstance(episodes, bool) or not isinstance(episodes, (int, np.integer)) or not 1 <= episodes:
+            raise ValueError(f"episodes must be an integer >= 1, got {episodes!r}")
+        if episodes > self.num_episodes:
+            raise ValueError(f"episodes must be at most the {self.num_episodes} evaluated, got {episodes}")
+        played = _quota(self.num_episodes, self.num_envs)
+        starts = np.concatenate([[0], np.cumsum(played)[:-1]])
+        wanted = _quota(episodes, self.num_envs)
+        return np.concatenate([values[start : start + k] for start, k in zip(starts, wanted, strict=False)])
 
     def to_dict(self) -> dict[str, Any]:
         """All fields as plain JSON data; :meth:`from_dict` reads it back."""
@@ -477,8 +502,7 @@ def evaluate(
         raise ValueError(f"situations[{ALL_STEPS!r}] is every step and takes no atoms, got {situations[ALL_STEPS]}")
     usage = _UsageBySituation({ALL_STEPS: (), **situations}, domain.atom_names)
     num_envs = min(int(num_envs), int(episodes))
-    quota = np.full(num_envs, episodes // num_envs)
-    quota[: episodes % num_envs] += 1
+    quota = _quota(episodes, num_envs)
     if max_episode_steps is not None:
         env_kwargs["max_episode_steps"] = max_episode_steps
     envs = domain.make_vector_env(num_envs, seed, env_id, **env_kwargs)

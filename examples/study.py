@@ -473,14 +473,21 @@ def _paired_section(config: dict, evals: dict, seeds: dict) -> list[str]:
 
 def _ratio_section(config: dict, evals: dict, root: Path) -> list[str]:
     """For ``config["ratio_to"]`` (an agent, e.g. ``"rules"``): each trained agent's score as a multiple of
-    that agent's evaluation mean on the same env and episodes, per seed and as the mean of seeds with its
-    bootstrap CI, at the end of training and at each snapshot, with the mean max depth."""
+    that agent's mean on the same env and episodes (:meth:`EvalResult.metric`'s ``episodes`` at a snapshot,
+    which plays fewer), per seed and as the mean of seeds with its bootstrap CI, at the end of training and
+    at each snapshot, with the mean max depth."""
     from crossmoe.stats import bootstrap_ci
 
     name = config.get("ratio_to")
     if not name or name not in evals:
         return []
-    reference = float(evals[name][0].metric("score").mean())
+    floor = evals[name][0]
+    reference = float(floor.metric("score").mean())
+
+    def ratio(result) -> float:  # against the floor's mean on the same episodes (a snapshot plays fewer)
+        episodes = min(result.num_episodes, floor.num_episodes)
+        return float(result.metric("score").mean()) / float(floor.metric("score", episodes).mean())
+
     steps = [
         (None, "eval.json"),
         *((s["step"], f"eval_step_{s['step']}.json") for s in config.get("snapshot_evals", [])),
@@ -497,7 +504,7 @@ def _ratio_section(config: dict, evals: dict, root: Path) -> list[str]:
             ]
             if not results:
                 continue
-            ratios = [float(r.metric("score").mean()) / reference for r in results]
+            ratios = [ratio(r) for r in results]
             depth = sum(float(r.metric("depth").mean()) for r in results) / len(results)
             mean = _fmt(*bootstrap_ci(ratios), digits=2) if len(ratios) > 1 else f"{ratios[0]:.2f}"
             at = f"{budget_of(config, agent):,} (end)" if step is None else f"{step:,}"
@@ -507,7 +514,8 @@ def _ratio_section(config: dict, evals: dict, root: Path) -> list[str]:
         return []
     return [
         "",
-        f"## Against {name}: score as a multiple of its evaluation mean, {reference:.1f}",
+        f"## Against {name}: score as a multiple of its mean on the same episodes ({reference:.1f} on all "
+        f"{floor.num_episodes}; a snapshot's fewer episodes are each env's first ones)",
         "",
         f"| agent | env steps | seeds | × {name}, per seed | × {name}, mean of seeds [CI] | max depth, mean of seeds |",
         "|---|---:|---:|---|---:|---:|",

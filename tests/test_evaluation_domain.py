@@ -111,3 +111,16 @@ def test_usage_by_situation_comes_from_the_domains_atoms():
 def test_domain_must_be_an_eval_domain():
     with pytest.raises(TypeError, match="domain must be an EvalDomain"):
         evaluate(_Left(), "Corridor", episodes=1, domain={"make_vector_env": make_corridors})
+
+
+def test_a_longer_evaluation_holds_the_episodes_of_a_shorter_one():
+    agent = RuleAgent(GRAPH, corridor_atoms, ["Move.left", "Move.right"])
+    long = evaluate(agent, "Corridor", episodes=10, num_envs=3, seed=11, domain=DOMAIN)
+    assert len(set(long.lengths)) > 1  # the start cell, hence the length, differs from episode to episode
+    for episodes in (1, 2, 4, 7, 10):
+        short = evaluate(agent, "Corridor", episodes=episodes, num_envs=3, seed=11, domain=DOMAIN)
+        np.testing.assert_array_equal(long.metric("length", episodes), short.metric("length"))
+    with pytest.raises(ValueError, match="episodes must be at most the 10 evaluated, got 11"):
+        long.metric("length", 11)
+    with pytest.raises(ValueError, match="episodes must be an integer >= 1, got 0"):
+        long.metric("score", 0)

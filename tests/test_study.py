@@ -344,19 +344,20 @@ def test_the_report_gives_paired_differences_and_the_teacher_floor(tmp_path, mod
         "teacher_floor": {"agent": "rules", "after": 200_000},
     }
     root = tmp_path / "results" / "paired"
-    write(root / "rules", [100.0] * 4)
+    write(root / "rules", [80.0, 100.0, 110.0, 110.0])  # mean 100; 90 on the first two envs' episodes
     for seed, (a, b) in zip((1, 2, 3), ((150.0, 140.0), (120.0, 125.0), (200.0, 170.0)), strict=True):
         write(root / f"a__s{seed}", [a] * 4, curve(a))
         write(root / f"b__s{seed}", [b] * 4, curve(b if seed != 2 else 90.0))
     config["ratio_to"] = "rules"
-    config["snapshot_evals"] = [{"step": 500, "episodes": 4}]
-    snapshot = EvalResult("NetHackScore-v0", 10_000_000, 8, None, scores=[110.0] * 4, returns=[110.0] * 4)
-    snapshot.depths, snapshot.lengths, snapshot.outcomes = [3] * 4, [10] * 4, ["starving"] * 4
+    config["snapshot_evals"] = [{"step": 500, "episodes": 2}]
+    snapshot = EvalResult("NetHackScore-v0", 10_000_000, 8, None, scores=[99.0] * 2, returns=[99.0] * 2)
+    snapshot.depths, snapshot.lengths, snapshot.outcomes = [3] * 2, [10] * 2, ["starving"] * 2
     (root / "a__s1" / "eval_step_500.json").write_text(json.dumps(snapshot.to_dict()))
     report = module.report(config, tmp_path / "results").read_text()
-    assert "## Against rules: score as a multiple of its evaluation mean, 100.0" in report
+    assert "## Against rules: score as a multiple of its mean on the same episodes (100.0 on all 4;" in report
     assert "| a | 256 (end) | 3 | 1.50, 1.20, 2.00 | 1.57 [1.20, 2.00] | 1.00 |" in report
-    assert "| a | 500 | 1 | 1.10 | 1.10 | 3.00 |" in report  # the snapshot, on the seed that has one
+    # the snapshot, on the seed that has one: its 2 episodes against the rules' 90 on the same two, not 100
+    assert "| a | 500 | 1 | 1.10 | 1.10 | 3.00 |" in report
     row = next(line for line in report.splitlines() if line.startswith("| a − b |"))
     assert "| 3 | s1: +10.0, s2: -5.0, s3: +30.0 | 11.7 [" in row and row.endswith("| 2 of 3 |")
     floor = "against the evaluation mean of rules, 100.0"
