@@ -111,7 +111,10 @@ class RulePrior(nn.Module):
                 [0., 0.]], grad_fn=<MmBackward0>)
     """
 
-    def __init__(self, action_mask: Tensor, order: Sequence[int], init: float = 5.0) -> None:
+    DEFAULT_INIT = 5.0
+    """The default ``init``: ``e^5 / (e^5 + 22) = 0.87`` of the mass on one rule action of NetHack's 23."""
+
+    def __init__(self, action_mask: Tensor, order: Sequence[int], init: float = DEFAULT_INIT) -> None:
         super().__init__()
         action_mask = _check_prior_arguments(action_mask, init=init)
         self.num_operators, self.num_actions = action_mask.shape
@@ -125,7 +128,7 @@ class RulePrior(nn.Module):
         self.weight = nn.Parameter(float(init) * self.action_mask)
 
     @classmethod
-    def from_rules(cls, rules: RuleAgent, init: float = 5.0) -> RulePrior:
+    def from_rules(cls, rules: RuleAgent, init: float = DEFAULT_INIT) -> RulePrior:
         """The prior of a :class:`~crossmoe.rules.RuleAgent`: its priority order and its action mask."""
         return cls(torch.as_tensor(rules.action_mask), rules.order.tolist(), init=init)
 

@@ -170,7 +170,7 @@ def make_policy(
     actions = _action_set(action_set, env)
     if knowledge_pathway not in ("prior", "rules"):
         raise ValueError(f"knowledge_pathway must be 'prior' or 'rules', got {knowledge_pathway!r}")
-    init = (5.0 if knowledge_pathway == "rules" else 1.0) if prior_init is None else prior_init
+    init = (RulePrior.DEFAULT_INIT if knowledge_pathway == "rules" else 1.0) if prior_init is None else prior_init
     prior: bool | nn.Module = bool(knowledge)
     if knowledge and knowledge_pathway == "rules":
         prior = RulePrior.from_rules(RuleAgent(actions, hypergraph=hypergraph), init=init)

@@ -200,7 +200,7 @@ def make_policy(
     actions = _action_set(action_set, action_dim, env) if knowledge or action_set is not None else None
     if knowledge_pathway not in ("prior", "attention", "rules"):
         raise ValueError(f"knowledge_pathway must be 'prior', 'attention' or 'rules', got {knowledge_pathway!r}")
-    init = (5.0 if knowledge_pathway == "rules" else 1.0) if prior_init is None else prior_init
+    init = (RulePrior.DEFAULT_INIT if knowledge_pathway == "rules" else 1.0) if prior_init is None else prior_init
     prior: bool | nn.Module = bool(knowledge)
     if knowledge and knowledge_pathway == "rules":
         prior = RulePrior.from_rules(RuleAgent(actions, hypergraph=hypergraph), init=init)
