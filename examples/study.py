@@ -607,12 +607,18 @@ def report(config: dict, root: Path) -> Path:
             seeds.setdefault(agent, []).append(seed)
     if not evals:
         raise ValueError(f"no finished run of study {config['name']!r} under {str(out)!r}")
-    random_scores = {  # the random floor's mean score on each env that has one
-        env_of(config, agent): float(results[0].metric("score").mean())
-        for agent, results in evals.items()
-        if floor_of(config, agent) == "random"
+    random_floors = {  # the random floor's evaluation on each env that has one
+        env_of(config, agent): results[0] for agent, results in evals.items() if floor_of(config, agent) == "random"
     }
-    random_score = random_scores.get(config["env_id"])
+
+    def random_on(env: str, episodes: int | None = None) -> float | None:
+        """Random play's mean score on ``env``, on the episodes an ``episodes``-episode evaluation plays."""
+        floor = random_floors.get(env)
+        if floor is None:
+            return None
+        return float(floor.metric("score", None if episodes is None else min(episodes, floor.num_episodes)).mean())
+
+    random_score = random_on(config["env_id"])
     study_envs = sorted({env_of(config, agent) for agent in evals})
     # MiniGrid rewards only success: an episode with a positive return succeeded.
     success_header = "success [CI] | " if config.get("domain") == "minigrid" else ""
@@ -638,7 +644,7 @@ def report(config: dict, root: Path) -> Path:
     ]
     for agent, results in evals.items():
         pooled = {m: [v for r in results for v in r.metric(m)] for m in ("score", "return", "depth", "length")}
-        _, seeds_ci, ratio = _seed_scores(results, random_scores.get(env_of(config, agent)), digits)
+        _, seeds_ci, ratio = _seed_scores(results, random_on(env_of(config, agent)), digits)
         sps = [_training_sps(rows) for rows in metrics.get(agent, [])]
         sps_text = "-" if not sps or None in sps else f"{sum(sps) / len(sps):.0f}"
         success = _success(pooled["return"]) if success_header else ""
@@ -660,7 +666,8 @@ def report(config: dict, root: Path) -> Path:
             ]
             if not results:
                 continue
-            per_seed, seeds_ci, ratio = _seed_scores(results, random_scores.get(env_of(config, agent)), digits)
+            episodes = min(r.num_episodes for r in results)  # against random play's same (first) episodes
+            per_seed, seeds_ci, ratio = _seed_scores(results, random_on(env_of(config, agent), episodes), digits)
             returns = [v for r in results for v in r.metric("return")]
             rows.append(
                 f"| {agent} | {len(results)} | {seeds_ci} | {', '.join(f'{v:.{digits}f}' for v in per_seed)} "

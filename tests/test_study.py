@@ -337,6 +337,7 @@ def test_the_report_gives_paired_differences_and_the_teacher_floor(tmp_path, mod
         "seeds": [1, 2, 3],
         "agents": {
             "rules": {},
+            "random": {},
             "a": {"policy": "moe", "teacher": "rules"},
             "b": {"policy": "moe", "fusion": "concat", "teacher": "rules"},
         },
@@ -345,6 +346,7 @@ def test_the_report_gives_paired_differences_and_the_teacher_floor(tmp_path, mod
     }
     root = tmp_path / "results" / "paired"
     write(root / "rules", [80.0, 100.0, 110.0, 110.0])  # mean 100; 90 on the first two envs' episodes
+    write(root / "random", [10.0, 30.0, 50.0, 50.0])  # mean 35; 20 on the first two envs' episodes
     for seed, (a, b) in zip((1, 2, 3), ((150.0, 140.0), (120.0, 125.0), (200.0, 170.0)), strict=True):
         write(root / f"a__s{seed}", [a] * 4, curve(a))
         write(root / f"b__s{seed}", [b] * 4, curve(b if seed != 2 else 90.0))
@@ -358,6 +360,7 @@ def test_the_report_gives_paired_differences_and_the_teacher_floor(tmp_path, mod
     assert "| a | 256 (end) | 3 | 1.50, 1.20, 2.00 | 1.57 [1.20, 2.00] | 1.00 |" in report
     # the snapshot, on the seed that has one: its 2 episodes against the rules' 90 on the same two, not 100
     assert "| a | 500 | 1 | 1.10 | 1.10 | 3.00 |" in report
+    assert "| a | 1 | 99.0 | 99.0 | 4.95 |" in report  # × random at the snapshot: 99 / 20, not 99 / 35
     row = next(line for line in report.splitlines() if line.startswith("| a − b |"))
     assert "| 3 | s1: +10.0, s2: -5.0, s3: +30.0 | 11.7 [" in row and row.endswith("| 2 of 3 |")
     floor = "against the evaluation mean of rules, 100.0"
