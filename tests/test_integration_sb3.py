@@ -321,3 +321,33 @@ def test_bad_teacher_arguments_are_named():
     with pytest.raises(TypeError, match="teacher must have an action_probs"):
         TeacherVecEnv(vec, teacher=object())
     vec.close()
+
+
+def test_the_rules_pathway_starts_sb3_as_the_rules_and_survives_save_load(tmp_path):
+    """``knowledge_pathway="rules"`` reaches the SB3 policy through ``policy_kwargs``: on the observations its
+    env gives (atoms computed once per env step), a fresh policy puts most of its mass on the rule agent's
+    actions, and a saved model loads with the same pathway."""
+    from crossmoe.knowledge import RulePrior
+    from crossmoe.nethack import RuleAgent
+
+    env = make_vec_env(lambda: make_env("NetHackScore-v0"), n_envs=2, seed=0)
+    kwargs = {**SMALL, "knowledge_pathway": "rules"}
+    model = MoEPPO(CrossMoEPolicy, env, policy_kwargs=kwargs, n_steps=64, batch_size=64, n_epochs=1, seed=0)
+    assert isinstance(model.policy.model.knowledge, RulePrior)
+    rules = RuleAgent(model.policy_kwargs["action_set"])
+    obs, rows = model.env.reset(), []
+    for step in range(20):
+        rows.append(obs)
+        obs, *_ = model.env.step(np.array([step % 23, (3 * step) % 23]))
+    batch = {key: np.concatenate([row[key] for row in rows]) for key in rows[0]}
+    allowed = rules.action_probs(batch) > 0
+    with torch.no_grad():
+        probs = model.policy.get_distribution(model.policy.obs_to_tensor(batch)[0]).distribution.probs.numpy()
+    mass = (probs * allowed).sum(1)
+    assert (mass > 0.85).all(), mass  # e^5 / (e^5 + 22) at least, as in the network on its own
+
+    model.learn(128)
+    model.save(tmp_path / "agent.zip")
+    loaded = MoEPPO.load(tmp_path / "agent.zip", env=make_vec_env(lambda: make_env("NetHackScore-v0"), n_envs=1))
+    assert isinstance(loaded.policy.model.knowledge, RulePrior)
+    env.close()
