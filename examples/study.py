@@ -16,7 +16,7 @@ are ``examples/ppo_minigrid.py`` arguments, the floors ``random`` and
 ``rules``, and the report adds each agent's success rate); an agent's own ``env_id`` and ``{"floor": "random"}``
 (a ladder of tasks in one study, see ``docs/results/minihack-ladder.json``);
 ``snapshot_evals`` (``[{"step": 1000000, "episodes": 50}]``: also evaluate
-each run at that env step); ``return_thresholds`` (``{env_id: return}``: the
+each run at that env step, if its agent trains past it); ``return_thresholds`` (``{env_id: return}``: the
 report's steps-to-threshold table); ``curve_metric`` (``"score"`` or
 ``"episodic_return"``); ``paired`` (``[["default", "concat"]]``: the report's per-seed differences with their
 CI); ``teacher_floor`` (``{"agent": "rules", "after": 200000}``: how kickstarted runs' training score stood
@@ -142,6 +142,11 @@ def budget_of(config: dict, agent: str) -> int:
     return config["agents"][agent].get("total_timesteps", config["total_timesteps"])
 
 
+def snapshots_of(config: dict, agent: str) -> list[dict]:
+    """The study's ``snapshot_evals`` that fall inside the agent's budget (a short run has no 1M snapshot)."""
+    return [snapshot for snapshot in config.get("snapshot_evals", []) if snapshot["step"] < budget_of(config, agent)]
+
+
 def plan(config: dict, only: set[str] | None = None) -> list[tuple[str, int | None]]:
     """The runs in the config's order (``runs``), or every floor and then every agent at every seed."""
     if "runs" in config:
@@ -195,7 +200,7 @@ def train(config: dict, agent: str, seed: int, run_dir: Path, torch_threads: int
                 command += [flag, json.dumps(value)]  # e.g. --schedule-coefficients
             else:
                 command += [flag, str(value)]
-    snapshots = [str(snapshot["step"]) for snapshot in config.get("snapshot_evals", [])]
+    snapshots = [str(snapshot["step"]) for snapshot in snapshots_of(config, agent)]
     if snapshots:
         command += ["--snapshot-at", *snapshots]
     command += ["--torch-threads", str(torch_threads), "--no-progress"]
@@ -303,7 +308,7 @@ def run(args: Args, config: dict) -> None:
         if args.train_only:
             continue
         if seed is not None:
-            for snapshot in config.get("snapshot_evals", []):  # e.g. a 2M-step run looked at at 1M
+            for snapshot in snapshots_of(config, agent):  # e.g. a 2M-step run looked at at 1M
                 target = out / f"eval_step_{snapshot['step']}.json"
                 if not target.is_file():
                     evaluation = evaluate_run(

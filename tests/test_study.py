@@ -107,9 +107,16 @@ def test_an_interrupted_run_is_finished_on_the_next_call(tmp_path):
 def test_snapshot_evals_look_at_a_run_midway(tmp_path):
     from crossmoe.training import load_checkpoint
 
-    config = {**TINY, "agents": {"mlp": {"policy": "mlp"}}, "snapshot_evals": [{"step": 128, "episodes": 3}]}
+    short = {"policy": "mlp", "total_timesteps": 128}  # trains only up to the snapshot: it has none
+    config = {
+        **TINY,
+        "agents": {"mlp": {"policy": "mlp"}, "short": short},
+        "snapshot_evals": [{"step": 128, "episodes": 3}],
+    }
     (tmp_path / "study.json").write_text(json.dumps(config))
     study(tmp_path, "run", "--torch-threads", "1")
+    short_run = tmp_path / "results" / "tiny" / "short__s1"
+    assert (short_run / "eval.json").is_file() and not (short_run / "eval_step_128.json").exists()
     snapshot = tmp_path / "runs" / "tiny" / "mlp__s1" / "checkpoints" / "step_128.pt"
     assert load_checkpoint(snapshot)["counters"]["global_step"] == 128  # not the end of the 256-step run
     evaluation = json.loads((tmp_path / "results" / "tiny" / "mlp__s1" / "eval_step_128.json").read_text())
