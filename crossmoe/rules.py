@@ -31,8 +31,10 @@ class RuleAgent:
     (:meth:`Hypergraph.action_mask <crossmoe.hypergraph.Hypergraph.action_mask>`).
     Operators the priority list does not name follow it in graph order;
     operators with no action in the env's action set are never chosen. When no
-    operator applies, any action is equally likely. The whole batch is decided
-    at once with NumPy.
+    operator applies, any action is equally likely. With ``epsilon`` it plays
+    the rules softened: in each step, with that probability, any action
+    instead (epsilon-greedy over the rules). The whole batch is decided at
+    once with NumPy.
 
     It follows the :class:`~crossmoe.evaluation.Agent` protocol (:meth:`act`)
     and the :class:`~crossmoe.teacher.Teacher` protocol (:meth:`action_probs`).
@@ -46,6 +48,8 @@ class RuleAgent:
             names); :func:`~crossmoe.hypergraph.env_actions` reads them from an env.
         priority: Operator names, most urgent first.
         seed: Seed of the random choice among an operator's actions.
+        epsilon: Probability in ``[0, 1]`` of a uniformly random action in
+            each step; 0 (the default) plays the rules as they are.
 
     Example:
         >>> from crossmoe import Hypergraph, OperatorSpec
@@ -63,6 +67,7 @@ class RuleAgent:
         *,
         priority: Sequence[str] = (),
         seed: int | None = 0,
+        epsilon: float = 0.0,
     ) -> None:
         if not isinstance(hypergraph, Hypergraph):
             raise TypeError(f"hypergraph must be a crossmoe Hypergraph, got {type(hypergraph).__name__}")
@@ -76,6 +81,8 @@ class RuleAgent:
             raise ValueError(f"priority must name operators of the hypergraph, got unknown names {unknown}")
         if len(set(priority)) != len(priority):
             raise ValueError(f"priority must name each operator once, got {list(priority)}")
+        if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not 0.0 <= epsilon <= 1.0:
+            raise ValueError(f"epsilon must be a probability in [0, 1], got {epsilon!r}")
         listed = [index[name] for name in priority]
         order = np.asarray(listed + sorted(set(range(hypergraph.num_operators)) - set(listed)))
         self.hypergraph = hypergraph
@@ -86,6 +93,7 @@ class RuleAgent:
         self.action_mask = hypergraph.action_mask(self.action_set).numpy()  # (O, A)
         self.order = order[self.action_mask[order].any(axis=1)]  # operator indices, most urgent first
         self.priority = tuple(hypergraph.operators[o] for o in self.order)
+        self.epsilon = float(epsilon)
         self._rng = np.random.default_rng(seed)
 
     @property
@@ -105,9 +113,13 @@ class RuleAgent:
         Shapes:
             - obs: a dict of batched arrays, as a vector env returns
             - output: ``(operators (B,), actions (B,))``, both int64; the operator
-              is ``-1`` where none applies
+              is ``-1`` where none applies or (``epsilon``) the action is random
         """
         operators, allowed = self._choose(obs)
+        if self.epsilon > 0.0:  # drawn only then, so the rules alone keep their random stream
+            explore = self._rng.random(len(operators)) < self.epsilon
+            operators = np.where(explore, -1, operators)
+            allowed = allowed | explore[:, None]
         # The argmax of i.i.d. uniforms over the allowed actions is a uniform choice among them.
         actions = np.where(allowed, self._rng.random(allowed.shape), -1.0).argmax(axis=1)
         return operators, actions
@@ -117,13 +129,15 @@ class RuleAgent:
 
         This makes the rule agent a :class:`~crossmoe.teacher.Teacher` for
         kickstarting. Where no operator applies, it is uniform over every
-        action. An ``atoms`` entry of ``obs`` is used when present.
+        action; with ``epsilon``, ``epsilon / A`` is mixed into every action.
+        An ``atoms`` entry of ``obs`` is used when present.
 
         Shapes:
             - output: ``(B, A)`` float32, rows summing to 1
         """
         _, allowed = self._choose(obs)
-        return (allowed / allowed.sum(axis=1, keepdims=True)).astype(np.float32)
+        probs = allowed / allowed.sum(axis=1, keepdims=True)
+        return ((1.0 - self.epsilon) * probs + self.epsilon / self.num_actions).astype(np.float32)
 
     def _choose(self, obs: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         """The first applicable operator in priority order (``-1``: none) and its ``(B, A)`` bool allowed actions."""

@@ -14,7 +14,8 @@ one of the built-in floors ``random``, ``rules`` and ``rules_no_eating``
 keys: ``domain`` (``"nethack"``, the default, or ``"minigrid"``: the agents
 are ``examples/ppo_minigrid.py`` arguments, the floors ``random`` and
 ``rules``, and the report adds each agent's success rate); an agent's own ``env_id`` and ``{"floor": "random"}``
-(a ladder of tasks in one study, see ``docs/results/minihack-ladder.json``);
+(a ladder of tasks in one study, see ``docs/results/minihack-ladder.json``), and a rules floor's ``epsilon``
+(``{"floor": "rules", "epsilon": 0.1}``: the rules softened, :class:`crossmoe.rules.RuleAgent`'s ``epsilon``);
 ``snapshot_evals`` (``[{"step": 1000000, "episodes": 50}]``: also evaluate
 each run at that env step, if its agent trains past it); ``return_thresholds`` (``{env_id: return}``: the
 report's steps-to-threshold table); ``curve_metric`` (``"score"`` or
@@ -121,6 +122,10 @@ def load_config(path: str | Path) -> dict:
         floor = spec.get("floor") or (agent if agent in FLOORS else None)
         if floor is not None and floor not in floors:
             raise ValueError(f"config agent {agent!r}: floor must be one of {floors} for {domain}, got {floor!r}")
+        if "epsilon" in spec and (floor is None or floor == "random"):
+            raise ValueError(
+                f"config agent {agent!r}: epsilon softens a rules floor, got it on {floor or 'a trained agent'}"
+            )
         budget = spec.get("total_timesteps", config["total_timesteps"])
         if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
             raise ValueError(f"config agent {agent!r}: total_timesteps must be a positive int, got {budget!r}")
@@ -239,7 +244,7 @@ def evaluate_run(
         if floor == "random":
             player = RandomAgent(len(actions), seed=spec["seed"])
         else:
-            player = _rules(config, floor, actions, spec["seed"])
+            player = _rules(config, floor, actions, spec["seed"], config["agents"][agent].get("epsilon", 0.0))
     else:
         player = PolicyAgent(load_agent(run_dir / "checkpoints" / checkpoint), compile=compile)
     result = evaluate(
@@ -255,15 +260,15 @@ def evaluate_run(
     return result.to_dict()
 
 
-def _rules(config: dict, floor: str, actions: list, seed: int) -> object:
-    """The domain's rule agent called ``floor`` on ``actions``."""
+def _rules(config: dict, floor: str, actions: list, seed: int, epsilon: float = 0.0) -> object:
+    """The domain's rule agent called ``floor`` on ``actions``, softened by ``epsilon``."""
     if config.get("domain", "nethack") == "minigrid":
         from crossmoe.minigrid import RuleAgent
 
-        return RuleAgent(actions, seed=seed)
+        return RuleAgent(actions, seed=seed, epsilon=epsilon)
     from crossmoe.nethack.rules import RULES, RuleAgent
 
-    return RuleAgent(actions, priority=RULES[floor], seed=seed)
+    return RuleAgent(actions, priority=RULES[floor], seed=seed, epsilon=epsilon)
 
 
 def run(args: Args, config: dict) -> None:

@@ -52,6 +52,25 @@ def test_operators_without_an_action_in_the_env_are_never_chosen():
     np.testing.assert_allclose(lost.action_probs({"flags": np.zeros((2, 3), dtype=np.float32)}), np.full((2, 2), 0.5))
 
 
+def test_epsilon_softens_the_rules_and_samples_what_action_probs_says():
+    """With ``epsilon`` the agent plays any action with that probability: its distribution is the rules' mixed
+    with ``epsilon / A`` of every action, the sampled frequencies match it, and epsilon 0 keeps the rules'
+    own random stream."""
+    flags = np.array([[1, 1, 1], [0, 0, 0]], dtype=np.float32)  # open_door; wander (turn or forward)
+    soft = RuleAgent(GRAPH, atoms, action_set=ACTIONS, priority=("open_door",), seed=0, epsilon=0.2)
+    np.testing.assert_allclose(
+        soft.action_probs({"flags": flags}), [[0.05, 0.05, 0.05, 0.85], [0.45, 0.45, 0.05, 0.05]], rtol=1e-6
+    )
+    batch = {"flags": np.tile(flags, (20_000, 1))}  # the two states alternate
+    operators, actions = soft.select(batch)
+    counts = np.stack([np.bincount(actions[i::2], minlength=4) for i in range(2)]) / 20_000
+    np.testing.assert_allclose(counts, soft.action_probs({"flags": flags}), atol=0.015)
+    assert 0.17 < (operators == -1).mean() < 0.23  # a random step is no operator's
+    plain = RuleAgent(GRAPH, atoms, action_set=ACTIONS, seed=3)
+    zero = RuleAgent(GRAPH, atoms, action_set=ACTIONS, seed=3, epsilon=0.0)
+    np.testing.assert_array_equal(plain.act(batch), zero.act(batch))
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
@@ -60,6 +79,8 @@ def test_operators_without_an_action_in_the_env_are_never_chosen():
         (dict(action_set=[]), ValueError, "action_set must list at least one action"),
         (dict(priority="open_door"), TypeError, "priority must be a sequence of operator names"),
         (dict(priority=("fly",)), ValueError, r"unknown names \['fly'\]"),
+        (dict(epsilon=1.5), ValueError, r"epsilon must be a probability in \[0, 1\], got 1.5"),
+        (dict(epsilon=True), ValueError, "epsilon must be a probability"),
     ],
 )
 def test_bad_arguments_are_named(kwargs, error, match):

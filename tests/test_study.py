@@ -494,3 +494,25 @@ def test_every_committed_study_config_loads_and_plans(path, module):
     runs = module.plan(config)
     assert runs and all(agent in config["agents"] for agent, _ in runs)
     assert all(module.budget_of(config, agent) > 0 for agent, _ in runs)
+
+
+def test_a_rules_floor_can_be_softened_and_only_a_rules_floor(tmp_path, module, monkeypatch):
+    """``{"floor": "rules", "epsilon": e}`` evaluates the rule agent with that epsilon; epsilon on random play
+    or on a trained agent is refused by name."""
+    players = []
+    monkeypatch.setattr("crossmoe.evaluation.evaluate", lambda player, *a, **k: players.append(player) or _Stop())
+    agents = {"soft": {"floor": "rules", "epsilon": 0.25}, "rules": {}}
+    config = module.load_config(_write(tmp_path, {**TINY, "agents": agents}))
+    for agent in agents:
+        module.evaluate_run(config, agent, None, None)
+    assert [player.epsilon for player in players] == [0.25, 0.0]
+    for spec, what in (({"floor": "random", "epsilon": 0.1}, "random"), ({"policy": "mlp", "epsilon": 0.1}, "trained")):
+        with pytest.raises(ValueError, match=f"agent 'x': epsilon softens a rules floor, got it on .*{what}"):
+            module.load_config(_write(tmp_path, {**TINY, "agents": {"x": spec}}))
+
+
+class _Stop:
+    """What the patched ``evaluate`` returns: a result whose ``to_dict`` is all the study asks of it."""
+
+    def to_dict(self) -> dict:
+        return {}

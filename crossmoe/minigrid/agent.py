@@ -76,6 +76,8 @@ class RuleAgent(GenericRuleAgent):
         hypergraph: The graph; the shipped one by default.
         priority: Operator names, most urgent first; by default the graph's order.
         seed: Seed of the random choice among an operator's actions.
+        epsilon: Probability of a uniformly random action in each step (the
+            rules softened; 0 plays them as they are).
     """
 
     def __init__(
@@ -85,9 +87,10 @@ class RuleAgent(GenericRuleAgent):
         hypergraph: Hypergraph | None = None,
         priority: Sequence[str] = (),
         seed: int | None = 0,
+        epsilon: float = 0.0,
     ) -> None:
         hypergraph = load_hypergraph() if hypergraph is None else hypergraph
-        super().__init__(hypergraph, graph_atoms(hypergraph), action_set, priority=priority, seed=seed)
+        super().__init__(hypergraph, graph_atoms(hypergraph), action_set, priority=priority, seed=seed, epsilon=epsilon)
 
 
 def eval_domain() -> EvalDomain:

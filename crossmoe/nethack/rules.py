@@ -132,6 +132,8 @@ class RuleAgent(GenericRuleAgent):
             :data:`~crossmoe.nethack.ATOMS`; defaults to the shipped one.
         priority: Operator names, most urgent first (:data:`RULES` names two).
         seed: Seed of the random choice among an operator's actions.
+        epsilon: Probability of a uniformly random action in each step (the
+            rules softened; 0 plays them as they are).
 
     Example:
         >>> agent = RuleAgent(seed=0)
@@ -146,6 +148,7 @@ class RuleAgent(GenericRuleAgent):
         hypergraph: Hypergraph | None = None,
         priority: Sequence[str] = DEFAULT_PRIORITY,
         seed: int | None = 0,
+        epsilon: float = 0.0,
     ) -> None:
         if hypergraph is None:
             from crossmoe.nethack.agent import load_hypergraph  # agent.py imports this module
@@ -155,4 +158,4 @@ class RuleAgent(GenericRuleAgent):
             from nle.env.tasks import TASK_ACTIONS  # what NetHackScore-v0 and the other NLE tasks use
 
             action_set = TASK_ACTIONS
-        super().__init__(hypergraph, graph_atoms(hypergraph), action_set, priority=priority, seed=seed)
+        super().__init__(hypergraph, graph_atoms(hypergraph), action_set, priority=priority, seed=seed, epsilon=epsilon)
