@@ -3,6 +3,7 @@
     python examples/evaluate.py runs/demo/checkpoints/best.pt --episodes 100
     python examples/evaluate.py runs/x/checkpoints/last.pt --deterministic --out eval.json
     python examples/evaluate.py --agent rules --env-id NetHackScore-v0 --episodes 20
+    python examples/evaluate.py --agent rules --epsilon 0.1 --episodes 20   # the rules, softened
     python examples/evaluate.py --agent random --episodes 20
 
 A checkpoint's agent comes from :func:`crossmoe.nethack.load_agent` (with the
@@ -54,6 +55,9 @@ class Args:
     """Seed of the evaluation episodes and of the agent's sampling."""
     deterministic: bool = False
     """Take the policy's most likely action instead of sampling."""
+    epsilon: float = 0.0
+    """With ``--agent rules``/``rules_no_eating``: play the rules softened, a uniformly random action with this
+    probability in each step (``RuleAgent(epsilon=...)``)."""
     device: str = "cpu"
     """Torch device of the policy."""
     compile: bool = True
@@ -78,6 +82,8 @@ def run(args: Args) -> EvalResult:
             f"checkpoint must be given with --agent checkpoint and only then, got agent {args.agent!r} "
             f"and checkpoint {args.checkpoint!r}"
         )
+    if args.epsilon and not args.agent.startswith("rules"):
+        raise ValueError(f"epsilon softens a rule agent, got --epsilon {args.epsilon} with --agent {args.agent}")
     metadata: dict[str, Any] = {"agent": args.agent}
     max_episode_steps = args.max_episode_steps
     agent: Agent
@@ -100,7 +106,8 @@ def run(args: Args) -> EvalResult:
         if args.agent == "random":
             agent = RandomAgent(len(actions), args.seed)
         else:
-            agent = RuleAgent(actions, priority=RULES[args.agent], seed=args.seed)
+            agent = RuleAgent(actions, priority=RULES[args.agent], seed=args.seed, epsilon=args.epsilon)
+            metadata["epsilon"] = args.epsilon
     return evaluation.evaluate(
         agent, env_id, args.episodes, args.num_envs, args.seed, max_episode_steps, metadata=metadata
     )

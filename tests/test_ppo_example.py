@@ -366,6 +366,23 @@ def test_evaluate_a_checkpoint(tmp_path):
     assert json.loads(out.read_text()) == result
 
 
+def test_evaluate_plays_the_rules_softened_and_only_the_rules(monkeypatch):
+    """``--epsilon`` reaches the rule agent that plays, and the summary records it; with random play it is
+    refused by name."""
+    spec = importlib.util.spec_from_file_location("evaluate", ROOT / "examples" / "evaluate.py")
+    evaluate = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = evaluate
+    spec.loader.exec_module(evaluate)
+    calls = []
+    monkeypatch.setattr(evaluate.evaluation, "evaluate", lambda agent, *a, metadata: calls.append((agent, metadata)))
+    evaluate.run(evaluate.Args(agent="rules", epsilon=0.1))
+    evaluate.run(evaluate.Args(agent="rules_no_eating"))
+    (soft, soft_metadata), (plain, _) = calls
+    assert (soft.epsilon, soft_metadata["epsilon"], plain.epsilon) == (0.1, 0.1, 0.0)
+    with pytest.raises(ValueError, match=r"epsilon softens a rule agent, got --epsilon 0\.1 with --agent random"):
+        evaluate.run(evaluate.Args(agent="random", epsilon=0.1))
+
+
 @pytest.mark.slow
 def test_learns_minihack_room_5x5(tmp_path):
     """The learning check, on a fifth of its budget: random play scores about 0.44, the bar is 0.8.
