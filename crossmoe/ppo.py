@@ -75,7 +75,7 @@ from crossmoe.diagnostics import moe_diagnostics
 from crossmoe.evaluation import EvalDomain
 from crossmoe.losses import AuxLossWeights, aux_loss, distillation_loss
 from crossmoe.schedule import KEEP_EXPERTS_ALIVE, DistillationSchedule, TemperatureAnnealingScheduler
-from crossmoe.teacher import Teacher, teacher_probs
+from crossmoe.teacher import SoftenedTeacher, Teacher, teacher_probs
 from crossmoe.training import (
     GracefulExit,
     MetricsLogger,
@@ -194,6 +194,9 @@ class PPOArgs:
     rollout's states, joins the PPO loss. ``none``: plain PPO."""
     teacher_coef: float = 3.0
     """Weight of the distillation loss (before any annealing)."""
+    teacher_epsilon: float = 0.0
+    """Soften the teacher (:class:`~crossmoe.teacher.SoftenedTeacher`): mix this share of uniform play into its
+    probabilities, for the distillation target and for the actions it plays in ``--imitation-steps``."""
     teacher_anneal_start: int | None = None
     """Env step at which the teacher's weight starts to fall linearly to 0 (with ``--teacher-anneal-end``);
     unset: a constant weight."""
@@ -304,7 +307,13 @@ def make_teacher(args: PPOArgs, envs: Any, domain: TrainDomain) -> tuple[Teacher
         schedule = DistillationSchedule(args.teacher_coef, args.teacher_anneal_start, args.teacher_anneal_end)
     except (TypeError, ValueError) as error:  # name the run's arguments, not the schedule's
         raise type(error)(f"teacher_coef, teacher_anneal_start, teacher_anneal_end: {error}") from error
-    return domain.teachers[args.teacher](envs), schedule
+    teacher = domain.teachers[args.teacher](envs)
+    if args.teacher_epsilon:
+        try:
+            teacher = SoftenedTeacher(teacher, args.teacher_epsilon)
+        except ValueError as error:
+            raise ValueError(f"teacher_epsilon: {error}") from error
+    return teacher, schedule
 
 
 def _options(args: PPOArgs, names: tuple[str, ...]) -> dict[str, Any]:
@@ -385,6 +394,8 @@ def _check(args: PPOArgs) -> None:
         raise ValueError(f"imitation_steps must be an int >= 0, got {args.imitation_steps!r}")
     if args.imitation_steps and args.teacher == "none":
         raise ValueError(f"imitation_steps={args.imitation_steps} needs a teacher to imitate: pass --teacher")
+    if args.teacher_epsilon and args.teacher == "none":
+        raise ValueError(f"teacher_epsilon={args.teacher_epsilon} softens a teacher: pass --teacher")
     batch_size = args.num_envs * args.num_steps
     if args.total_timesteps < batch_size:
         raise ValueError(f"total_timesteps must be >= num_envs * num_steps = {batch_size}, got {args.total_timesteps}")
@@ -630,7 +641,10 @@ def train(args: PPOArgs, domain: TrainDomain) -> dict[str, Any]:
                         loss = loss + teacher_coef * distill
                         stats["teacher/distill_loss"].append(distill.detach())
                         with torch.no_grad():  # how much of the policy's mass lies on the teacher's actions
-                            on_teacher = (output.logits.softmax(-1) * (mb_teacher > 0)).sum(-1)
+                            # (those above its floor: a softened teacher gives every action epsilon / A)
+                            least = mb_teacher.amin(-1, keepdim=True)
+                            chosen = (mb_teacher > least) | (mb_teacher.amax(-1, keepdim=True) == least)
+                            on_teacher = (output.logits.softmax(-1) * chosen).sum(-1)
                             stats["teacher/policy_mass"].append(masked_mean(on_teacher, mask))
 
                     if moe:

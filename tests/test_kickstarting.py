@@ -185,3 +185,18 @@ def test_teacher_probs_refuses_what_is_not_a_distribution(probs, match):
 def test_teacher_probs_needs_an_action_probs_method():
     with pytest.raises(TypeError, match="teacher must have an action_probs"):
         teacher_probs(object(), {})
+
+
+def test_a_softened_teacher_mixes_in_uniform_play_and_refuses_a_bad_epsilon():
+    from crossmoe.teacher import SoftenedTeacher
+
+    hard = _Fixed(np.array([[0.0, 1.0, 0.0, 0.0], [0.5, 0.5, 0.0, 0.0]]))
+    soft = SoftenedTeacher(hard, epsilon=0.2)
+    assert isinstance(soft, Teacher)
+    expected = torch.tensor([[0.05, 0.85, 0.05, 0.05], [0.45, 0.45, 0.05, 0.05]])
+    torch.testing.assert_close(teacher_probs(soft, {}, 4), expected)
+    torch.testing.assert_close(SoftenedTeacher(hard, 0.0).action_probs({}), teacher_probs(hard, {}))
+    with pytest.raises(ValueError, match=r"epsilon must be a probability in \[0, 1\], got -0.1"):
+        SoftenedTeacher(hard, -0.1)
+    with pytest.raises(TypeError, match="teacher must have an action_probs"):
+        SoftenedTeacher(object(), 0.1)

@@ -201,6 +201,30 @@ def test_a_strong_teacher_weight_makes_the_policy_follow_the_rules(tmp_path):
     assert mass[-1] > mass[0] + 0.2 and max(mass[:3]) < min(mass[-3:]), mass
 
 
+def test_teacher_epsilon_softens_the_target_the_policy_is_pulled_to(tmp_path, monkeypatch):
+    """``teacher_epsilon`` mixes epsilon / A into every stored target; the policy-mass metric still counts the
+    rules' own actions, not every action the softened target gives a little."""
+    from crossmoe import ppo as trainer
+
+    targets = []
+    loss = trainer.distillation_loss
+
+    def spy(logits, target, mask, kind):
+        targets.append(target.detach().clone())
+        return loss(logits, target, mask, kind=kind)
+
+    monkeypatch.setattr(trainer, "distillation_loss", spy)
+    _, rows = _run(tmp_path, total_timesteps=128, teacher="rules", teacher_epsilon=0.23)
+    target = torch.cat(targets)
+    assert torch.allclose(target.amin(-1), torch.full((len(target),), 0.01)), target.amin(-1)  # 0.23 / 23
+    torch.testing.assert_close(target.sum(-1), torch.ones(len(target)))
+    assert all(row["teacher/policy_mass"] < 0.9 for row in rows)  # a fresh policy on the rules' few actions
+    with pytest.raises(ValueError, match=r"teacher_epsilon=0\.1 softens a teacher: pass --teacher"):
+        _run(tmp_path, total_timesteps=128, teacher_epsilon=0.1)
+    with pytest.raises(ValueError, match=r"teacher_epsilon: epsilon must be a probability in \[0, 1\], got 2"):
+        _run(tmp_path, total_timesteps=128, teacher="rules", teacher_epsilon=2)
+
+
 @pytest.mark.parametrize("policy", ["mlp", "flat"])
 def test_the_baselines_take_a_teacher(tmp_path, policy):
     summary, rows = _run(tmp_path, total_timesteps=128, policy=policy, teacher="rules")
