@@ -27,6 +27,13 @@ def check_real(value: Any, name: str) -> float:
     return float(value)
 
 
+def check_probability(value: Any, name: str) -> float:
+    """``float(value)`` for a real number in ``[0, 1]`` (not a bool), else a ``ValueError`` that names it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
+    return float(value)
+
+
 def atom_columns(names: Any, atoms: tuple[str, ...], where: str) -> tuple[tuple[str, ...] | None, Any]:
     """``(names as a tuple, their columns among atoms)`` for a ``names`` argument; ``(None, None)`` for None.
 

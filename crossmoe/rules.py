@@ -15,7 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from crossmoe._checks import check_probability
 from crossmoe.hypergraph import Hypergraph, action_name
+from crossmoe.teacher import soften
 
 __all__ = ["RuleAgent"]
 
@@ -81,8 +83,7 @@ class RuleAgent:
             raise ValueError(f"priority must name operators of the hypergraph, got unknown names {unknown}")
         if len(set(priority)) != len(priority):
             raise ValueError(f"priority must name each operator once, got {list(priority)}")
-        if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not 0.0 <= epsilon <= 1.0:
-            raise ValueError(f"epsilon must be a probability in [0, 1], got {epsilon!r}")
+        epsilon = check_probability(epsilon, "epsilon")
         listed = [index[name] for name in priority]
         order = np.asarray(listed + sorted(set(range(hypergraph.num_operators)) - set(listed)))
         self.hypergraph = hypergraph
@@ -93,7 +94,7 @@ class RuleAgent:
         self.action_mask = hypergraph.action_mask(self.action_set).numpy()  # (O, A)
         self.order = order[self.action_mask[order].any(axis=1)]  # operator indices, most urgent first
         self.priority = tuple(hypergraph.operators[o] for o in self.order)
-        self.epsilon = float(epsilon)
+        self.epsilon = epsilon
         self._rng = np.random.default_rng(seed)
 
     @property
@@ -136,8 +137,7 @@ class RuleAgent:
             - output: ``(B, A)`` float32, rows summing to 1
         """
         _, allowed = self._choose(obs)
-        probs = allowed / allowed.sum(axis=1, keepdims=True)
-        return ((1.0 - self.epsilon) * probs + self.epsilon / self.num_actions).astype(np.float32)
+        return soften(allowed / allowed.sum(axis=1, keepdims=True), self.epsilon).astype(np.float32)
 
     def _choose(self, obs: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         """The first applicable operator in priority order (``-1``: none) and its ``(B, A)`` bool allowed actions."""

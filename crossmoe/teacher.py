@@ -20,7 +20,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["SoftenedTeacher", "Teacher", "check_teacher", "teacher_probs"]
+from crossmoe._checks import check_probability
+
+__all__ = ["SoftenedTeacher", "Teacher", "check_teacher", "soften", "teacher_probs"]
 
 
 @runtime_checkable
@@ -58,17 +60,19 @@ class SoftenedTeacher:
 
     def __init__(self, teacher: Teacher, epsilon: float) -> None:
         check_teacher(teacher)
-        if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not 0.0 <= epsilon <= 1.0:
-            raise ValueError(f"epsilon must be a probability in [0, 1], got {epsilon!r}")
         self.teacher = teacher
-        self.epsilon = float(epsilon)
+        self.epsilon = check_probability(epsilon, "epsilon")
 
     def action_probs(self, obs: Mapping[str, Any]) -> Tensor:
-        probs = teacher_probs(self.teacher, obs)
-        return (1.0 - self.epsilon) * probs + self.epsilon / probs.shape[1]
+        return soften(teacher_probs(self.teacher, obs), self.epsilon)
 
     def __repr__(self) -> str:
         return f"SoftenedTeacher({self.teacher!r}, epsilon={self.epsilon})"
+
+
+def soften(probs: Any, epsilon: float) -> Any:
+    """``(1 - epsilon) * probs + epsilon / A``: ``(B, A)`` probabilities (NumPy or torch) mixed with uniform play."""
+    return (1.0 - epsilon) * probs + epsilon / probs.shape[-1]
 
 
 def check_teacher(teacher: Any) -> None:
