@@ -283,6 +283,17 @@ def test_vector_env_carries_the_rule_teacher_s_probabilities():
         np.testing.assert_array_equal(obs[TEACHER_KEY], rules.action_probs({**nle, "atoms": extract_atoms(nle)}))
         obs, *_ = envs.step(envs.action_space.sample())
     envs.close()
+    soft = nethack_rllib_env({"env_id": "NetHackScore-v0", "num_envs": 2, "atoms": True, "teacher": "rules",
+                              "teacher_epsilon": 0.25})  # fmt: skip
+    obs, _ = soft.reset(seed=0, options={})
+    nle = {key: value for key, value in obs.items() if key not in ("atoms", TEACHER_KEY)}
+    expected = 0.75 * rules.action_probs({**nle, "atoms": extract_atoms(nle)}) + 0.25 / 23
+    np.testing.assert_allclose(obs[TEACHER_KEY], expected, rtol=1e-6)
+    soft.close()
+    config = nethack_ppo_config(model_config={"dim": 32}, teacher="rules", teacher_epsilon=0.25)
+    assert config.env_config["teacher_epsilon"] == 0.25
+    with pytest.raises(ValueError, match=r"teacher_epsilon must be a probability in \[0, 1\], got -0.1"):
+        nethack_ppo_config(teacher="rules", teacher_epsilon=-0.1)
     with pytest.raises(ValueError, match="teacher must be one of"):
         nethack_ppo_config(teacher="oracle")
     with pytest.raises(ValueError, match="teacher_schedule must be a DistillationSchedule"):

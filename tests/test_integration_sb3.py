@@ -306,6 +306,25 @@ def test_a_rules_teacher_is_computed_once_per_env_step_and_pulls_the_policy(tmp_
     env.close()
 
 
+def test_a_softened_teacher_is_the_rules_mixed_with_uniform_play_and_survives_save(tmp_path):
+    from crossmoe.integrations.sb3 import TEACHER_KEY, TeacherVecEnv
+    from crossmoe.nethack import RuleAgent
+    from crossmoe.teacher import SoftenedTeacher
+
+    env = make_vec_env(lambda: make_env("NetHackScore-v0"), n_envs=2, seed=0)
+    model = MoEPPO(
+        CrossMoEPolicy, env, policy_kwargs=SMALL, teacher="rules", teacher_epsilon=0.1, n_steps=8, batch_size=16, seed=0
+    )
+    assert isinstance(model.env, TeacherVecEnv) and isinstance(model.env.teacher, SoftenedTeacher)
+    obs = model.env.reset()
+    rules = RuleAgent().action_probs(obs)
+    np.testing.assert_allclose(obs[TEACHER_KEY], 0.9 * rules + 0.1 / 23, rtol=1e-6)
+    model.save(tmp_path / "agent.zip")
+    loaded = MoEPPO.load(tmp_path / "agent.zip", env=make_env("NetHackScore-v0", seed=1))
+    assert loaded.teacher_epsilon == 0.1 and loaded.env.teacher.epsilon == 0.1
+    env.close()
+
+
 def test_bad_teacher_arguments_are_named():
     from crossmoe.integrations.sb3 import TeacherVecEnv
 
@@ -316,6 +335,8 @@ def test_bad_teacher_arguments_are_named():
         MoEPPO(CrossMoEPolicy, env, policy_kwargs=SMALL, teacher="rules", teacher_schedule=3.0)
     with pytest.raises(ValueError, match="teacher_loss must be one of"):
         MoEPPO(CrossMoEPolicy, env, policy_kwargs=SMALL, teacher="rules", teacher_loss="js")
+    with pytest.raises(ValueError, match=r"teacher_epsilon must be a probability in \[0, 1\], got 1.5"):
+        MoEPPO(CrossMoEPolicy, env, policy_kwargs=SMALL, teacher="rules", teacher_epsilon=1.5)
     env.close()
     vec = make_vec_env(lambda: make_env("NetHackScore-v0"), n_envs=1, seed=0)
     with pytest.raises(TypeError, match="teacher must have an action_probs"):

@@ -10,9 +10,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from crossmoe._checks import check_probability
 from crossmoe.losses import DISTILLATION_KINDS, AuxLossWeights, aux_loss
 from crossmoe.policy import CrossAttentionMoEPolicy
 from crossmoe.schedule import KEEP_EXPERTS_ALIVE, DistillationSchedule, TemperatureAnnealingScheduler
+from crossmoe.teacher import SoftenedTeacher
 
 __all__ = [
     "PRESETS",
@@ -32,14 +34,18 @@ the priority :data:`crossmoe.nethack.rules.RULES` gives the name (``"rules"``: w
 
 
 def teacher_settings(
-    teacher: str | None, teacher_schedule: DistillationSchedule | None, teacher_loss: str
+    teacher: str | None,
+    teacher_schedule: DistillationSchedule | None,
+    teacher_loss: str,
+    teacher_epsilon: float = 0.0,
 ) -> dict[str, Any] | None:
     """The checked kickstarting settings as plain data, or None without a teacher.
 
     Returns:
         ``{"teacher": name, "teacher_schedule": schedule state dict (a constant 3.0 by default),
-        "teacher_loss": kind}``.
+        "teacher_loss": kind, "teacher_epsilon": uniform share}``.
     """
+    teacher_epsilon = check_probability(teacher_epsilon, "teacher_epsilon")
     if teacher is not None and teacher not in TEACHERS:
         raise ValueError(f"teacher must be one of {TEACHERS} or None, got {teacher!r}")
     if teacher_schedule is not None and not isinstance(teacher_schedule, DistillationSchedule):
@@ -49,11 +55,22 @@ def teacher_settings(
     if teacher is None:
         return None
     schedule = teacher_schedule or DistillationSchedule(3.0)
-    return {"teacher": teacher, "teacher_schedule": schedule.state_dict(), "teacher_loss": teacher_loss}
+    return {
+        "teacher": teacher,
+        "teacher_schedule": schedule.state_dict(),
+        "teacher_loss": teacher_loss,
+        "teacher_epsilon": teacher_epsilon,
+    }
 
 
-def make_teacher(name: str, env: Any) -> Any:
-    """The teacher called ``name`` for ``env`` (a vector env whose NLE actions it reads)."""
+def make_teacher(name: str, env: Any, epsilon: float = 0.0) -> Any:
+    """The teacher called ``name`` for ``env`` (a vector env whose NLE actions it reads).
+
+    With ``epsilon > 0`` it is softened (:class:`crossmoe.teacher.SoftenedTeacher`):
+    its probabilities mixed with uniform play, the stronger teacher on
+    ``NetHackScore-v0`` (see the results page).
+    """
+    epsilon = check_probability(epsilon, "teacher_epsilon")
     if name not in TEACHERS:
         raise ValueError(f"teacher must be one of {TEACHERS}, got {name!r}")
     from crossmoe.nethack import RuleAgent, env_actions
@@ -62,7 +79,8 @@ def make_teacher(name: str, env: Any) -> Any:
     actions = env_actions(env)
     if actions is None:
         raise ValueError(f"teacher={name!r} needs an env that lists its NLE actions, got {type(env).__name__}")
-    return RuleAgent(actions, priority=RULES[name])
+    rules = RuleAgent(actions, priority=RULES[name])
+    return SoftenedTeacher(rules, epsilon) if epsilon > 0 else rules
 
 
 PRESETS = ("nethack",)

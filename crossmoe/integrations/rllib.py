@@ -439,7 +439,8 @@ def nethack_rllib_env(env_config: Mapping[str, Any]) -> gym.Env | gym.vector.Vec
     (:class:`~crossmoe.wrappers.AtomsObservation`), so that the episodes carry
     them to the learner and no learner minibatch computes them again. With
     ``env_config["teacher"] = "rules"`` it adds the rule agent's action
-    probabilities the same way (:class:`~crossmoe.wrappers.TeacherObservation`).
+    probabilities the same way (:class:`~crossmoe.wrappers.TeacherObservation`),
+    softened by ``env_config["teacher_epsilon"]`` (default 0).
     """
     if not isinstance(env_config, Mapping) or "num_envs" not in env_config:
         return NetHackRLlibEnv(env_config)
@@ -447,14 +448,14 @@ def nethack_rllib_env(env_config: Mapping[str, Any]) -> gym.Env | gym.vector.Vec
 
     config = dict(env_config)
     num_envs, atoms = int(config.pop("num_envs")), config.pop("atoms", False)
-    teacher = config.pop("teacher", None)
+    teacher, epsilon = config.pop("teacher", None), config.pop("teacher_epsilon", 0.0)
     envs = gym.vector.SyncVectorEnv([functools.partial(NetHackRLlibEnv, config) for _ in range(num_envs)])
     if atoms:
         envs = AtomsObservation(envs, *observation_atoms(preset="nethack"))
     if teacher is not None:
         from crossmoe.wrappers import TeacherObservation
 
-        envs = TeacherObservation(envs, make_teacher(teacher, envs))
+        envs = TeacherObservation(envs, make_teacher(teacher, envs, epsilon))
     return envs
 
 
@@ -483,6 +484,7 @@ def nethack_ppo_config(
     teacher: str | None = None,
     teacher_schedule: DistillationSchedule | None = None,
     teacher_loss: str = "cross_entropy",
+    teacher_epsilon: float = 0.0,
 ) -> PPOConfig:
     """An RLlib PPO config (new API stack) that trains the crossmoe agent on an NLE or MiniHack env.
 
@@ -520,6 +522,8 @@ def nethack_ppo_config(
             the learner adds the distillation loss; None for plain PPO.
         teacher_schedule: The teacher's weight over env steps (default: a constant 3.0).
         teacher_loss: ``"cross_entropy"`` or ``"kl"`` (:func:`~crossmoe.losses.distillation_loss`).
+        teacher_epsilon: Soften the teacher: mix its probabilities with
+            uniform play by this share (:class:`~crossmoe.teacher.SoftenedTeacher`).
 
     Returns:
         The :class:`~ray.rllib.algorithms.ppo.PPOConfig`; ``config.build_algo()`` builds the algorithm.
@@ -543,7 +547,7 @@ def nethack_ppo_config(
         raise ValueError(f"model_config must be a mapping or None, got {type(model_config).__name__}")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
         raise ValueError(f"seed must be an integer or None, got {seed!r}")
-    kickstart = teacher_settings(teacher, teacher_schedule, teacher_loss)
+    kickstart = teacher_settings(teacher, teacher_schedule, teacher_loss, teacher_epsilon)
     make_env_kwargs = dict(make_env_kwargs or {})
     module_config: dict[str, Any] = {"dim": 128}
     user_config = dict(model_config or {})
@@ -558,6 +562,8 @@ def nethack_ppo_config(
     # The NetHack agent's atoms, computed with the env step and carried to the learner in the observation.
     atoms = module_config.get("preset") == "nethack" and module_config.get("logic_encoder") is None
     env_config = {"env_id": env_id, "make_env_kwargs": make_env_kwargs, "atoms": atoms, "teacher": teacher}
+    if kickstart is not None and kickstart["teacher_epsilon"]:
+        env_config["teacher_epsilon"] = kickstart["teacher_epsilon"]
     learner_settings: dict[str, Any] = {}
     if aux_weights is not None:
         learner_settings["aux_weights"] = dataclasses.asdict(aux_weights)

@@ -27,7 +27,7 @@ in one batched call, so the rollout buffer stores them and no minibatch of
 any epoch computes them again.
 
 Kickstarting: ``MoEPPO(..., teacher="rules")`` adds the rule agent's action
-probabilities to the observation in the same way (:class:`TeacherVecEnv`,
+probabilities (softened by ``teacher_epsilon``) to the observation in the same way (:class:`TeacherVecEnv`,
 once per env step), and every minibatch adds
 :func:`~crossmoe.losses.distillation_loss` from them to the policy, weighted
 by ``teacher_schedule`` (:class:`~crossmoe.schedule.DistillationSchedule`) at
@@ -142,11 +142,11 @@ class TeacherVecEnv(VecEnvWrapper):
         return self._with_probs(obs), rewards, dones, infos
 
 
-def _with_teacher(env: Any, teacher: str | None) -> Any:
+def _with_teacher(env: Any, teacher: str | None, epsilon: float = 0.0) -> Any:
     """``env`` in :class:`TeacherVecEnv` with the named teacher, unless there is none or it is there already."""
     if teacher is None or not isinstance(env, VecEnv) or TEACHER_KEY in getattr(env.observation_space, "spaces", {}):
         return env
-    return TeacherVecEnv(env, make_teacher(teacher, env))
+    return TeacherVecEnv(env, make_teacher(teacher, env, epsilon))
 
 
 def _with_policy_atoms(env: Any, policy_kwargs: Mapping[str, Any] | None) -> Any:
@@ -353,6 +353,9 @@ class MoEPPO(PPO):
         teacher_schedule: The teacher's weight over env steps; by default a
             constant 3.0 (``examples/ppo_nethack.py``'s default).
         teacher_loss: ``"cross_entropy"`` or ``"kl"`` (:func:`~crossmoe.losses.distillation_loss`).
+        teacher_epsilon: Soften the teacher: mix its probabilities with
+            uniform play by this share (:class:`~crossmoe.teacher.SoftenedTeacher`;
+            0.1 kickstarted the strongest agent of the results page).
         **kwargs: SB3 ``PPO`` arguments (``n_steps``, ``batch_size``, ``learning_rate``, ...).
     """
 
@@ -369,10 +372,12 @@ class MoEPPO(PPO):
         teacher: str | None = None,
         teacher_schedule: DistillationSchedule | None = None,
         teacher_loss: str = "cross_entropy",
+        teacher_epsilon: float = 0.0,
         **kwargs: Any,
     ) -> None:
-        settings = teacher_settings(teacher, teacher_schedule, teacher_loss)
+        settings = teacher_settings(teacher, teacher_schedule, teacher_loss, teacher_epsilon)
         self.teacher_name, self.teacher_loss = teacher, teacher_loss
+        self.teacher_epsilon = 0.0 if settings is None else settings["teacher_epsilon"]
         self.teacher_schedule_state = None if settings is None else settings["teacher_schedule"]
         if isinstance(policy, str) or not issubclass(policy, CrossMoEPolicy):
             raise ValueError(f"policy must be CrossMoEPolicy or a subclass of it, got {policy!r}")
@@ -409,7 +414,9 @@ class MoEPPO(PPO):
             if names is not None:
                 self.policy_kwargs = {**kwargs, "action_set": names}
         if self.env is not None:  # the atoms (and the teacher) once per env step, stored with the observation
-            self.env = _with_teacher(_with_policy_atoms(self.env, self.policy_kwargs), self.teacher_name)
+            self.env = _with_teacher(
+                _with_policy_atoms(self.env, self.policy_kwargs), self.teacher_name, self.teacher_epsilon
+            )
             self.observation_space = self.env.observation_space
         super()._setup_model()
         if self.schedule_state is not None:  # a loaded model predicts at the routing of its step
@@ -421,7 +428,7 @@ class MoEPPO(PPO):
     def set_env(self, env: Any, force_reset: bool = True) -> None:
         """SB3's ``set_env``, with the env wrapped in :class:`AtomsVecEnv` as at construction."""
         env = _with_policy_atoms(self._wrap_env(env, self.verbose), self.policy_kwargs)
-        super().set_env(_with_teacher(env, self.teacher_name), force_reset=force_reset)
+        super().set_env(_with_teacher(env, self.teacher_name, self.teacher_epsilon), force_reset=force_reset)
 
     @classmethod
     def load(cls, path: Any, env: Any = None, *args: Any, **kwargs: Any) -> MoEPPO:
@@ -429,7 +436,8 @@ class MoEPPO(PPO):
         if env is not None:
             data, _, _ = load_from_zip_file(path, device="cpu", load_data=True, print_system_info=False)
             env = _with_policy_atoms(cls._wrap_env(env, 0), (data or {}).get("policy_kwargs"))
-            env = _with_teacher(env, (data or {}).get("teacher_name"))
+            data = data or {}
+            env = _with_teacher(env, data.get("teacher_name"), data.get("teacher_epsilon", 0.0))
         return super().load(path, env, *args, **kwargs)
 
     def _setup_learn(self, total_timesteps: int, *args: Any, **kwargs: Any) -> Any:
