@@ -21,7 +21,8 @@ each run at that env step, if its agent trains past it); ``return_thresholds`` (
 report's steps-to-threshold table); ``curve_metric`` (``"score"`` or
 ``"episodic_return"``); ``paired`` (``[["default", "concat"]]``: the report's per-seed differences with their
 CI); ``teacher_floor`` (``{"agent": "rules", "after": 200000}``: how kickstarted runs' training score stood
-against that agent after that step); ``ratio_to`` (``"rules"``: each trained agent's score as a multiple of
+after that step against their own teacher's floor, e.g. ``rules_soft`` for ``teacher_epsilon`` 0.1, else that
+agent); ``ratio_to`` (``"rules"``: each trained agent's score as a multiple of
 that agent's, per seed and with its CI, at the end and at each snapshot). A run is an (agent, seed) pair,
 trained in ``runs/<study>/`` by the domain's example in a subprocess, then evaluated on fresh-seed episodes
 with :mod:`crossmoe.evaluation`.
@@ -533,32 +534,50 @@ def _ratio_section(config: dict, evals: dict, root: Path) -> list[str]:
     ]
 
 
+def _teacher_of(config: dict, agent: str, evals: dict) -> str | None:
+    """The evaluated floor that plays as ``agent``'s teacher: the rules its ``teacher`` names, softened by its
+    ``teacher_epsilon`` as a floor's ``epsilon`` softens them (``{"floor": "rules", "epsilon": 0.1}``); None if
+    the config has no such floor."""
+    spec = config["agents"][agent]
+    epsilon = float(spec.get("teacher_epsilon", 0.0))
+    for name, floor in config["agents"].items():
+        if "policy" in floor or name not in evals:
+            continue
+        if floor.get("floor", name) == spec["teacher"] and float(floor.get("epsilon", 0.0)) == epsilon:
+            return name
+    return None
+
+
 def _teacher_floor_section(config: dict, evals: dict, metrics: dict, seeds: dict) -> list[str]:
     """For ``config["teacher_floor"]`` (``{"agent": "rules", "after": 200000}``): how each kickstarted run's
-    training score (mean of the last updates) stood against that agent's evaluation mean after that step."""
+    training score (mean of the last updates) stood after that step against its own teacher's evaluation mean
+    (the rules softened for a softened teacher, when the config has that floor), else that agent's."""
     spec = config.get("teacher_floor")
     if not spec or spec["agent"] not in evals:
         return []
-    reference = float(evals[spec["agent"]][0].metric("score").mean())
     rows = []
     for agent, runs in metrics.items():
         if config["agents"][agent].get("teacher", "none") == "none":
             continue
+        teacher = _teacher_of(config, agent, evals) or spec["agent"]
+        reference = float(evals[teacher][0].metric("score").mean())
         for seed, run_rows in zip(seeds[agent], runs, strict=True):
             later = [r["score"] for r in _rolling(run_rows, "score", SMOOTHING) if r["global_step"] > spec["after"]]
             if later:
                 share = sum(value >= reference for value in later) / len(later)
                 mean = sum(later) / len(later)
-                rows.append(f"| {agent} | {seed} | {mean:.1f} | {min(later):.1f} | {share:.0%} |")
+                rows.append(
+                    f"| {agent} | {seed} | {teacher}, {reference:.1f} | {mean:.1f} | {min(later):.1f} | {share:.0%} |"
+                )
     if not rows:
         return []
     return [
         "",
         f"## Against the teacher: training score after {spec['after']:,} env steps "
-        f"(mean of {SMOOTHING} updates) against the evaluation mean of {spec['agent']}, {reference:.1f}",
+        f"(mean of {SMOOTHING} updates) against the evaluation mean of the run's teacher",
         "",
-        "| agent | seed | mean | lowest | share of updates at or above it |",
-        "|---|---:|---:|---:|---:|",
+        "| agent | seed | teacher, its mean | mean | lowest | share of updates at or above it |",
+        "|---|---:|---|---:|---:|---:|",
         *rows,
     ]
 

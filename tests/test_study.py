@@ -347,6 +347,8 @@ def test_the_report_gives_paired_differences_and_the_teacher_floor(tmp_path, mod
             "random": {},
             "a": {"policy": "moe", "teacher": "rules"},
             "b": {"policy": "moe", "fusion": "concat", "teacher": "rules"},
+            "rules_soft": {"floor": "rules", "epsilon": 0.1},
+            "c": {"policy": "moe", "teacher": "rules", "teacher_epsilon": 0.1},
         },
         "paired": [["a", "b"]],
         "teacher_floor": {"agent": "rules", "after": 200_000},
@@ -354,6 +356,8 @@ def test_the_report_gives_paired_differences_and_the_teacher_floor(tmp_path, mod
     root = tmp_path / "results" / "paired"
     write(root / "rules", [80.0, 100.0, 110.0, 110.0])  # mean 100; 90 on the first two envs' episodes
     write(root / "random", [10.0, 30.0, 50.0, 50.0])  # mean 35; 20 on the first two envs' episodes
+    write(root / "rules_soft", [120.0, 120.0, 140.0, 140.0])  # mean 130: c's teacher
+    write(root / "c__s1", [125.0] * 4, curve(125.0))
     for seed, (a, b) in zip((1, 2, 3), ((150.0, 140.0), (120.0, 125.0), (200.0, 170.0)), strict=True):
         write(root / f"a__s{seed}", [a] * 4, curve(a))
         write(root / f"b__s{seed}", [b] * 4, curve(b if seed != 2 else 90.0))
@@ -370,10 +374,11 @@ def test_the_report_gives_paired_differences_and_the_teacher_floor(tmp_path, mod
     assert "| a | 1 | 99.0 | 99.0 | 4.95 |" in report  # × random at the snapshot: 99 / 20, not 99 / 35
     row = next(line for line in report.splitlines() if line.startswith("| a − b |"))
     assert "| 3 | s1: +10.0, s2: -5.0, s3: +30.0 | 11.7 [" in row and row.endswith("| 2 of 3 |")
-    floor = "against the evaluation mean of rules, 100.0"
-    assert floor in report
-    assert "| a | 1 | 150.0 | 150.0 | 100% |" in report
-    assert "| b | 2 | 90.0 | 90.0 | 0% |" in report  # below the teacher on every update after 200k
+    assert "against the evaluation mean of the run's teacher" in report
+    assert "| a | 1 | rules, 100.0 | 150.0 | 150.0 | 100% |" in report
+    assert "| b | 2 | rules, 90.0 |" not in report and "| b | 2 | rules, 100.0 | 90.0 | 90.0 | 0% |" in report
+    # a softened teacher's student is held to the rules softened, its own teacher, not to the hard rules
+    assert "| c | 1 | rules_soft, 130.0 | 125.0 | 125.0 | 0% |" in report
 
 
 def test_each_task_trains_for_its_own_budget_and_the_report_bounds_unreached_thresholds(tmp_path, module, monkeypatch):
