@@ -22,9 +22,9 @@ report's steps-to-threshold table); ``curve_metric`` (``"score"`` or
 ``"episodic_return"``); ``paired`` (``[["default", "concat"]]``: the report's per-seed differences with their
 CI); ``teacher_floor`` (``{"agent": "rules", "after": 200000}``: how kickstarted runs' training score stood
 after that step against their own teacher's floor, e.g. ``rules_soft`` for ``teacher_epsilon`` 0.1, else that
-agent); ``ratio_to`` (``"rules"``: each trained agent's score as a multiple of
-that agent's, per seed and with its CI, at the end and at each snapshot). A run is an (agent, seed) pair,
-trained in ``runs/<study>/`` by the domain's example in a subprocess, then evaluated on fresh-seed episodes
+agent); ``ratio_to`` (``"rules"``, or a list such as ``["rules", "rules_soft"]``: each trained agent's score
+as a multiple of that agent's, per seed and with its CI, at the end and at each snapshot). A run is an (agent,
+seed) pair, trained in ``runs/<study>/`` by the domain's example in a subprocess, then evaluated on fresh-seed episodes
 with :mod:`crossmoe.evaluation`.
 
 What is committed lives in ``docs/results/<study>/<agent>__s<seed>/``: the
@@ -482,15 +482,14 @@ def _paired_section(config: dict, evals: dict, seeds: dict) -> list[str]:
     ]
 
 
-def _ratio_section(config: dict, evals: dict, root: Path) -> list[str]:
-    """For ``config["ratio_to"]`` (an agent, e.g. ``"rules"``): each trained agent's score as a multiple of
+def _ratio_section(config: dict, evals: dict, root: Path, name: str) -> list[str]:
+    """For an agent of ``config["ratio_to"]`` (e.g. ``"rules"``): each trained agent's score as a multiple of
     that agent's mean on the same env and episodes (:meth:`EvalResult.metric`'s ``episodes`` at a snapshot,
     which plays fewer), per seed and as the mean of seeds with its bootstrap CI, at the end of training and
     at each snapshot, with the mean max depth."""
     from crossmoe.stats import bootstrap_ci
 
-    name = config.get("ratio_to")
-    if not name or name not in evals:
+    if name not in evals:
         return []
     floor = evals[name][0]
     reference = float(floor.metric("score").mean())
@@ -747,7 +746,9 @@ def report(config: dict, root: Path) -> Path:
             lines.append(pooled.usage_table())
 
     lines += _paired_section(config, evals, seeds)
-    lines += _ratio_section(config, evals, root)
+    ratio_to = config.get("ratio_to") or []
+    for name in [ratio_to] if isinstance(ratio_to, str) else ratio_to:
+        lines += _ratio_section(config, evals, root, name)
     lines += _teacher_floor_section(config, evals, metrics, seeds)
 
     thresholds = config.get("return_thresholds", {})

@@ -361,7 +361,7 @@ def test_the_report_gives_paired_differences_and_the_teacher_floor(tmp_path, mod
     for seed, (a, b) in zip((1, 2, 3), ((150.0, 140.0), (120.0, 125.0), (200.0, 170.0)), strict=True):
         write(root / f"a__s{seed}", [a] * 4, curve(a))
         write(root / f"b__s{seed}", [b] * 4, curve(b if seed != 2 else 90.0))
-    config["ratio_to"] = "rules"
+    config["ratio_to"] = ["rules", "rules_soft"]
     config["snapshot_evals"] = [{"step": 500, "episodes": 2}]
     snapshot = EvalResult("NetHackScore-v0", 10_000_000, 8, None, scores=[99.0] * 2, returns=[99.0] * 2)
     snapshot.depths, snapshot.lengths, snapshot.outcomes = [3] * 2, [10] * 2, ["starving"] * 2
@@ -369,6 +369,9 @@ def test_the_report_gives_paired_differences_and_the_teacher_floor(tmp_path, mod
     report = module.report(config, tmp_path / "results").read_text()
     assert "## Against rules: score as a multiple of its mean on the same episodes (100.0 on all 4;" in report
     assert "| a | 256 (end) | 3 | 1.50, 1.20, 2.00 | 1.57 [1.20, 2.00] | 1.00 |" in report
+    # a second reference floor gets its own section: 150 / 130 on seed 1
+    assert "## Against rules_soft: score as a multiple of its mean on the same episodes (130.0 on all 4;" in report
+    assert "| a | 256 (end) | 3 | 1.15, 0.92, 1.54 |" in report
     # the snapshot, on the seed that has one: its 2 episodes against the rules' 90 on the same two, not 100
     assert "| a | 500 | 1 | 1.10 | 1.10 | 3.00 |" in report
     assert "| a | 1 | 99.0 | 99.0 | 4.95 |" in report  # × random at the snapshot: 99 / 20, not 99 / 35
