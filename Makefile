@@ -8,11 +8,11 @@ BIN := $(VENV)/bin
 # Override for another build, e.g. `make TORCH_SPEC="torch==2.6.0" test`.
 TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= nethack,minihack,minigrid,examples,test,docs,dev,sb3,rllib
-# `make demo`: a short PPO run on NetHack, kickstarted from the rule agent, then the agent, the rules and
-# uniform random play on the same fresh episodes, and the plot of its score against both
-# (runs/demo/score_vs_random.png).
+# `make demo`: a short PPO run on NetHack, kickstarted from the rule agent softened (the best teacher in
+# docs/results.md), then the agent, the rules and uniform random play on the same fresh episodes, and the
+# plot of its score against both (runs/demo/score_vs_random.png).
 DEMO_DIR ?= runs/demo
-DEMO_ARGS ?= --total-timesteps 200000 --teacher rules --run-dir $(DEMO_DIR)
+DEMO_ARGS ?= --total-timesteps 200000 --teacher rules --teacher-epsilon 0.1 --run-dir $(DEMO_DIR)
 DEMO_EPISODES ?= 30
 # `make minigrid`: the MiniGrid agent on MiniGrid-DoorKey-5x5-v0 (200k steps), into runs/minigrid.
 MINIGRID_ARGS ?= --run-dir runs/minigrid
