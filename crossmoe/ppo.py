@@ -198,10 +198,13 @@ class PPOArgs:
     """Soften the teacher (:class:`~crossmoe.teacher.SoftenedTeacher`): mix this share of uniform play into its
     probabilities, for the distillation target and for the actions it plays in ``--imitation-steps``."""
     teacher_anneal_start: int | None = None
-    """Env step at which the teacher's weight starts to fall linearly to 0 (with ``--teacher-anneal-end``);
-    unset: a constant weight."""
+    """Env step at which the teacher's weight starts to fall linearly to ``--teacher-final-coef`` (0 by default;
+    with ``--teacher-anneal-end``); unset: a constant weight."""
     teacher_anneal_end: int | None = None
-    """Env step at which the teacher's weight reaches 0."""
+    """Env step at which the teacher's weight reaches ``--teacher-final-coef``."""
+    teacher_final_coef: float = 0.0
+    """The teacher's weight from ``--teacher-anneal-end`` on: 0 hands the student over to PPO alone; a small
+    weight keeps it anchored to the teacher."""
     teacher_loss: Literal["cross_entropy", "kl"] = "cross_entropy"
     """What the distillation loss measures (the same gradient; ``kl`` is 0 where the policy agrees)."""
     imitation_steps: int = 0
@@ -304,9 +307,13 @@ def make_teacher(args: PPOArgs, envs: Any, domain: TrainDomain) -> tuple[Teacher
     if args.teacher == "none":
         return None, None
     try:
-        schedule = DistillationSchedule(args.teacher_coef, args.teacher_anneal_start, args.teacher_anneal_end)
+        schedule = DistillationSchedule(
+            args.teacher_coef, args.teacher_anneal_start, args.teacher_anneal_end, args.teacher_final_coef
+        )
     except (TypeError, ValueError) as error:  # name the run's arguments, not the schedule's
-        raise type(error)(f"teacher_coef, teacher_anneal_start, teacher_anneal_end: {error}") from error
+        raise type(error)(
+            f"teacher_coef, teacher_anneal_start, teacher_anneal_end, teacher_final_coef: {error}"
+        ) from error
     teacher = domain.teachers[args.teacher](envs)
     if args.teacher_epsilon:
         try:

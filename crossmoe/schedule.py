@@ -224,9 +224,9 @@ class TemperatureAnnealingScheduler:
 class DistillationSchedule:
     r"""Pure schedule of the weight of a distillation (kickstarting) loss over training.
 
-    The weight is ``coef`` until ``anneal_start``, falls linearly to 0 at
-    ``anneal_end`` and stays 0 after; without ``anneal_start`` and
-    ``anneal_end`` it is ``coef`` throughout. Kickstarting
+    The weight is ``coef`` until ``anneal_start``, falls linearly to
+    ``final_coef`` (0 by default) at ``anneal_end`` and stays there; without
+    ``anneal_start`` and ``anneal_end`` it is ``coef`` throughout. Kickstarting
     (`Schmitt et al., 2018 <https://arxiv.org/abs/1803.03835>`_) found that
     the teacher's weight should fall to 0 over training, so that the student
     can outgrow the teacher (they adapted it by population-based training;
@@ -239,17 +239,36 @@ class DistillationSchedule:
         coef: The weight before the annealing, ``>= 0``.
         anneal_start: Step at which the weight starts to fall, ``>= 0``, or
             None for a constant weight.
-        anneal_end: Step at which it reaches 0, ``>= anneal_start``; given
-            exactly when ``anneal_start`` is.
+        anneal_end: Step at which it reaches ``final_coef``, ``>= anneal_start``;
+            given exactly when ``anneal_start`` is.
+        final_coef: The weight from ``anneal_end`` on, in ``[0, coef]``: 0 hands the
+            student over to its own objective; a small weight keeps it
+            anchored to the teacher. Needs the annealing steps unless 0.
 
     Example:
         >>> schedule = DistillationSchedule(3.0, anneal_start=250_000, anneal_end=500_000)
         >>> schedule(0), schedule(375_000), schedule(600_000)
         (3.0, 1.5, 0.0)
+        >>> DistillationSchedule(3.0, 250_000, 500_000, final_coef=0.5)(600_000)
+        0.5
     """
 
-    def __init__(self, coef: float, anneal_start: float | None = None, anneal_end: float | None = None) -> None:
+    def __init__(
+        self,
+        coef: float,
+        anneal_start: float | None = None,
+        anneal_end: float | None = None,
+        final_coef: float = 0.0,
+    ) -> None:
         self.coef = _finite(coef, "coef", minimum=0.0)
+        self.final_coef = _finite(final_coef, "final_coef", minimum=0.0)
+        if self.final_coef > self.coef:
+            raise ValueError(f"final_coef must be <= coef={self.coef:g} (the weight falls to it), got {final_coef!r}")
+        if self.final_coef and anneal_start is None:
+            raise ValueError(
+                f"final_coef needs anneal_start and anneal_end (the steps over which the weight falls to it), "
+                f"got final_coef={self.final_coef:g} with a constant weight"
+            )
         if (anneal_start is None) != (anneal_end is None):
             raise ValueError(
                 f"anneal_start and anneal_end must be given together (or neither, for a constant weight), "
@@ -272,12 +291,18 @@ class DistillationSchedule:
         if self.anneal_start is None or step < self.anneal_start:
             return self.coef
         if step >= self.anneal_end:
-            return 0.0
-        return self.coef * (self.anneal_end - step) / (self.anneal_end - self.anneal_start)
+            return self.final_coef
+        left = (self.anneal_end - step) / (self.anneal_end - self.anneal_start)
+        return self.final_coef + (self.coef - self.final_coef) * left
 
     def state_dict(self) -> dict[str, Any]:
         """The configuration; a pure schedule has no other state."""
-        return {"coef": self.coef, "anneal_start": self.anneal_start, "anneal_end": self.anneal_end}
+        return {
+            "coef": self.coef,
+            "anneal_start": self.anneal_start,
+            "anneal_end": self.anneal_end,
+            "final_coef": self.final_coef,
+        }
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restore a configuration saved by :meth:`state_dict` (validated as in ``__init__``)."""

@@ -104,27 +104,34 @@ def test_constant_and_annealed_weights():
     annealed = DistillationSchedule(2.0, anneal_start=100, anneal_end=300)
     assert [annealed(step) for step in (0, 99, 100, 200, 250, 300, 10_000)] == [2.0, 2.0, 2.0, 1.0, 0.5, 0.0, 0.0]
     assert DistillationSchedule(1.0, anneal_start=50, anneal_end=50)(50) == 0.0  # a step down
+    anchored = DistillationSchedule(2.0, anneal_start=100, anneal_end=300, final_coef=0.5)
+    assert [anchored(step) for step in (0, 100, 200, 300, 10_000)] == [2.0, 2.0, 1.25, 0.5, 0.5]
 
 
 @given(
     coef=st.floats(0, 100),
     start=st.integers(0, 10**6),
     length=st.integers(0, 10**6),
+    final_share=st.floats(0, 1),
     steps=st.lists(st.integers(0, 3 * 10**6), min_size=2, max_size=10),
 )
-def test_the_weight_never_rises_and_stays_in_range(coef, start, length, steps):
-    schedule = DistillationSchedule(coef, anneal_start=start, anneal_end=start + length)
+def test_the_weight_never_rises_and_stays_in_range(coef, start, length, final_share, steps):
+    final = coef * final_share
+    schedule = DistillationSchedule(coef, anneal_start=start, anneal_end=start + length, final_coef=final)
     weights = [schedule(step) for step in sorted(steps)]
-    assert all(0.0 <= w <= coef for w in weights)
+    assert all(final - 1e-9 <= w <= coef + 1e-9 for w in weights)
     assert all(later <= earlier for earlier, later in itertools.pairwise(weights))
 
 
 def test_state_dict_round_trip_restores_the_same_weights():
-    schedule = DistillationSchedule(1.5, anneal_start=10, anneal_end=20)
+    schedule = DistillationSchedule(1.5, anneal_start=10, anneal_end=20, final_coef=0.25)
     restored = DistillationSchedule(0.0)
     restored.load_state_dict(schedule.state_dict())
     assert [restored(s) for s in range(0, 25)] == [schedule(s) for s in range(0, 25)]
-    assert repr(restored) == "DistillationSchedule(coef=1.5, anneal_start=10.0, anneal_end=20.0)"
+    assert repr(restored) == "DistillationSchedule(coef=1.5, anneal_start=10.0, anneal_end=20.0, final_coef=0.25)"
+    # a checkpoint written before final_coef existed hands over to 0, as it did then
+    restored.load_state_dict({"coef": 1.5, "anneal_start": 10, "anneal_end": 20})
+    assert restored(20) == 0.0
 
 
 @pytest.mark.parametrize(
@@ -136,6 +143,9 @@ def test_state_dict_round_trip_restores_the_same_weights():
         ({"coef": 1.0, "anneal_start": 10}, ValueError, "anneal_start and anneal_end must be given together"),
         ({"coef": 1.0, "anneal_start": 10, "anneal_end": 5}, ValueError, "anneal_end must be >= anneal_start"),
         ({"coef": 1.0, "anneal_start": -1, "anneal_end": 5}, ValueError, "anneal_start must be"),
+        ({"coef": 1.0, "final_coef": 0.5}, ValueError, "final_coef needs anneal_start and anneal_end"),
+        ({"coef": 1.0, "anneal_start": 0, "anneal_end": 5, "final_coef": 2.0}, ValueError, "final_coef must be <="),
+        ({"coef": 1.0, "anneal_start": 0, "anneal_end": 5, "final_coef": -0.1}, ValueError, "final_coef must be"),
     ],
 )
 def test_bad_schedules_are_refused_with_the_argument_named(kwargs, error, match):

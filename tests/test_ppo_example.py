@@ -241,6 +241,7 @@ def test_the_baselines_take_a_teacher(tmp_path, policy):
             {"teacher": "rules", "teacher_anneal_start": 100, "teacher_anneal_end": 50},
             "teacher_anneal_end.*anneal_end must be >= anneal_start",
         ),
+        ({"teacher": "rules", "teacher_final_coef": 0.5}, "teacher_final_coef.*final_coef needs anneal_start"),
     ],
 )
 def test_bad_teacher_arguments_are_refused(tmp_path, overrides, match):
