@@ -198,8 +198,8 @@ class PPOArgs:
     """Soften the teacher (:class:`~crossmoe.teacher.SoftenedTeacher`): mix this share of uniform play into its
     probabilities, for the distillation target and for the actions it plays in ``--imitation-steps``."""
     teacher_anneal_start: int | None = None
-    """Env step at which the teacher's weight starts to fall linearly to ``--teacher-final-coef`` (0 by default;
-    with ``--teacher-anneal-end``); unset: a constant weight."""
+    """Env step at which the teacher's weight starts to fall linearly to ``--teacher-final-coef`` (with
+    ``--teacher-anneal-end``); unset: a constant weight."""
     teacher_anneal_end: int | None = None
     """Env step at which the teacher's weight reaches ``--teacher-final-coef``."""
     teacher_final_coef: float = 0.0
