@@ -42,7 +42,7 @@ __all__ = [
     "evaluate",
 ]
 
-METRICS: tuple[str, ...] = ("score", "return", "depth", "length")
+METRICS: tuple[str, ...] = ("score", "return", "depth", "length", "turn")
 """Per-episode metrics of an :class:`EvalResult`, as named in :meth:`EvalResult.summary`."""
 
 ALL_STEPS = "all steps"
@@ -79,6 +79,9 @@ class EvalDomain:
             the largest seen); ``None``: the return.
         depth: The ``(N,)`` depth (dungeon level, room, ...) of each env's game
             (an episode's is the deepest); ``None``: 0.
+        turns: The ``(N,)`` in-game clock of each env's game (NetHack's turn
+            counter: one agent step can take many turns); an episode's is
+            the largest seen. ``None``: no ``turns`` in the result.
         atoms: Function to ``(N, C)`` condition activations, columns in
             ``atom_names`` order: what situations and ``condition_names`` are
             read from. ``None``: agents compute their own, and no usage table.
@@ -98,6 +101,7 @@ class EvalDomain:
     make_vector_env: Callable[..., Any]
     score: Callable[[Mapping[str, Any]], np.ndarray] | None = None
     depth: Callable[[Mapping[str, Any]], np.ndarray] | None = None
+    turns: Callable[[Mapping[str, Any]], np.ndarray] | None = None
     atoms: Callable[[Mapping[str, Any]], np.ndarray] | None = None
     atom_names: Sequence[str] = ()
     situations: Mapping[str, Sequence[str]] = field(default_factory=dict)
@@ -272,6 +276,8 @@ class EvalResult:
         returns: Sum of the env rewards of each episode.
         depths: Deepest dungeon level reached in each episode.
         lengths: Agent steps of each episode.
+        turns: In-game turns of each episode (its game's clock at the end), for a
+            domain with a clock (NetHack); empty otherwise.
         outcomes: How each episode ended (``"killed by <monster>"``, ``"starving"``,
             ``"step cap"``, ...; see :class:`~crossmoe.nethack.env.EpisodeOutcome`).
         expert_names: Names of the experts (empty for an agent without a router).
@@ -297,6 +303,7 @@ class EvalResult:
     usage_top1: list[list[int]] = field(default_factory=list)
     usage_steps: list[int] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
+    turns: list[int] = field(default_factory=list)
 
     @property
     def num_episodes(self) -> int:
@@ -350,7 +357,7 @@ class EvalResult:
         Keys: the :attr:`metadata`, ``env_id``, ``episodes``,
         ``<metric>_mean``, ``_std`` (sample standard deviation), ``_median``,
         ``_ci_low`` and ``_ci_high`` for each of ``score``, ``return``,
-        ``depth`` and ``length``, and ``outcomes`` (:meth:`outcome_counts`).
+        ``depth``, ``length`` and, where the domain has a clock, ``turn``, and ``outcomes`` (:meth:`outcome_counts`).
         With experts also ``expert_usage`` (share of steps whose largest
         routing weight is on each expert) and ``expert_weight`` (mean
         routing weight), over all steps.
@@ -359,7 +366,8 @@ class EvalResult:
             raise ValueError("summary needs at least one episode, got an EvalResult with none")
         summary: dict[str, Any] = {**self.metadata, "env_id": self.env_id, "episodes": self.num_episodes}
         for name in METRICS:
-            summary.update(_describe(self.metric(name), name))
+            if name != "turn" or self.turns:  # a domain without a clock (or a result from before) has no turns
+                summary.update(_describe(self.metric(name), name))
         summary["outcomes"] = self.outcome_counts()
         if self.expert_names and self.usage_steps and self.usage_steps[0]:
             steps = self.usage_steps[0]  # the first row is ALL_STEPS
@@ -384,21 +392,25 @@ class EvalResult:
 
 
 class _RunningEpisodes:
-    """Return, length, best score and deepest level so far of the episode each of ``N`` envs is playing."""
+    """Return, length, best score, deepest level and latest turn so far of the episode each of ``N`` envs plays."""
 
-    def __init__(self, score: np.ndarray, depth: np.ndarray) -> None:
+    def __init__(self, score: np.ndarray, depth: np.ndarray, turns: np.ndarray) -> None:
         self.score = np.asarray(score, dtype=np.float64)  # from the first observations
         self.depth = np.asarray(depth, dtype=np.int64)
+        self.turns = np.asarray(turns, dtype=np.int64)
         self.episode_return = np.zeros(len(self.score))
         self.length = np.zeros(len(self.score), dtype=np.int64)
 
-    def update(self, active: np.ndarray, reward: np.ndarray, score: np.ndarray, depth: np.ndarray) -> None:
+    def update(
+        self, active: np.ndarray, reward: np.ndarray, score: np.ndarray, depth: np.ndarray, turns: np.ndarray
+    ) -> None:
         """Add one env step; rows not ``active`` were autoreset steps, whose observation starts the next episode."""
         self.episode_return = np.where(active, self.episode_return + reward, 0.0)
         self.length = np.where(active, self.length + 1, 0)
         # Maxima, because NLE zeroes the bottom line on the death observation.
         self.score = np.where(active, np.maximum(self.score, score), score)
         self.depth = np.where(active, np.maximum(self.depth, depth), depth)
+        self.turns = np.where(active, np.maximum(self.turns, turns), turns)
 
 
 class _UsageBySituation:
@@ -517,16 +529,17 @@ def evaluate(
     if domain.atoms is not None and conditions is not None and all(name in atom_index for name in conditions):
         columns = np.array([atom_index[name] for name in conditions], dtype=np.int64)
 
-    def score_and_depth(obs: Mapping[str, Any], rewards: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def game_state(obs: Mapping[str, Any], rewards: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         # Without a score the episode's return stands in for it (taken when the episode ends).
         score = np.zeros(len(rewards)) if domain.score is None else np.asarray(domain.score(obs), dtype=np.float64)
         depth = np.zeros(len(rewards), dtype=np.int64) if domain.depth is None else np.asarray(domain.depth(obs))
-        return score, depth
+        turns = np.zeros(len(rewards), dtype=np.int64) if domain.turns is None else np.asarray(domain.turns(obs))
+        return score, depth, turns
 
-    played: list[list[tuple[float, float, int, int, str]]] = [[] for _ in range(num_envs)]
+    played: list[list[tuple[float, float, int, int, str, int]]] = [[] for _ in range(num_envs)]
     try:
         obs, _ = envs.reset(seed=seed)
-        running = _RunningEpisodes(*score_and_depth(obs, np.zeros(num_envs)))
+        running = _RunningEpisodes(*game_state(obs, np.zeros(num_envs)))
         active = np.ones(num_envs, dtype=bool)  # False on the autoreset step after an episode end
         finished = np.zeros(num_envs, dtype=np.int64)
         while (finished < quota).any():
@@ -543,7 +556,7 @@ def evaluate(
                 usage.add(atoms, np.asarray(step.router_weights, dtype=np.float64), counting)
             obs, reward, terminated, truncated, info = envs.step(np.asarray(step.actions))
             _, done, aborted = domain.episode_ends(terminated, truncated, info)
-            running.update(active, reward, *score_and_depth(obs, reward))
+            running.update(active, reward, *game_state(obs, reward))
             for i in np.flatnonzero(done & (finished < quota)):  # episode ends only: rare
                 outcome = str(info["outcome"][i]) if "outcome" in info and info["_outcome"][i] else None
                 if outcome == "truncated" or (outcome is None and (aborted[i] or truncated[i])):
@@ -557,6 +570,7 @@ def evaluate(
                         int(running.depth[i]),
                         int(running.length[i]),
                         outcome,
+                        int(running.turns[i]),
                     )
                 )
                 finished[i] += 1
@@ -565,7 +579,9 @@ def evaluate(
         envs.close()
 
     episodes_in_order = [episode for per_env in played for episode in per_env]
-    scores, returns, depths, lengths, outcomes = (list(column) for column in zip(*episodes_in_order, strict=True))
+    scores, returns, depths, lengths, outcomes, turns = (
+        list(column) for column in zip(*episodes_in_order, strict=True)
+    )
     routed = usage.weight is not None
     if routed and expert_names is None:
         expert_names = [f"expert_{e}" for e in range(usage.weight.shape[1])]
@@ -585,4 +601,5 @@ def evaluate(
         usage_top1=usage.top1.tolist() if routed else [],
         usage_steps=usage.steps.tolist() if routed else [],
         metadata=dict(metadata or {}),
+        turns=turns if domain.turns is not None else [],
     )

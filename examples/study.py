@@ -676,12 +676,15 @@ def report(config: dict, root: Path) -> Path:
         sps = [_training_sps(rows) for rows in metrics.get(agent, [])]
         sps_text = "-" if not sps or None in sps else f"{sum(sps) / len(sps):.0f}"
         success = _success(pooled["return"]) if success_header else ""
+        length = f"{sum(pooled['length']) / len(pooled['length']):.0f}"
+        if all(r.turns for r in results):  # NetHack's clock: one step can take many turns
+            turns = [v for r in results for v in r.turns]
+            length += f" ({sum(turns) / len(turns):.0f} turns)"
         lines.append(
             f"| {agent} | {len(results) if floor_of(config, agent) is None else '-'} | {seeds_ci} | "
             f"{_fmt(*bootstrap_ci(pooled['score']), digits)} | {ratio} | "
             f"{_fmt(*bootstrap_ci(pooled['return']), digits)} | {success}"
-            f"{sum(pooled['depth']) / len(pooled['depth']):.2f} | {sum(pooled['length']) / len(pooled['length']):.0f} "
-            f"| {sps_text} |"
+            f"{sum(pooled['depth']) / len(pooled['depth']):.2f} | {length} | {sps_text} |"
         )
     for snapshot in config.get("snapshot_evals", []):
         step = snapshot["step"]

@@ -110,16 +110,24 @@ def test_plot_curves_with_ci_writes_an_image(tmp_path):
 def test_running_episode_statistics_survive_the_blank_death_observation_and_restart_on_reset():
     from crossmoe.evaluation import _RunningEpisodes
 
-    running = _RunningEpisodes(score=np.array([0, 0]), depth=np.array([1, 1]))
-    running.update(np.array([True, True]), np.array([1.0, 2.0]), score=np.array([5, 3]), depth=np.array([1, 2]))
+    running = _RunningEpisodes(score=np.array([0, 0]), depth=np.array([1, 1]), turns=np.array([1, 1]))
+    running.update(
+        np.array([True, True]), np.array([1.0, 2.0]), score=np.array([5, 3]), depth=np.array([1, 2]), turns=[4, 2]
+    )
     # Env 0 dies: NLE zeroes the bottom line of the final observation.
-    running.update(np.array([True, True]), np.array([-1.0, 0.5]), score=np.array([0, 3]), depth=np.array([0, 2]))
+    running.update(
+        np.array([True, True]), np.array([-1.0, 0.5]), score=np.array([0, 3]), depth=np.array([0, 2]), turns=[0, 3]
+    )
     np.testing.assert_allclose(running.episode_return, [0.0, 2.5])
     assert running.length.tolist() == [2, 2] and running.score.tolist() == [5, 3] and running.depth.tolist() == [1, 2]
+    assert running.turns.tolist() == [4, 3]
     # Env 0's autoreset step: its observation is the first of the next episode.
-    running.update(np.array([False, True]), np.array([0.0, 1.0]), score=np.array([0, 4]), depth=np.array([1, 1]))
+    running.update(
+        np.array([False, True]), np.array([0.0, 1.0]), score=np.array([0, 4]), depth=np.array([1, 1]), turns=[1, 9]
+    )
     np.testing.assert_allclose(running.episode_return, [0.0, 3.5])
     assert running.length.tolist() == [0, 3] and running.score.tolist() == [0, 4] and running.depth.tolist() == [1, 2]
+    assert running.turns.tolist() == [1, 9]
 
 
 # --- agents -----------------------------------------------------------------------------------------------
@@ -185,7 +193,7 @@ class _Explorer:
 
 
 def test_evaluate_matches_an_episode_by_episode_replay_of_each_env():
-    from nle.nethack import NLE_BL_DEPTH, NLE_BL_SCORE
+    from nle.nethack import NLE_BL_DEPTH, NLE_BL_SCORE, NLE_BL_TIME
 
     from crossmoe.nethack import make_env
 
@@ -196,16 +204,19 @@ def test_evaluate_matches_an_episode_by_episode_replay_of_each_env():
         obs, _ = env.reset(seed=11 + index)
         for _ in range(2):
             total, length, done = 0.0, 0, False
-            score, depth = obs["blstats"][NLE_BL_SCORE], obs["blstats"][NLE_BL_DEPTH]
+            score, depth, turns = (obs["blstats"][i] for i in (NLE_BL_SCORE, NLE_BL_DEPTH, NLE_BL_TIME))
             while not done:
                 action = int(_Explorer().act({key: value[None] for key, value in obs.items()})[0])
                 obs, reward, terminated, truncated, _ = env.step(action)
                 total, length, done = total + reward, length + 1, terminated or truncated
                 score, depth = max(score, obs["blstats"][NLE_BL_SCORE]), max(depth, obs["blstats"][NLE_BL_DEPTH])
-            expected.append((float(score), total, int(depth), length))
+                turns = max(turns, obs["blstats"][NLE_BL_TIME])
+            expected.append((float(score), total, int(depth), length, int(turns)))
             obs, _ = env.reset()
         env.close()
-    np.testing.assert_allclose(np.stack([result.scores, result.returns, result.depths, result.lengths], 1), expected)
+    columns = [result.scores, result.returns, result.depths, result.lengths, result.turns]
+    np.testing.assert_allclose(np.stack(columns, 1), expected)
+    assert result.summary()["turn_mean"] == np.mean(result.turns) > 0
     assert len(set(result.returns)) > 1  # the episodes differ, so a mix-up would show
 
 

@@ -75,6 +75,7 @@ def test_a_rule_agent_solves_its_own_domain_and_the_score_is_the_return():
     assert result.depths == [LENGTH - 1] * 7 and result.outcomes == ["terminated"] * 7
     assert all(1 <= length <= LENGTH - 1 for length in result.lengths)
     assert result.usage_steps == []  # the rule agent has no router
+    assert result.turns == [] and "turn_mean" not in result.summary()  # a domain without a clock
 
 
 def test_a_time_limit_is_a_step_cap_and_the_deepest_cell_counts():

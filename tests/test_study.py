@@ -327,9 +327,9 @@ def test_the_report_gives_paired_differences_and_the_teacher_floor(tmp_path, mod
     rules, from result folders written here (no training)."""
     from crossmoe.evaluation import EvalResult
 
-    def write(folder, scores, rows=None):
+    def write(folder, scores, rows=None, turns=()):
         folder.mkdir(parents=True)
-        result = EvalResult("NetHackScore-v0", 10_000_000, 8, None, scores=scores, returns=scores)
+        result = EvalResult("NetHackScore-v0", 10_000_000, 8, None, scores=scores, returns=scores, turns=list(turns))
         result.depths, result.lengths, result.outcomes = [1] * len(scores), [10] * len(scores), ["starving"] * 4
         (folder / "eval.json").write_text(json.dumps(result.to_dict()))
         if rows is not None:
@@ -354,7 +354,7 @@ def test_the_report_gives_paired_differences_and_the_teacher_floor(tmp_path, mod
         "teacher_floor": {"agent": "rules", "after": 200_000},
     }
     root = tmp_path / "results" / "paired"
-    write(root / "rules", [80.0, 100.0, 110.0, 110.0])  # mean 100; 90 on the first two envs' episodes
+    write(root / "rules", [80.0, 100.0, 110.0, 110.0], turns=[30, 40, 50, 40])  # mean 100; 90 on two envs' first
     write(root / "random", [10.0, 30.0, 50.0, 50.0])  # mean 35; 20 on the first two envs' episodes
     write(root / "rules_soft", [120.0, 120.0, 140.0, 140.0])  # mean 130: c's teacher
     write(root / "c__s1", [125.0] * 4, curve(125.0))
@@ -368,6 +368,10 @@ def test_the_report_gives_paired_differences_and_the_teacher_floor(tmp_path, mod
     (root / "a__s1" / "eval_step_500.json").write_text(json.dumps(snapshot.to_dict()))
     report = module.report(config, tmp_path / "results").read_text()
     assert "## Against rules: score as a multiple of its mean on the same episodes (100.0 on all 4;" in report
+    table = report.split("## Evaluation")[1].split("\n## ")[0]
+    rows = {line.split(" | ")[0]: line for line in table.splitlines() if line.startswith("| ")}
+    assert rows["| rules"].endswith("| 1.00 | 10 (40 turns) | - |")  # the game's clock, where the results have it
+    assert rows["| random"].endswith("| 1.00 | 10 | - |")
     assert "| a | 256 (end) | 3 | 1.50, 1.20, 2.00 | 1.57 [1.20, 2.00] | 1.00 |" in report
     # a second reference floor gets its own section: 150 / 130 on seed 1
     assert "## Against rules_soft: score as a multiple of its mean on the same episodes (130.0 on all 4;" in report

@@ -395,7 +395,7 @@ def _bottom_line(index: int):
 def eval_domain() -> EvalDomain:
     """NetHack as an :class:`~crossmoe.evaluation.EvalDomain`: what :func:`~crossmoe.evaluation.evaluate` plays.
 
-    The envs of :func:`make_vector_env`; the bottom line's score and depth;
+    The envs of :func:`make_vector_env`; the bottom line's score, depth and turn counter;
     the atoms of :func:`~crossmoe.nethack.extract_atoms`
     (:data:`~crossmoe.nethack.ATOMS`) and the usage table's
     :data:`~crossmoe.evaluation.DEFAULT_SITUATIONS`; episode ends as
@@ -408,6 +408,7 @@ def eval_domain() -> EvalDomain:
         make_vector_env=make_vector_env,
         score=_bottom_line(nethack.NLE_BL_SCORE),
         depth=_bottom_line(nethack.NLE_BL_DEPTH),
+        turns=_bottom_line(nethack.NLE_BL_TIME),
         atoms=extract_atoms,
         atom_names=ATOMS,
         situations=DEFAULT_SITUATIONS,
