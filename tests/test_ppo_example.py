@@ -338,7 +338,8 @@ def test_resume_after_sigkill_continues_counters_schedule_and_metrics(tmp_path):
     assert resumed["episodes"] == state["counters"]["episodes"] + resumed["episodes_finished"]
     # So does the teacher's weight, set at the start of each update from the env-step counter.
     teacher_schedule = DistillationSchedule(**state["teacher_schedule"])
-    assert teacher_schedule.state_dict() == {"coef": 3.0, "anneal_start": 0.0, "anneal_end": 100000.0}
+    expected = {"coef": 3.0, "anneal_start": 0.0, "anneal_end": 100000.0, "final_coef": 0.0}
+    assert teacher_schedule.state_dict() == expected
     assert [row["teacher_coef"] for row in rows] == pytest.approx([teacher_schedule(s - 64) for s in steps])
     assert rows[-1]["teacher_coef"] < rows[0]["teacher_coef"]
     assert load_checkpoint(last)["counters"]["global_step"] == step + 128
