@@ -366,8 +366,9 @@ class EvalResult:
             raise ValueError("summary needs at least one episode, got an EvalResult with none")
         summary: dict[str, Any] = {**self.metadata, "env_id": self.env_id, "episodes": self.num_episodes}
         for name in METRICS:
-            if name != "turn" or self.turns:  # a domain without a clock (or a result from before) has no turns
-                summary.update(_describe(self.metric(name), name))
+            values = self.metric(name)
+            if values.size:  # no turns from a domain without a clock, or from a result written before them
+                summary.update(_describe(values, name))
         summary["outcomes"] = self.outcome_counts()
         if self.expert_names and self.usage_steps and self.usage_steps[0]:
             steps = self.usage_steps[0]  # the first row is ALL_STEPS

@@ -678,7 +678,7 @@ def report(config: dict, root: Path) -> Path:
         success = _success(pooled["return"]) if success_header else ""
         length = f"{sum(pooled['length']) / len(pooled['length']):.0f}"
         if all(r.turns for r in results):  # NetHack's clock: one step can take many turns
-            turns = [v for r in results for v in r.turns]
+            turns = [v for r in results for v in r.metric("turn")]
             length += f" ({sum(turns) / len(turns):.0f} turns)"
         lines.append(
             f"| {agent} | {len(results) if floor_of(config, agent) is None else '-'} | {seeds_ci} | "
