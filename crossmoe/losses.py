@@ -302,7 +302,7 @@ def routing_entropy(weights: Tensor) -> Tensor:
     return -(weights * safe.log()).sum(dim=-1).mean()
 
 
-DISTILLATION_KINDS = ("cross_entropy", "kl")
+DISTILLATION_KINDS = ("cross_entropy", "kl", "top_set")
 """What :func:`distillation_loss` can measure."""
 
 
@@ -324,15 +324,32 @@ def distillation_loss(
     Both have the same gradient; ``kl`` is 0 where the student agrees with the
     teacher, ``cross_entropy`` is then the teacher's entropy. Actions the
     teacher gives probability 0 add nothing (even where the student's logit
-    is ``-inf``). The teacher's probabilities are a target: no gradient
-    reaches them. Computed in float32.
+    is ``-inf``).
+
+    ``top_set`` asks less: that the student put the teacher's mass on the
+    teacher's top actions :math:`S = \{a : p(a) = \max_b p(b)\}`, however it
+    splits that mass among them. With :math:`q = \sum_{a \in S} p(a)` and
+    :math:`P = \sum_{a \in S} \pi(a)`, it is the KL between the two
+    distributions seen through "one of :math:`S`, or not":
+
+    .. math::
+        \text{top\_set} = q \log \frac{q}{P} + (1 - q) \log \frac{1 - q}{1 - P}
+
+    A rule agent is uniform over the actions of the operator it chooses
+    (e.g. the eight directions of "explore"), so ``kl`` holds the student to
+    that uniform split, where ``top_set`` holds it only to the operator and
+    leaves the RL loss to choose among its actions: the rules say what to
+    do, learning says how. For a one-hot teacher it equals ``cross_entropy``.
+
+    The teacher's probabilities are a target: no gradient reaches them.
+    Computed in float32.
 
     Args:
         student_logits: The student's action logits.
         teacher_probs: The teacher's action probabilities (rows summing to 1).
         mask: Weight of each state (e.g. 0 for the reset steps of a rollout),
             or None for all 1; the result is the weighted mean.
-        kind: ``"cross_entropy"`` or ``"kl"``.
+        kind: ``"cross_entropy"``, ``"kl"`` or ``"top_set"``.
 
     Shapes:
         - student_logits: ``(..., A)``
@@ -360,14 +377,28 @@ def distillation_loss(
         )
     target = teacher_probs.detach().float()
     log_student = torch.log_softmax(student_logits.float(), dim=-1)
-    support = target > 0
-    loss = -(target * log_student.masked_fill(~support, 0.0)).sum(dim=-1)
-    if kind == "kl":
-        loss = loss + torch.special.xlogy(target, target).sum(dim=-1)
+    if kind == "top_set":
+        loss = _top_set_kl(log_student, target)
+    else:
+        support = target > 0
+        loss = -(target * log_student.masked_fill(~support, 0.0)).sum(dim=-1)
+        if kind == "kl":
+            loss = loss + torch.special.xlogy(target, target).sum(dim=-1)
     if mask is None:
         return loss.mean()
     mask = mask.to(loss.dtype)
     return (loss * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def _top_set_kl(log_student: Tensor, target: Tensor) -> Tensor:
+    """The KL of :func:`distillation_loss`'s ``top_set`` kind, per state, in log space."""
+    top = target >= target.amax(dim=-1, keepdim=True) * (1 - 1e-5)  # ties within float32 rounding
+    q, rest = (target * top).sum(dim=-1), (target * ~top).sum(dim=-1)  # rest is 0 where S is every action
+    # A finite fill, not -inf: an empty side then has a finite log-mass (times a weight of 0) and no NaN gradient.
+    fill = torch.finfo(log_student.dtype).min
+    log_in = torch.logsumexp(log_student.masked_fill(~top, fill), dim=-1)
+    log_out = torch.logsumexp(log_student.masked_fill(top, fill), dim=-1)
+    return torch.special.xlogy(q, q) - q * log_in + torch.special.xlogy(rest, rest) - rest * log_out
 
 
 @dataclass(frozen=True)

@@ -205,8 +205,10 @@ class PPOArgs:
     teacher_final_coef: float = 0.0
     """The teacher's weight from ``--teacher-anneal-end`` on: 0 hands the student over to PPO alone; a small
     weight keeps it anchored to the teacher."""
-    teacher_loss: Literal["cross_entropy", "kl"] = "cross_entropy"
-    """What the distillation loss measures (the same gradient; ``kl`` is 0 where the policy agrees)."""
+    teacher_loss: Literal["cross_entropy", "kl", "top_set"] = "cross_entropy"
+    """What the distillation loss measures: ``cross_entropy`` and ``kl`` (the same gradient; ``kl`` is 0 where the
+    policy agrees) hold the policy to the teacher's distribution; ``top_set`` only to the teacher's mass on its top
+    actions (a rule agent's chosen operator), and leaves the choice among them to PPO."""
     imitation_steps: int = 0
     """A behavioural-cloning warm start: for the updates that start before this env step the teacher plays (its
     actions, sampled from its distribution, drive the envs) and the update fits the policy to the teacher's

@@ -81,6 +81,68 @@ def test_half_precision_logits_are_computed_in_float32():
     torch.testing.assert_close(loss, distillation_loss(logits.half().float(), teacher))
 
 
+def _rules_teacher(batch: int, actions: int, epsilon: float, seed: int = 0) -> torch.Tensor:
+    """A softened rule teacher: uniform over a random non-empty set of actions, mixed with epsilon / A."""
+    generator = torch.Generator().manual_seed(seed)
+    chosen = torch.rand(batch, actions, generator=generator) > 0.6
+    chosen[torch.arange(batch), torch.randint(actions, (batch,), generator=generator)] = True
+    return (1 - epsilon) * chosen / chosen.sum(-1, keepdim=True) + epsilon / actions
+
+
+def test_top_set_is_the_kl_of_the_bernoulli_one_of_the_teachers_top_actions_or_not():
+    teacher = _rules_teacher(16, 7, epsilon=0.1)
+    logits = torch.randn(16, 7, dtype=torch.float64)
+    top = teacher >= teacher.amax(-1, keepdim=True) - 1e-6
+    q = (teacher.double() * top).sum(-1)
+    mass = (logits.softmax(-1) * top).sum(-1)
+    bernoulli = torch.distributions.Bernoulli
+    expected = torch.distributions.kl_divergence(bernoulli(probs=q), bernoulli(probs=mass)).mean()
+    torch.testing.assert_close(distillation_loss(logits, teacher.double(), kind="top_set"), expected.float())
+
+
+@given(st.integers(0, 10_000))
+def test_top_set_ignores_how_the_student_splits_mass_among_the_top_actions(seed):
+    teacher = _rules_teacher(8, 6, epsilon=0.1, seed=seed)
+    logits = torch.randn(8, 6, generator=torch.Generator().manual_seed(seed))
+    top = teacher >= teacher.amax(-1, keepdim=True) - 1e-6
+    shuffled = logits.clone()
+    for row in range(8):  # a permutation of each row's logits inside its top set (a test, not a hot path)
+        inside = top[row].nonzero().flatten()
+        shuffled[row, inside] = logits[row, inside[torch.randperm(len(inside))]]
+    same = distillation_loss(shuffled, teacher, kind="top_set")
+    torch.testing.assert_close(same, distillation_loss(logits, teacher, kind="top_set"))
+
+
+def test_top_set_is_cross_entropy_for_a_one_hot_teacher_and_zero_for_a_uniform_one():
+    logits = torch.randn(5, 4)
+    one_hot = F.one_hot(torch.tensor([0, 3, 1, 1, 2]), 4).float()
+    torch.testing.assert_close(distillation_loss(logits, one_hot, kind="top_set"), distillation_loss(logits, one_hot))
+    logits = torch.full((2, 4), float("-inf"))  # the other side of the partition is empty: no NaN
+    logits[:, 1] = 0.0
+    logits.requires_grad_(True)
+    loss = distillation_loss(logits, torch.full((2, 4), 0.25), kind="top_set")
+    loss.backward()
+    assert loss.item() == 0.0 and torch.isfinite(logits.grad).all() and logits.grad.abs().sum() == 0
+
+
+def test_top_set_leaves_the_choice_among_the_teachers_actions_to_the_rl_loss():
+    # Hard rules allow actions 0-3 uniformly; a stand-in for the policy gradient prefers action 2.
+    teacher = torch.tensor([[0.25, 0.25, 0.25, 0.25, 0.0, 0.0]])
+    mass_on_2 = {}
+    for kind in ("kl", "top_set"):
+        logits = torch.zeros(1, 6, requires_grad=True)
+        optimizer = torch.optim.Adam([logits], lr=0.05)
+        for _ in range(1000):
+            optimizer.zero_grad()
+            rl = -0.5 * logits.log_softmax(-1)[0, 2]
+            (3.0 * distillation_loss(logits, teacher, kind=kind) + rl).backward()
+            optimizer.step()
+        probs = logits.detach().softmax(-1)[0]
+        assert probs[:4].sum() > 0.99  # both keep the student on the teacher's actions
+        mass_on_2[kind] = probs[2].item()
+    assert mass_on_2["top_set"] > 0.99 and mass_on_2["kl"] < 0.5  # kl holds it to the uniform split
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

@@ -521,7 +521,7 @@ def nethack_ppo_config(
             the env runners add its probabilities to the observations, and
             the learner adds the distillation loss; None for plain PPO.
         teacher_schedule: The teacher's weight over env steps (default: a constant 3.0).
-        teacher_loss: ``"cross_entropy"`` or ``"kl"`` (:func:`~crossmoe.losses.distillation_loss`).
+        teacher_loss: ``"cross_entropy"``, ``"kl"`` or ``"top_set"`` (:func:`~crossmoe.losses.distillation_loss`).
         teacher_epsilon: Soften the teacher: mix its probabilities with
             uniform play by this share (:class:`~crossmoe.teacher.SoftenedTeacher`).
 

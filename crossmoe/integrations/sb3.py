@@ -352,7 +352,7 @@ class MoEPPO(PPO):
             that ``save`` keeps it as plain data.
         teacher_schedule: The teacher's weight over env steps; by default a
             constant 3.0 (``examples/ppo_nethack.py``'s default).
-        teacher_loss: ``"cross_entropy"`` or ``"kl"`` (:func:`~crossmoe.losses.distillation_loss`).
+        teacher_loss: ``"cross_entropy"``, ``"kl"`` or ``"top_set"`` (:func:`~crossmoe.losses.distillation_loss`).
         teacher_epsilon: Soften the teacher: mix its probabilities with
             uniform play by this share (:class:`~crossmoe.teacher.SoftenedTeacher`;
             0.1 kickstarted the strongest agent of the results page).
