@@ -243,7 +243,8 @@ def test_predict_takes_the_env_s_own_observations_and_load_takes_an_unwrapped_en
 # kickstarting
 
 
-def test_the_teacher_loss_reaches_the_gradient_once(nethack_play):
+@pytest.mark.parametrize("kind", ["cross_entropy", "top_set"])
+def test_the_teacher_loss_reaches_the_gradient_once(nethack_play, kind):
     """With a teacher weight, PPO's loss from evaluate_actions gains exactly coef x distillation_loss's gradient."""
     from crossmoe.integrations.sb3 import TEACHER_KEY
     from crossmoe.losses import distillation_loss
@@ -254,7 +255,7 @@ def test_the_teacher_loss_reaches_the_gradient_once(nethack_play):
     space = spaces.Dict({**space.spaces, TEACHER_KEY: spaces.Box(0.0, 1.0, (23,), np.float32)})
     actions = torch.arange(len(teacher)) % 23
     policy = CrossMoEPolicy(space, spaces.Discrete(23), lambda _: 3e-4, **SMALL)
-    policy.teacher_coef = 2.5
+    policy.teacher_coef, policy.teacher_loss = 2.5, kind
     values, log_prob, _ = policy.evaluate_actions(obs, actions)
     (log_prob.exp().mean() + values.square().mean()).backward()
     got = {name: p.grad.clone() for name, p in policy.model.named_parameters() if p.grad is not None}
@@ -262,7 +263,8 @@ def test_the_teacher_loss_reaches_the_gradient_once(nethack_play):
     policy.zero_grad()
     output = policy.model(restore_dtypes(obs, space))
     log_prob = torch.distributions.Categorical(logits=output.logits).log_prob(actions)
-    (log_prob.exp().mean() + output.value.square().mean() + 2.5 * distillation_loss(output.logits, teacher)).backward()
+    distill = distillation_loss(output.logits, teacher, kind=kind)
+    (log_prob.exp().mean() + output.value.square().mean() + 2.5 * distill).backward()
     for name, parameter in policy.model.named_parameters():
         if parameter.grad is not None:
             torch.testing.assert_close(got[name], parameter.grad, msg=name)
