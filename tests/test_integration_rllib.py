@@ -243,7 +243,8 @@ def test_vector_env_carries_the_atoms_of_every_env_in_the_observation():
     assert isinstance(nethack_rllib_env({"env_id": "NetHackScore-v0"}), NetHackRLlibEnv)  # one env
 
 
-def test_the_learner_adds_the_masked_weighted_distillation_loss(nethack_play):
+@pytest.mark.parametrize("kind", ["cross_entropy", "top_set"])
+def test_the_learner_adds_the_masked_weighted_distillation_loss(nethack_play, kind):
     """With a teacher schedule, the loss gains coef x distillation_loss on the unmasked rows, coef set per update."""
     from crossmoe.losses import distillation_loss
     from crossmoe.schedule import DistillationSchedule
@@ -254,7 +255,9 @@ def test_the_learner_adds_the_masked_weighted_distillation_loss(nethack_play):
     obs[TEACHER_KEY] = torch.softmax(torch.randn(rows, len(actions)), -1)
     space = spaces.Dict({**space.spaces, TEACHER_KEY: spaces.Box(0.0, 1.0, (len(actions),), np.float32)})
     schedule = DistillationSchedule(2.0, anneal_start=0, anneal_end=1000)
-    config = nethack_ppo_config(model_config={"dim": 32}, teacher="rules", teacher_schedule=schedule, seed=0)
+    config = nethack_ppo_config(
+        model_config={"dim": 32}, teacher="rules", teacher_schedule=schedule, teacher_loss=kind, seed=0
+    )
     learner = config.build_learner(spaces={MODULE: (space, spaces.Discrete(len(actions)))})
     learner.before_gradient_based_update(timesteps={"num_env_steps_sampled_lifetime": 250})
     assert learner.teacher_coef == schedule(250) == 1.5
@@ -265,7 +268,7 @@ def test_the_learner_adds_the_masked_weighted_distillation_loss(nethack_play):
     learner.teacher_schedule = None  # the same learner without the teacher term
     without = learner.compute_loss_for_module(**kwargs, fwd_out=module.forward_train(batch))
     logits = module.forward_train(batch)[Columns.ACTION_DIST_INPUTS]
-    expected = 1.5 * distillation_loss(logits[mask], obs[TEACHER_KEY][mask])
+    expected = 1.5 * distillation_loss(logits[mask], obs[TEACHER_KEY][mask], kind=kind)
     torch.testing.assert_close(total - without, expected)
 
 
