@@ -32,7 +32,8 @@ run's metrics (the columns the report reads), its ``summary.json`` and its
 ``eval.json``. A run whose ``eval.json`` exists is finished and skipped, so a
 stopped study picks up where it left off, on this machine or another one
 (training resumes from ``runs/<study>/.../checkpoints/last.pt`` when that is
-there, and starts over otherwise). Evaluation seeds are disjoint from
+there, and starts over otherwise). Processes side by side never work on one run together: each
+locks the run it is on (``runs/<study>/<run>.lock``) and skips a run another holds. Evaluation seeds are disjoint from
 training seeds (``eval_seed`` is far from them) and nothing is tuned on them.
 """
 
@@ -43,6 +44,8 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -298,41 +301,67 @@ def run(args: Args, config: dict) -> None:
                 left = max(0.0, deadline - time.time()) / 60
                 print(f"skipped: {out} needs about {expected / 60:.0f} min, {left:.0f} min left", flush=True)
                 continue
-        out.mkdir(parents=True, exist_ok=True)
-        run_dir = None
-        start = time.time()
-        if seed is not None:
-            run_dir = result_dir(config, agent, seed, Path(args.runs_root))
-            summary = run_dir / "summary.json"
-            if not summary.is_file() or json.loads(summary.read_text())["interrupted"]:
-                train(config, agent, seed, run_dir, args.torch_threads)
-                if json.loads(summary.read_text())["interrupted"]:  # stopped (SIGTERM): the study stops too
-                    print(f"stopped before the end: {run_dir}; rerun to resume it", flush=True)
-                    return
-            keep_metrics(run_dir / "metrics.jsonl", out / "metrics.jsonl")
-            shutil.copy(run_dir / "summary.json", out / "summary.json")
-        if args.train_only:
-            continue
-        if seed is not None:
-            for snapshot in snapshots_of(config, agent):  # e.g. a 2M-step run looked at at 1M
-                target = out / f"eval_step_{snapshot['step']}.json"
-                if not target.is_file():
-                    evaluation = evaluate_run(
-                        config,
-                        agent,
-                        seed,
-                        run_dir,
-                        f"step_{snapshot['step']}.pt",
-                        snapshot.get("episodes"),
-                        compile=args.eval_compile,
-                    )
-                    target.write_text(json.dumps(evaluation, indent=2))
-        evaluation = evaluate_run(config, agent, seed, run_dir, compile=args.eval_compile)
-        evaluation["wall_seconds_eval_and_train"] = time.time() - start
-        (out / "eval.json").write_text(json.dumps(evaluation, indent=2))
-        print(f"finished: {out}", flush=True)
-        if repository is not None:
-            _commit(repository, out, f"study {config['name']}: {agent}" + ("" if seed is None else f", seed {seed}"))
+        with _claim(result_dir(config, agent, seed, Path(args.runs_root))) as claimed:
+            if not claimed:
+                print(f"busy: another study process has {out}; skipped", flush=True)
+                continue
+            if (out / "eval.json").is_file():  # another process finished it meanwhile
+                print(f"done already: {out}", flush=True)
+                continue
+            out.mkdir(parents=True, exist_ok=True)
+            run_dir = None
+            start = time.time()
+            if seed is not None:
+                run_dir = result_dir(config, agent, seed, Path(args.runs_root))
+                summary = run_dir / "summary.json"
+                if not summary.is_file() or json.loads(summary.read_text())["interrupted"]:
+                    train(config, agent, seed, run_dir, args.torch_threads)
+                    if json.loads(summary.read_text())["interrupted"]:  # stopped (SIGTERM): the study stops too
+                        print(f"stopped before the end: {run_dir}; rerun to resume it", flush=True)
+                        return
+                keep_metrics(run_dir / "metrics.jsonl", out / "metrics.jsonl")
+                shutil.copy(run_dir / "summary.json", out / "summary.json")
+            if args.train_only:
+                continue
+            if seed is not None:
+                for snapshot in snapshots_of(config, agent):  # e.g. a 2M-step run looked at at 1M
+                    target = out / f"eval_step_{snapshot['step']}.json"
+                    if not target.is_file():
+                        evaluation = evaluate_run(
+                            config,
+                            agent,
+                            seed,
+                            run_dir,
+                            f"step_{snapshot['step']}.pt",
+                            snapshot.get("episodes"),
+                            compile=args.eval_compile,
+                        )
+                        target.write_text(json.dumps(evaluation, indent=2))
+            evaluation = evaluate_run(config, agent, seed, run_dir, compile=args.eval_compile)
+            evaluation["wall_seconds_eval_and_train"] = time.time() - start
+            (out / "eval.json").write_text(json.dumps(evaluation, indent=2))
+            print(f"finished: {out}", flush=True)
+            if repository is not None:
+                _commit(
+                    repository, out, f"study {config['name']}: {agent}" + ("" if seed is None else f", seed {seed}")
+                )
+
+
+@contextmanager
+def _claim(run_dir: Path) -> Iterator[bool]:
+    """Hold ``run_dir``'s lock (``<run_dir>.lock`` beside it) for the block: True if this process got it, False if
+    another study process holds it. Two processes on one run would write one run directory at once; the lock
+    is the kernel's (``flock``), so it goes with its process, even a killed one, and never goes stale."""
+    import fcntl
+
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(run_dir.with_name(run_dir.name + ".lock"), "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
 
 
 EVAL_SHARE = 1 / 6  # evaluations (100 episodes, snapshots) add about this share to a NetHack run's training time

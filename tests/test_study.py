@@ -202,6 +202,45 @@ def test_a_run_stopped_by_sigterm_is_not_evaluated_and_stops_the_study(tmp_path,
     assert not list((tmp_path / "results").rglob("summary.json"))
 
 
+def test_a_run_another_study_process_holds_is_skipped_until_that_process_dies(tmp_path, module, monkeypatch, capsys):
+    # Two processes on one run would write one run directory at once; the second must leave it alone, and the
+    # lock must not outlive a killed holder. The holder is util-linux's flock(1), not this module's code.
+    import os
+    import signal
+    import time
+
+    if shutil.which("flock") is None:
+        pytest.skip("needs util-linux's flock(1)")
+    trained = []
+
+    def fake_training(config, agent, seed, run_dir, torch_threads):
+        trained.append((agent, seed))
+        run_dir.mkdir(parents=True)
+        (run_dir / "summary.json").write_text(json.dumps({"interrupted": True, "global_step": 64}))
+
+    monkeypatch.setattr(module, "train", fake_training)
+    config = {**TINY, "seeds": [1, 2], "agents": {"mlp": {"policy": "mlp"}}, "runs": [["mlp", 1], ["mlp", 2]]}
+    lock = tmp_path / "runs" / "tiny" / "mlp__s1.lock"
+    lock.parent.mkdir(parents=True)
+    holder = subprocess.Popen(["flock", "--exclusive", str(lock), "sleep", "60"], start_new_session=True)
+    try:
+        for _ in range(100):  # until flock(1) holds it
+            if subprocess.run(["flock", "--nonblock", str(lock), "true"]).returncode != 0:
+                break
+            time.sleep(0.05)
+        args = module.Args(
+            command="run", runs_root=str(tmp_path / "runs"), results_root=str(tmp_path / "results"), torch_threads=1
+        )
+        module.run(args, config)  # seed 1 is busy: seed 2 trains (and stops the study, as a SIGTERM'd run does)
+        assert trained == [("mlp", 2)]
+        assert "busy: another study process has" in capsys.readouterr().out
+    finally:
+        os.killpg(holder.pid, signal.SIGKILL)
+        holder.wait()
+    module.run(args, config)  # the killed holder's lock went with it
+    assert trained[-1] == ("mlp", 1)
+
+
 def test_steps_to_threshold_needs_a_full_window_of_updates(module):
     # One lucky episode at the first update, then failures, then learning from update 13 on.
     returns = [0.9] + [-1.0] * 11 + [1.0] * 20
