@@ -142,18 +142,13 @@ def test_the_concat_fusion_has_frames_without_heat(episode, tmp_path):
 
 
 def test_the_script_draws_an_untrained_agent_and_refuses_a_checkpoint_without_experts(tmp_path):
-    import importlib.util
-    import sys
-    from pathlib import Path
+
+    from example_scripts import load_example
 
     from crossmoe.minigrid import make_baseline_policy
     from crossmoe.training import save_checkpoint
 
-    script = Path(__file__).parents[1] / "examples" / "minigrid_pictures.py"
-    spec = importlib.util.spec_from_file_location("minigrid_pictures", script)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look the module up while the class is built
-    spec.loader.exec_module(module)
+    module = load_example("minigrid_pictures")
     paths = module.main(
         module.Args(out=str(tmp_path), steps=6, states=2, target_steps=40, env_id="BabyAI-GoToLocal-v0")
     )

@@ -1,7 +1,6 @@
 """examples/ppo_nethack.py on crossmoe.ppo: GAE, autoreset masking, the schedule, NaN recovery, checkpoints, resume."""
 
 import contextlib
-import importlib.util
 import json
 import os
 import signal
@@ -17,6 +16,8 @@ import torch
 pytest.importorskip("nle")
 pytest.importorskip("tyro")
 
+from example_scripts import load_example
+
 from crossmoe.nethack import RuleAgent
 from crossmoe.ppo import make_scheduler
 from crossmoe.routing import SparsemaxRouter
@@ -27,15 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "ppo_nethack.py"
 
 
-def _load_example():
-    spec = importlib.util.spec_from_file_location("ppo_nethack", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look the module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
-
-ppo = _load_example()
+ppo = load_example("ppo_nethack")
 # Tiny NetHack runs: 2 envs x 32 steps = 64 env steps per update.
 TINY = {
     "num_envs": 2,
@@ -381,10 +374,7 @@ def test_plots_cli_redraws_a_run_and_compares_runs(tmp_path):
 
 
 def test_evaluate_a_checkpoint(tmp_path):
-    spec = importlib.util.spec_from_file_location("evaluate", ROOT / "examples" / "evaluate.py")
-    evaluate = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = evaluate
-    spec.loader.exec_module(evaluate)
+    evaluate = load_example("evaluate")
     _run(tmp_path, total_timesteps=128, max_episode_steps=10)
     checkpoint = str(tmp_path / "run" / "checkpoints" / "last.pt")
     out = tmp_path / "eval.json"
@@ -399,10 +389,7 @@ def test_evaluate_a_checkpoint(tmp_path):
 def test_evaluate_plays_the_rules_softened_and_only_the_rules(monkeypatch):
     """``--epsilon`` reaches the rule agent that plays, and the summary records it; with random play it is
     refused by name."""
-    spec = importlib.util.spec_from_file_location("evaluate", ROOT / "examples" / "evaluate.py")
-    evaluate = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = evaluate
-    spec.loader.exec_module(evaluate)
+    evaluate = load_example("evaluate")
     calls = []
     monkeypatch.setattr(evaluate.evaluation, "evaluate", lambda agent, *a, metadata: calls.append((agent, metadata)))
     evaluate.run(evaluate.Args(agent="rules", epsilon=0.1))

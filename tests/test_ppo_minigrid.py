@@ -2,7 +2,6 @@
 
 import contextlib
 import dataclasses
-import importlib.util
 import os
 import signal
 import subprocess
@@ -16,6 +15,8 @@ import pytest
 pytest.importorskip("minigrid")
 pytest.importorskip("tyro")
 
+from example_scripts import load_example
+
 from crossmoe.evaluation import PolicyAgent, evaluate
 from crossmoe.minigrid import RuleAgent, eval_domain, load_agent, train_domain
 from crossmoe.ppo import PPOArgs, TrainDomain, train
@@ -27,15 +28,7 @@ EXAMPLE = EXAMPLES / "ppo_minigrid.py"
 TINY = {"num_envs": 4, "num_steps": 32, "num_minibatches": 2, "update_epochs": 2, "dim": 32, "compile": "off"}
 
 
-def _load_example():
-    spec = importlib.util.spec_from_file_location("ppo_minigrid", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look the module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
-
-ppo = _load_example()
+ppo = load_example("ppo_minigrid")
 
 
 def _run(tmp_path, **overrides):

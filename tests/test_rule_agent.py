@@ -226,15 +226,9 @@ def test_teachers_by_name_are_the_rule_agents_of_rules():
 def test_the_operator_census_script_counts_each_step_once_and_splits_as_the_operators_do():
     """``examples/rule_operators.py``: shares of steps that sum to 1, and the steps split over one action are
     exactly the steps of the chosen operators that have one action in the env."""
-    import importlib.util
-    import sys
-    from pathlib import Path
+    from example_scripts import load_example
 
-    path = Path(__file__).resolve().parents[1] / "examples" / "rule_operators.py"
-    spec = importlib.util.spec_from_file_location("rule_operators", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look the module up while the class is built
-    spec.loader.exec_module(module)
+    module = load_example("rule_operators")
     result = module.main(module.Args(num_envs=2, steps=60))
     assert result["steps"] == 120 and "random" not in result["operators"]  # fallback_move always applies
     assert sum(result["operators"].values()) == pytest.approx(1.0, abs=1e-3)
