@@ -27,14 +27,13 @@ as a multiple of that agent's, per seed and with its CI, at the end and at each 
 seed) pair, trained in ``runs/<study>/`` by the domain's example in a subprocess, then evaluated on fresh-seed episodes
 with :mod:`crossmoe.evaluation`.
 
-What is committed lives in ``docs/results/<study>/<agent>__s<seed>/``: the
-run's metrics (the columns the report reads), its ``summary.json`` and its
-``eval.json``. A run whose ``eval.json`` exists is finished and skipped, so a
-stopped study picks up where it left off, on this machine or another one
-(training resumes from ``runs/<study>/.../checkpoints/last.pt`` when that is
-there, and starts over otherwise). Processes side by side never work on one run together: each
-locks the run it is on (``runs/<study>/<run>.lock``) and skips a run another holds. Evaluation seeds are disjoint from
-training seeds (``eval_seed`` is far from them) and nothing is tuned on them.
+What is committed lives in ``docs/results/<study>/<agent>__s<seed>/``: the run's metrics (the columns the
+report reads), its ``summary.json`` and its ``eval.json``. A run whose ``eval.json`` exists is finished and
+skipped, so a stopped study picks up where it left off, on this machine or another one (training resumes from
+``runs/<study>/.../checkpoints/last.pt`` when that is there, and starts over otherwise). Processes side by
+side never work on one run together: each locks the run it is on (``runs/<study>/<run>.lock``) and skips a run
+another holds. Evaluation seeds are disjoint from training seeds (``eval_seed`` is far from them) and nothing
+is tuned on them.
 """
 
 from __future__ import annotations
