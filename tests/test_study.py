@@ -181,17 +181,25 @@ def module(monkeypatch):
     return loaded
 
 
-def test_a_run_stopped_by_sigterm_is_not_evaluated_and_stops_the_study(tmp_path, module, monkeypatch):
-    # ppo_nethack.py exits cleanly on SIGTERM with a summary marked interrupted; evaluating that
-    # half-trained checkpoint would write an eval.json and so mark the run finished for good.
+@pytest.fixture
+def stopped_training(module, monkeypatch):
+    """The study's training replaced by a run that stops at once, as one sent SIGTERM does (its summary marked
+    interrupted); the list of the (agent, seed) pairs it was asked to train."""
     trained = []
 
-    def stopped_training(config, agent, seed, run_dir, torch_threads):
+    def stopped(config, agent, seed, run_dir, torch_threads):
         trained.append((agent, seed))
         run_dir.mkdir(parents=True)
         (run_dir / "summary.json").write_text(json.dumps({"interrupted": True, "global_step": 64}))
 
-    monkeypatch.setattr(module, "train", stopped_training)
+    monkeypatch.setattr(module, "train", stopped)
+    return trained
+
+
+def test_a_run_stopped_by_sigterm_is_not_evaluated_and_stops_the_study(tmp_path, module, stopped_training):
+    # ppo_nethack.py exits cleanly on SIGTERM with a summary marked interrupted; evaluating that
+    # half-trained checkpoint would write an eval.json and so mark the run finished for good.
+    trained = stopped_training
     config = {**TINY, "seeds": [1, 2], "agents": {"mlp": {"policy": "mlp"}}}
     args = module.Args(
         command="run", runs_root=str(tmp_path / "runs"), results_root=str(tmp_path / "results"), torch_threads=1
@@ -202,7 +210,9 @@ def test_a_run_stopped_by_sigterm_is_not_evaluated_and_stops_the_study(tmp_path,
     assert not list((tmp_path / "results").rglob("summary.json"))
 
 
-def test_a_run_another_study_process_holds_is_skipped_until_that_process_dies(tmp_path, module, monkeypatch, capsys):
+def test_a_run_another_study_process_holds_is_skipped_until_that_process_dies(
+    tmp_path, module, stopped_training, capsys
+):
     # Two processes on one run would write one run directory at once; the second must leave it alone, and the
     # lock must not outlive a killed holder. The holder is util-linux's flock(1), not this module's code.
     import os
@@ -211,14 +221,7 @@ def test_a_run_another_study_process_holds_is_skipped_until_that_process_dies(tm
 
     if shutil.which("flock") is None:
         pytest.skip("needs util-linux's flock(1)")
-    trained = []
-
-    def fake_training(config, agent, seed, run_dir, torch_threads):
-        trained.append((agent, seed))
-        run_dir.mkdir(parents=True)
-        (run_dir / "summary.json").write_text(json.dumps({"interrupted": True, "global_step": 64}))
-
-    monkeypatch.setattr(module, "train", fake_training)
+    trained = stopped_training
     config = {**TINY, "seeds": [1, 2], "agents": {"mlp": {"policy": "mlp"}}, "runs": [["mlp", 1], ["mlp", 2]]}
     lock = tmp_path / "runs" / "tiny" / "mlp__s1.lock"
     lock.parent.mkdir(parents=True)
