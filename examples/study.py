@@ -288,19 +288,19 @@ def run(args: Args, config: dict) -> None:
         if position % count != index:
             continue
         out = result_dir(config, agent, seed, results)
+        place = result_dir(config, agent, seed, Path(args.runs_root))  # its run directory, and its lock's name
         if (out / "eval.json").is_file():
             print(f"done already: {out}", flush=True)
             continue
         if args.train_only and seed is None:
             continue
         if deadline is not None and seed is not None:
-            run_dir = result_dir(config, agent, seed, Path(args.runs_root))
-            expected = expected_seconds(config, agent, run_dir, results)
+            expected = expected_seconds(config, agent, place, results)
             if expected is not None and time.time() + expected > deadline:
                 left = max(0.0, deadline - time.time()) / 60
                 print(f"skipped: {out} needs about {expected / 60:.0f} min, {left:.0f} min left", flush=True)
                 continue
-        with _claim(result_dir(config, agent, seed, Path(args.runs_root))) as claimed:
+        with _claim(place) as claimed:
             if not claimed:
                 print(f"busy: another study process has {out}; skipped", flush=True)
                 continue
@@ -308,10 +308,9 @@ def run(args: Args, config: dict) -> None:
                 print(f"done already: {out}", flush=True)
                 continue
             out.mkdir(parents=True, exist_ok=True)
-            run_dir = None
+            run_dir = None if seed is None else place  # a floor trains nothing
             start = time.time()
             if seed is not None:
-                run_dir = result_dir(config, agent, seed, Path(args.runs_root))
                 summary = run_dir / "summary.json"
                 if not summary.is_file() or json.loads(summary.read_text())["interrupted"]:
                     train(config, agent, seed, run_dir, args.torch_threads)

@@ -142,7 +142,6 @@ def test_the_concat_fusion_has_frames_without_heat(episode, tmp_path):
 
 
 def test_the_script_draws_an_untrained_agent_and_refuses_a_checkpoint_without_experts(tmp_path):
-
     from example_scripts import load_example
 
     from crossmoe.minigrid import make_baseline_policy
