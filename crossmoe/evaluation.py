@@ -133,9 +133,11 @@ class Agent(Protocol):
     uses when present: ``reset(seed)``, called once before the first step so
     that an evaluation is reproducible; ``expert_names``, the names of
     the ``E`` experts of the router weights (the agent then also receives the
-    atoms, as ``obs["atoms"]``, instead of computing them again); and
+    atoms, as ``obs["atoms"]``, instead of computing them again);
     ``condition_names``, the atoms it reads, in order (it then receives
-    those columns).
+    those columns); and ``end_episodes(done)``, called after each step with
+    the ``(N,)`` bool episode ends, so that an agent with memory (a policy
+    with a recurrent core) starts the next episode without it.
     """
 
     def act(self, obs: Mapping[str, np.ndarray]) -> np.ndarray | AgentStep: ...
@@ -177,7 +179,10 @@ class PolicyAgent:
     :func:`torch.inference_mode`. Sampled actions come from the agent's own
     :class:`torch.Generator`, so an evaluation neither depends on nor advances
     torch's global random state. The policy is used in the mode it is in:
-    :func:`~crossmoe.nethack.load_agent` returns it in eval mode.
+    :func:`~crossmoe.nethack.load_agent` returns it in eval mode. A policy
+    with a recurrent core carries its state from step to step and zeroes it
+    where an episode starts (:meth:`end_episodes`; vector envs that autoreset
+    on the step after an episode's end, as gymnasium's do by default).
 
     Args:
         policy: A :class:`~crossmoe.CrossAttentionMoEPolicy` (its ``router_weights``
@@ -214,23 +219,54 @@ class PolicyAgent:
         #: The conditions the policy reads as ``obs["atoms"]``, in order (its graph's), or None.
         self.condition_names: tuple[str, ...] | None = None if graph is None else tuple(graph.conditions)
         self._generator = torch.Generator().manual_seed(seed)
+        self._forget()
+
+    def _forget(self) -> None:
+        # a recurrent policy's state, and which envs start an episode at the next step and ended one at the last
+        self._state: torch.Tensor | None = None
+        self._starts: np.ndarray | None = None
+        self._ended: np.ndarray | None = None
 
     def reset(self, seed: int | None = None) -> None:
-        """Restart the sampling from ``seed`` (``None``: a fresh random seed)."""
+        """Restart the sampling from ``seed`` (``None``: a fresh random seed), and forget a recurrent state."""
         if seed is None:
             self._generator.seed()
         else:
             self._generator.manual_seed(seed)
+        self._forget()
+
+    def end_episodes(self, done: np.ndarray) -> None:
+        """Mark the ``(N,)`` envs whose episode ended at the last step: a recurrent state starts afresh there.
+
+        The state is zeroed for the autoreset step (whose action the env ignores) and again for the new
+        episode's first observation, so nothing of the last episode reaches the next one.
+        """
+        done = np.asarray(done, dtype=bool)
+        self._starts = done if self._ended is None else done | self._ended
+        self._ended = done
 
     def act(self, obs: Mapping[str, Any]) -> AgentStep:
         """The actions and (MoE policies) the ``(N, E)`` router weights of a batch."""
+        memory = {}
+        if getattr(self.policy, "recurrent", False):
+            batch = _batch_size(obs)
+            if self._state is None or len(self._state) != batch:  # the first step of every episode
+                self._state, self._starts = self.policy.initial_state(batch), np.ones(batch, dtype=bool)
+            starts = np.zeros(batch, dtype=bool) if self._starts is None else self._starts
+            memory = {"state": self._state, "starts": torch.from_numpy(starts)}
         with torch.inference_mode():
             try:
-                actions, *_, output = self.policy.get_action_and_value(obs, deterministic=True, return_output=True)
+                actions, *_, output = self.policy.get_action_and_value(
+                    obs, deterministic=True, return_output=True, **memory
+                )
             except torch._dynamo.exc.BackendCompilerFailed as error:
                 warnings.warn(f"compiling the policy failed, evaluating eagerly: {error}", RuntimeWarning, stacklevel=2)
                 self.policy.uncompile()
-                actions, *_, output = self.policy.get_action_and_value(obs, deterministic=True, return_output=True)
+                actions, *_, output = self.policy.get_action_and_value(
+                    obs, deterministic=True, return_output=True, **memory
+                )
+            if memory:
+                self._state, self._starts = output.state, None
             if not self.deterministic:
                 probs = output.logits.float().softmax(dim=-1).cpu()
                 actions = torch.multinomial(probs, 1, generator=self._generator).squeeze(-1)
@@ -557,6 +593,8 @@ def evaluate(
                 usage.add(atoms, np.asarray(step.router_weights, dtype=np.float64), counting)
             obs, reward, terminated, truncated, info = envs.step(np.asarray(step.actions))
             _, done, aborted = domain.episode_ends(terminated, truncated, info)
+            if callable(getattr(agent, "end_episodes", None)):
+                agent.end_episodes(done)
             running.update(active, reward, *game_state(obs, reward))
             for i in np.flatnonzero(done & (finished < quota)):  # episode ends only: rare
                 outcome = str(info["outcome"][i]) if "outcome" in info and info["_outcome"][i] else None

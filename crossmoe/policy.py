@@ -17,6 +17,7 @@ from crossmoe.experts import DEFAULT_EXPERT_NAMES, SemanticExpertBank
 from crossmoe.functional import combine_experts
 from crossmoe.fusion import FUSIONS, make_fusion
 from crossmoe.hypergraph import Hypergraph
+from crossmoe.recurrent import make_core
 from crossmoe.routing import SparsemaxRouter
 
 __all__ = [
@@ -52,6 +53,7 @@ class PolicyOutput(NamedTuple):
         - applicable: ``(B, O)`` bool, or None if the logic encoder gives none
         - operator_to_expert: ``(O,)`` long, or None without a hypergraph
         - prior: ``(B, A)``, the knowledge pathway's bias (already in ``logits``), or None without one
+        - state: ``(n, S)``, the recurrent core's state after the batch's last step, or None without a core
     """
 
     logits: Tensor
@@ -66,6 +68,7 @@ class PolicyOutput(NamedTuple):
     applicable: Tensor | None
     operator_to_expert: Tensor | None
     prior: Tensor | None = None
+    state: Tensor | None = None
 
 
 class ActorCriticBase(nn.Module):
@@ -74,6 +77,17 @@ class ActorCriticBase(nn.Module):
     A subclass defines :meth:`encoders` (the modules whose ``prepare`` hooks
     run on the raw observation) and :meth:`forward_tensors`, whose output has
     ``logits (B, A)`` and ``value (B,)`` fields.
+
+    **Recurrence.** A policy with a recurrent core (``policy.core``, e.g.
+    :class:`~crossmoe.recurrent.LSTMCore`; ``None`` without one) takes a
+    ``state`` ``(n, S)`` and ``starts`` next to the observation and returns
+    the state after its last step as ``output.state``. A batch of ``B = T *
+    n`` observations is read as ``T`` steps of ``n`` episodes, time-major
+    (row ``t * n + j`` is step ``t`` of episode ``j``), which is how a PPO
+    update replays a rollout's env columns; ``starts (B,)`` marks the first
+    step of an episode, where the state is zeroed. Acting, ``T = 1``: pass
+    the state from the last step. Without a state each sample is the first
+    step of its episode.
     """
 
     _compiled_forward: Callable[..., Any] | None = None
@@ -95,16 +109,47 @@ class ActorCriticBase(nn.Module):
         """The observation as the encoders read it: see :func:`crossmoe.encoders.prepare_observation`."""
         return prepare_observation(obs, self.encoders(), self.device)
 
-    def forward(self, obs: Observation) -> Any:
-        """The policy's outputs for a batch: numpy arrays or tensors, a dict or a bare array."""
+    @property
+    def recurrent(self) -> bool:
+        """Whether the policy has a recurrent core (and so takes and returns a ``state``)."""
+        return getattr(self, "core", None) is not None
+
+    def initial_state(self, batch: int) -> Tensor | None:
+        """The recurrent core's state before the first step of ``batch`` episodes; None without a core."""
+        return self.core.initial_state(batch, self.device) if self.recurrent else None
+
+    def forward(self, obs: Observation, state: Tensor | None = None, starts: Any = None) -> Any:
+        """The policy's outputs for a batch: numpy arrays or tensors, a dict or a bare array.
+
+        ``state`` and ``starts`` are for a policy with a recurrent core (see the class docstring).
+        """
         obs = self.prepare(obs)
+        extra: tuple[Any, ...] = ()
+        if state is not None or starts is not None:
+            if not self.recurrent:
+                raise ValueError(
+                    f"state and starts are for a policy with a recurrent core, and this {type(self).__name__} "
+                    "has none (core=None)"
+                )
+            if state is None:
+                raise ValueError("starts needs the state it resets: pass state too")
+            device = self.device
+            extra = (state.to(device), None if starts is None else torch.as_tensor(starts, device=device).bool())
         if (
             self._compiled_forward is None
             or (self._compile_options["inference_only"] and torch.is_grad_enabled())
             or not self.fits_compiled(obs)
         ):
-            return self.forward_tensors(obs)
-        return self._compiled_forward(self, obs)
+            return self.forward_tensors(obs, *extra)
+        return self._compiled_forward(self, obs, *extra)
+
+    def _recur(self, x: Tensor, state: Tensor | None, starts: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """``(core(x, state, starts), new state)``, or ``(x, None)`` without a core."""
+        if not self.recurrent:
+            return x, None
+        if state is None:  # every sample is the first step of its episode
+            state = self.core.initial_state(x.shape[0], x.device)
+        return self.core(x, state, starts)
 
     def fits_compiled(self, obs: Mapping[str, Any]) -> bool:
         """Whether the compiled graph computes this prepared batch exactly (else :meth:`forward` runs eagerly)."""
@@ -152,9 +197,9 @@ class ActorCriticBase(nn.Module):
         if options is not None:
             self.compile(*options["args"], inference_only=options["inference_only"], **options["kwargs"])
 
-    def get_value(self, obs: Observation) -> Tensor:
+    def get_value(self, obs: Observation, state: Tensor | None = None, starts: Any = None) -> Tensor:
         """Critic value ``(B,)``."""
-        return self(obs).value
+        return self(obs, state, starts).value
 
     def get_action_and_value(
         self,
@@ -162,6 +207,8 @@ class ActorCriticBase(nn.Module):
         action: Tensor | None = None,
         deterministic: bool = False,
         return_output: bool = False,
+        state: Tensor | None = None,
+        starts: Any = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor] | tuple[Tensor, Tensor, Tensor, Tensor, Any]:
         """Sample (or score) actions, CleanRL style.
 
@@ -170,14 +217,15 @@ class ActorCriticBase(nn.Module):
             action: ``(B,)`` actions to score; ``None`` samples new ones.
             deterministic: Take the most likely action instead of sampling.
             return_output: Also return the full :class:`PolicyOutput` (for the
-                auxiliary losses in the same pass).
+                auxiliary losses in the same pass, and a recurrent core's new ``state``).
+            state, starts: A recurrent core's state and episode starts (see the class docstring).
 
         Returns:
             ``(action (B,), log_prob (B,), entropy (B,), value (B,))``, plus the
             output of :meth:`forward` (:class:`PolicyOutput` or :class:`ActorCriticOutput`)
             when ``return_output`` is True.
         """
-        output = self(obs)
+        output = self(obs, state, starts)
         dist = Categorical(logits=output.logits)
         if action is None:
             action = output.logits.argmax(-1) if deterministic else dist.sample()
@@ -254,6 +302,12 @@ class CrossAttentionMoEPolicy(ActorCriticBase):
             expert gets the same weight in every state at the start, and the
             losses, not the random init, decide the first routing (a random
             init routes some experts to 0 under sparsemax from the start).
+        core: A recurrent core between the fused context and the router,
+            experts and critic: ``"lstm"`` (:class:`~crossmoe.recurrent.LSTMCore`),
+            a module of your own (see :func:`~crossmoe.recurrent.make_core`),
+            or ``None`` for none. With a core the policy takes a ``state``
+            (see :class:`ActorCriticBase`), and ``output.context`` is the
+            core's output, what the heads read.
 
     Example:
         >>> from crossmoe.encoders import BoxEncoder, LearnedQueries
@@ -286,6 +340,7 @@ class CrossAttentionMoEPolicy(ActorCriticBase):
         expert_names: Sequence[str] | None = DEFAULT_EXPERT_NAMES,
         knowledge: nn.Module | None = None,
         uniform_router_init: bool = True,
+        core: str | nn.Module | None = None,
     ) -> None:
         super().__init__()
         # check_int returns an int: e.g. numpy integers from a gymnasium Discrete space
@@ -309,6 +364,7 @@ class CrossAttentionMoEPolicy(ActorCriticBase):
                 f"max_queries needs a logic encoder with applicable_operators(obs), so that a batch over the cap "
                 f"runs eagerly; got {type(logic_encoder).__name__}"
             )
+        self.core = make_core(core, dim)
         self.router = SparsemaxRouter(dim, num_experts, router_hidden_dim, alpha=alpha, temperature=temperature)
         self.experts = SemanticExpertBank(dim, action_dim, num_experts, expert_hidden_dim, names=expert_names)
         self.critic = nn.Sequential(nn.Linear(dim, critic_hidden_dim), nn.Tanh(), nn.Linear(critic_hidden_dim, 1))
@@ -378,9 +434,12 @@ class CrossAttentionMoEPolicy(ActorCriticBase):
             raise ValueError(f"fusion must return a context of shape (B, D)=({batch}, {self.dim}), got {shape}")
         return context, attention, logic
 
-    def forward_tensors(self, obs: Mapping[str, Any]) -> PolicyOutput:
+    def forward_tensors(
+        self, obs: Mapping[str, Any], state: Tensor | None = None, starts: Tensor | None = None
+    ) -> PolicyOutput:
         """:meth:`forward` on an observation that :meth:`prepare` has already made ready (the compiled part)."""
         context, attention, logic = self.encode(obs)
+        context, state = self._recur(context, state, starts)
         routing = self.router(context)
         expert_logits, expert_features = self.experts(context, return_hidden=True)
         logits = combine_experts(routing.weights, expert_logits)
@@ -411,6 +470,7 @@ class CrossAttentionMoEPolicy(ActorCriticBase):
             applicable=logic.applicable,
             operator_to_expert=getattr(self.logic_encoder, "operator_to_expert", None),
             prior=prior,
+            state=state,
         )
 
     def extra_repr(self) -> str:
@@ -421,7 +481,8 @@ class ActorCriticOutput(NamedTuple):
     """One forward pass of :class:`ActorCritic`: ``logits (B, A)``, ``value (B,)``, ``context (B, H)``.
 
     With a features module that gives applicability, also ``applicable (B, O)``
-    bool, and with a knowledge pathway its ``prior (B, A)`` (already in ``logits``).
+    bool, with a knowledge pathway its ``prior (B, A)`` (already in ``logits``),
+    and with a recurrent core its ``state (n, S)`` after the batch's last step.
     """
 
     logits: Tensor
@@ -429,6 +490,7 @@ class ActorCriticOutput(NamedTuple):
     context: Tensor
     applicable: Tensor | None = None
     prior: Tensor | None = None
+    state: Tensor | None = None
 
 
 class ActorCritic(ActorCriticBase):
@@ -458,6 +520,8 @@ class ActorCritic(ActorCriticBase):
         features: Module mapping observations to ``(features (B, F), applicable (B, O) bool or None)``,
             with a ``num_features`` attribute ``F``; None for tokens only.
         knowledge: Module mapping ``applicable (B, O)`` to an ``(B, A)`` logit bias; needs ``features``.
+        core: A recurrent core between the trunk and the actor and critic, as in
+            :class:`CrossAttentionMoEPolicy` (``"lstm"``, a module, or ``None``).
     """
 
     def __init__(
@@ -469,6 +533,7 @@ class ActorCritic(ActorCriticBase):
         hidden_dim: int = 256,
         features: nn.Module | None = None,
         knowledge: nn.Module | None = None,
+        core: str | nn.Module | None = None,
     ) -> None:
         super().__init__()
         hidden_dim = check_int(hidden_dim, "hidden_dim")
@@ -488,6 +553,7 @@ class ActorCritic(ActorCriticBase):
         self.action_dim, self.num_tokens, self.dim = int(action_dim), int(num_tokens), int(dim)
         self.num_features = int(num_features)
         self.trunk = nn.Sequential(nn.Linear(self.num_tokens * self.dim + self.num_features, hidden_dim), nn.ReLU())
+        self.core = make_core(core, hidden_dim)
         self.actor = nn.Linear(hidden_dim, self.action_dim)
         self.critic = nn.Linear(hidden_dim, 1)
         with torch.no_grad():
@@ -522,16 +588,19 @@ class ActorCritic(ActorCriticBase):
             inputs = torch.cat([inputs, features.to(inputs.dtype)], dim=1)
         return self.trunk(inputs), applicable
 
-    def forward_tensors(self, obs: Mapping[str, Any]) -> ActorCriticOutput:
+    def forward_tensors(
+        self, obs: Mapping[str, Any], state: Tensor | None = None, starts: Tensor | None = None
+    ) -> ActorCriticOutput:
         """:meth:`forward` on a prepared observation (the part ``torch.compile`` traces)."""
         hidden, applicable = self._encode(obs)
+        hidden, state = self._recur(hidden, state, starts)
         logits, prior = self.actor(hidden), None
         if self.knowledge is not None:
             if applicable is None:
                 raise ValueError("a knowledge pathway needs features that return the applicable operators")
             prior = self.knowledge(applicable)
             logits = logits + prior
-        return ActorCriticOutput(logits, self.critic(hidden).squeeze(-1), hidden, applicable, prior)
+        return ActorCriticOutput(logits, self.critic(hidden).squeeze(-1), hidden, applicable, prior, state)
 
     def extra_repr(self) -> str:
         return (

@@ -125,6 +125,10 @@ class PPOArgs:
     applicable_queries: bool = True
     """Only the applicable operators query the map (``--no-applicable-queries``: all of them, the earlier design;
     ``moe`` with ``cross_attention`` only)."""
+    core: Literal["none", "lstm"] = "none"
+    """A recurrent core between the agent's context and its heads (``lstm``: :class:`~crossmoe.recurrent.LSTMCore`,
+    memory across an episode's steps; every policy): the rollout carries its state, and the update replays each
+    env column's ``num_steps`` from the state the rollout started with (backpropagation through the rollout)."""
     device: str = "cpu"
     """Torch device."""
     torch_threads: int = 0
@@ -332,6 +336,9 @@ def _options(args: PPOArgs, names: tuple[str, ...]) -> dict[str, Any]:
 
 def make_agent(args: PPOArgs, envs: Any, domain: TrainDomain) -> nn.Module:
     """The MoE agent (``policy="moe"``), the no-MoE baseline (``"mlp"``) or the flat-features control (``"flat"``)."""
+    if args.core not in ("none", "lstm"):
+        raise ValueError(f"core must be 'none' or 'lstm', got {args.core!r}")
+    core = {} if args.core == "none" else {"core": args.core}  # a domain's factories need not know the argument
     if args.policy == "moe":
         return domain.make_policy(
             env=envs,
@@ -341,10 +348,11 @@ def make_agent(args: PPOArgs, envs: Any, domain: TrainDomain) -> nn.Module:
             uniform_router_init=args.uniform_router_init,
             applicable_queries=args.applicable_queries,
             **_options(args, domain.policy_options),
+            **core,
         )
     if args.policy not in ("mlp", "flat"):
         raise ValueError(f"policy must be one of ('moe', 'mlp', 'flat'), got {args.policy!r}")
-    return domain.make_baseline_policy(env=envs, dim=args.dim, knowledge=args.policy == "flat")
+    return domain.make_baseline_policy(env=envs, dim=args.dim, knowledge=args.policy == "flat", **core)
 
 
 def compile_agent(agent: nn.Module, args: PPOArgs, envs: Any, domain: TrainDomain) -> nn.Module:
@@ -360,13 +368,19 @@ def compile_agent(agent: nn.Module, args: PPOArgs, envs: Any, domain: TrainDomai
     """
     agent.compile(dynamic=False, inference_only=args.compile == "rollout")
     obs, _ = envs.reset(seed=args.seed)  # the loop resets again with its own seed
+
+    def memory(envs: int, steps: int = 1) -> tuple[Tensor, Tensor] | tuple[()]:
+        # a recurrent agent is compiled as the loop calls it: with a state and the episode starts
+        return (agent.initial_state(envs), torch.ones(steps * envs, dtype=torch.bool)) if agent.recurrent else ()
+
     try:
         with torch.inference_mode():
-            agent(obs)
+            agent(obs, *memory(args.num_envs))
         if args.compile == "all":
-            minibatch = args.num_steps * (args.num_envs // args.num_minibatches)
+            envs_per_minibatch = args.num_envs // args.num_minibatches
+            minibatch = args.num_steps * envs_per_minibatch
             tiled = {key: np.resize(value, (minibatch, *value.shape[1:])) for key, value in obs.items()}
-            out = agent(tiled)
+            out = agent(tiled, *memory(envs_per_minibatch, args.num_steps))
             (out.logits.sum() + out.value.sum()).backward()
             agent.zero_grad(set_to_none=True)
     except torch._dynamo.exc.BackendCompilerFailed as error:
@@ -426,6 +440,9 @@ class _Rollout:
         self.logprobs, self.rewards, self.values = torch.zeros(shape), torch.zeros(shape), torch.zeros(shape)
         self.terminal, self.ends, self.valid = torch.zeros(shape), torch.zeros(shape), torch.zeros(shape)
         self.aborted = torch.zeros(shape, dtype=torch.bool)
+        # a recurrent core's episode starts (its state is zeroed there) and its state before the rollout
+        self.starts = torch.zeros(shape, dtype=torch.bool)
+        self.initial_state: Tensor | None = None
         # the teacher's action probabilities, once per step: no epoch recomputes them
         self.teacher = None if num_actions is None else torch.zeros((*shape, num_actions))
 
@@ -524,6 +541,8 @@ def train(args: PPOArgs, domain: TrainDomain) -> dict[str, Any]:
     num_actions = envs.single_action_space.n
     buf = _Rollout(agent.prepare(next_obs), args.num_steps, args.num_envs, None if teacher is None else num_actions)
     next_valid = np.ones(args.num_envs, dtype=bool)
+    state = agent.initial_state(args.num_envs)  # a recurrent core's memory; None without one
+    next_start = np.ones(args.num_envs, dtype=bool)  # the first observation of an episode
     episode_score = np.zeros(args.num_envs)
     episode_success = np.zeros(args.num_envs, dtype=bool)
     scored = domain.env.score is not None  # else an episode's score is its return
@@ -549,6 +568,9 @@ def train(args: PPOArgs, domain: TrainDomain) -> dict[str, Any]:
             teacher_coef = None if teacher_schedule is None else teacher_schedule(counters["global_step"])
             imitate = teacher is not None and counters["global_step"] < args.imitation_steps  # the teacher plays
             finished: dict[str, list[float]] = {"return": [], "length": [], "score": [], "success": []}
+            state_at_start, start_at_start = state, next_start
+            if state is not None:
+                buf.initial_state = state.clone()  # a normal tensor (the rollout's are inference tensors)
 
             # ---- rollout --------------------------------------------------------------------------------
             for step in range(args.num_steps):
@@ -556,12 +578,19 @@ def train(args: PPOArgs, domain: TrainDomain) -> dict[str, Any]:
                 for key, buffer in buf.obs.items():
                     buffer[step] = step_obs[key]
                 buf.valid[step] = torch.from_numpy(next_valid)
+                buf.starts[step] = torch.from_numpy(next_start)
                 if teacher is not None:  # the MoE agent's atoms, when it has them; the teacher computes them otherwise
                     teacher_obs = next_obs if "atoms" not in step_obs else {**next_obs, "atoms": step_obs["atoms"]}
                     buf.teacher[step] = teacher_probs(teacher, teacher_obs, num_actions)
                 with torch.inference_mode():  # same network mode as the update; no autograd bookkeeping
                     played = torch.multinomial(buf.teacher[step], 1).squeeze(1) if imitate else None
-                    action, logprob, _, value = agent.get_action_and_value(step_obs, played)
+                    if state is None:
+                        action, logprob, _, value = agent.get_action_and_value(step_obs, played)
+                    else:
+                        action, logprob, _, value, output = agent.get_action_and_value(
+                            step_obs, played, return_output=True, state=state, starts=buf.starts[step]
+                        )
+                        state = output.state
                 buf.actions[step], buf.logprobs[step], buf.values[step] = action.cpu(), logprob.cpu(), value.cpu()
 
                 next_obs, reward, terminated, truncated, info = envs.step(action.cpu().numpy())
@@ -574,6 +603,9 @@ def train(args: PPOArgs, domain: TrainDomain) -> dict[str, Any]:
                     episode_score = np.where(next_valid, np.maximum(episode_score, domain.env.score(next_obs)), 0)
                 if domain.success is not None:
                     episode_success = next_valid & np.asarray(domain.success(reward, is_terminal), dtype=bool)
+                # The next observation starts an episode after an autoreset step; zeroing the state at the
+                # episode's end too keeps the ignored reset step's observation out of the memory.
+                next_start = done | ~next_valid
                 next_valid = ~done
                 counters["global_step"] += args.num_envs
                 if "_episode" in info:
@@ -588,13 +620,15 @@ def train(args: PPOArgs, domain: TrainDomain) -> dict[str, Any]:
             if stopper.requested is not None:
                 counters.update(counters_at_start)
                 reward_scaler.load_state_dict(scaler_at_start)
+                state, next_start = state_at_start, start_at_start
                 break
             recent_returns.extend(finished["return"])
             rollout_time = time.time() - update_start
 
             # ---- advantages -------------------------------------------------------------------------------
             with torch.inference_mode():
-                next_value = agent.get_value(next_obs).cpu()
+                memory = () if state is None else (state, torch.from_numpy(next_start))
+                next_value = agent.get_value(next_obs, *memory).cpu()
             next_values = torch.cat([buf.values[1:], next_value.unsqueeze(0)])
             next_values[buf.aborted] = buf.values[buf.aborted]  # a blanked final observation: use the last real one
             advantages, returns = compute_gae(
@@ -618,8 +652,10 @@ def train(args: PPOArgs, domain: TrainDomain) -> dict[str, Any]:
 
                     mb_obs = {key: column(buffer) for key, buffer in buf.obs.items()}
                     mask = column(buf.valid)
+                    # a recurrent core replays the columns' rollouts from the state they started with
+                    memory = {} if state is None else {"state": buf.initial_state[cols], "starts": column(buf.starts)}
                     _, new_logprob, entropy, new_value, output = agent.get_action_and_value(
-                        mb_obs, column(buf.actions), return_output=True
+                        mb_obs, column(buf.actions), return_output=True, **memory
                     )
                     log_ratio = new_logprob - column(buf.logprobs)
                     ratio = log_ratio.exp()
@@ -763,6 +799,7 @@ def train(args: PPOArgs, domain: TrainDomain) -> dict[str, Any]:
         "policy": args.policy,
         "fusion": args.fusion if moe else None,
         "knowledge": args.knowledge if moe else None,
+        "core": args.core,
         **{
             name: value if moe and args.knowledge else None
             for name, value in _options(args, domain.policy_options).items()

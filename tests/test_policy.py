@@ -108,11 +108,11 @@ def test_policy_output_shapes(fusion, logic):
     assert out.prior is None  # no knowledge pathway (tests/test_knowledge.py)
 
 
-def test_policy_output_prior_defaults_to_none():
+def test_policy_output_prior_and_state_default_to_none():
     """Code that builds a PolicyOutput from the eleven fields it had before the knowledge pathway keeps working."""
-    assert PolicyOutput._fields[-1] == "prior"
-    out = PolicyOutput(*range(len(PolicyOutput._fields) - 1))
-    assert out.prior is None and out.operator_to_expert == len(PolicyOutput._fields) - 2
+    assert PolicyOutput._fields[-2:] == ("prior", "state")
+    out = PolicyOutput(*range(len(PolicyOutput._fields) - 2))
+    assert out.prior is None and out.state is None and out.operator_to_expert == len(PolicyOutput._fields) - 3
 
 
 def test_applicable_is_the_hypergraphs_applicability_of_the_atoms():

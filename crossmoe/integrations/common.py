@@ -116,6 +116,11 @@ def build_policy(
     if n is None or getattr(action_space, "shape", None) not in ((), None):
         raise ValueError(f"action_space must be Discrete, got {action_space!r}")
     action_dim = int(n)
+    if policy_kwargs.get("core") is not None:
+        raise ValueError(
+            f"core={policy_kwargs['core']!r}: the SB3 and RLlib integrations act one step at a time without a "
+            "recurrent state; train a recurrent core with crossmoe's PPO (--core lstm)"
+        )
     if preset is not None:
         if visual_encoder is not None or logic_encoder is not None:
             raise ValueError("pass either preset or visual_encoder and logic_encoder, not both")

@@ -226,10 +226,12 @@ def make_baseline_policy(
     knowledge: bool = False,
     hypergraph: Hypergraph | None = None,
     prior_init: float = 1.0,
+    core: str | None = None,
 ) -> ActorCritic:
     """The no-MoE baseline: :class:`~crossmoe.minigrid.encoders.MiniGridVisualEncoder` under a plain
     :class:`~crossmoe.policy.ActorCritic`; with ``knowledge=True`` the flat-features control (the atoms as
-    input and the same knowledge prior as :func:`make_policy`'s), as in :func:`crossmoe.nethack.make_baseline_policy`.
+    input and the same knowledge prior as :func:`make_policy`'s), as in :func:`crossmoe.nethack.make_baseline_policy`
+    (``core`` too).
     """
     if not isinstance(knowledge, bool):
         raise TypeError(f"knowledge must be a bool, got {type(knowledge).__name__} {knowledge!r}")
@@ -242,12 +244,13 @@ def make_baseline_policy(
     elif hypergraph is not None:
         raise ValueError("hypergraph is for the flat-features control: pass knowledge=True")
     visual = MiniGridVisualEncoder(dim)
-    policy = ActorCritic(visual, len(actions), hidden_dim=hidden_dim, features=features, knowledge=prior)
+    policy = ActorCritic(visual, len(actions), hidden_dim=hidden_dim, features=features, knowledge=prior, core=core)
     policy.config = {
         "factory": "minigrid.make_baseline_policy",
         "action_set": actions,
         "dim": dim,
         "hidden_dim": hidden_dim,
+        **({} if core is None else {"core": core}),
     }
     if knowledge:
         policy.config.update(knowledge=True, hypergraph=hypergraph.to_dict(), prior_init=prior_init)

@@ -181,7 +181,8 @@ def make_policy(
             batch in which some state has more applicable operators runs
             eagerly. ``None``: all of them.
         **policy_kwargs: Passed to :class:`~crossmoe.policy.CrossAttentionMoEPolicy`
-            (``sparse_topk``, ``alpha``, ``temperature``, ...).
+            (``sparse_topk``, ``alpha``, ``temperature``, ``core="lstm"`` for a
+            recurrent core, ...).
 
     Example:
         >>> policy = make_policy()
@@ -271,6 +272,7 @@ def make_baseline_policy(
     hypergraph: Hypergraph | None = None,
     prior_init: float = 1.0,
     action_set: Sequence[Any] | None = None,
+    core: str | None = None,
 ) -> ActorCritic:
     """The no-MoE baseline: the agent's visual encoder under a plain :class:`~crossmoe.policy.ActorCritic`.
 
@@ -287,7 +289,9 @@ def make_baseline_policy(
     :class:`~crossmoe.knowledge.ApplicabilityPrior` as :func:`make_policy`'s
     is added to the logits: the MoE agent's knowledge, with no hypergraph
     encoder, fusion, router or experts. ``hypergraph``, ``prior_init`` and
-    ``action_set`` are then as in :func:`make_policy`.
+    ``action_set`` are then as in :func:`make_policy`. ``core="lstm"`` puts a
+    recurrent core (:class:`~crossmoe.recurrent.LSTMCore`) between the trunk
+    and the heads, as ``make_policy(core="lstm")`` does for the MoE agent.
 
     Example:
         >>> make_baseline_policy(knowledge=True).num_features  # one input per atom
@@ -307,7 +311,7 @@ def make_baseline_policy(
         prior = ApplicabilityPrior(hypergraph.action_mask(actions), init=prior_init)
     elif hypergraph is not None or action_set is not None:
         raise ValueError("hypergraph and action_set are for the flat-features control: pass knowledge=True")
-    policy = ActorCritic(visual, action_dim, hidden_dim=hidden_dim, features=features, knowledge=prior)
+    policy = ActorCritic(visual, action_dim, hidden_dim=hidden_dim, features=features, knowledge=prior, core=core)
     policy.config = {
         "factory": "make_baseline_policy",
         "action_dim": action_dim,
@@ -315,6 +319,7 @@ def make_baseline_policy(
         "hidden_dim": hidden_dim,
         "crop_size": crop_size,
         "crop_patch": crop_patch,
+        **({} if core is None else {"core": core}),
     }
     if knowledge:
         policy.config.update(knowledge=True, hypergraph=hypergraph.to_dict(), prior_init=prior_init, action_set=actions)
