@@ -13,10 +13,12 @@ times each, and the JSON line gives the medians and the median of the
 per-round ratio. Targets on 2 cores: NetHack MoE >= 1,200 steps/s, MoE/mlp >= 0.7,
 peak RSS <= 4 GB; MiniGrid MoE >= 2,000 steps/s. With ``--teacher rules`` a third agent, the MoE agent
 kickstarted from the rule agent (``--teacher rules``), runs in each round too,
-and the line adds ``teacher_sps`` and ``teacher_over_moe`` (target >= 0.9).
+and the line adds ``teacher_sps`` and ``teacher_over_moe`` (target >= 0.9). With ``--core lstm`` the MoE
+agent with a recurrent core (``--core lstm``) runs in each round too, and the line adds ``lstm_sps`` and
+``lstm_over_moe``.
 
 Usage: ``python benchmarks/bench_training.py [--domain nethack|minigrid] [--rounds 3] [--updates 6]
-[--compile rollout] [--teacher rules] [--env-id ID]``
+[--compile rollout] [--teacher rules] [--core lstm] [--env-id ID]``
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ def worker(domain: str, agent: str, env_id: str, updates: int, run_dir: str, com
         env_id=env_id,
         policy="mlp" if agent == "mlp" else "moe",
         teacher="rules" if agent == "teacher" else "none",
+        core="lstm" if agent == "lstm" else "none",
         total_timesteps=updates * 16 * 128,
         run_dir=run_dir,
         progress=False,
@@ -89,7 +92,8 @@ def main() -> None:
         "--compile", choices=("off", "rollout", "all"), default="rollout", help="the example's --compile"
     )
     parser.add_argument("--teacher", choices=("none", "rules"), default="none", help="also time a kickstarted run")
-    parser.add_argument("--worker", choices=("moe", "mlp", "teacher"), help=argparse.SUPPRESS)
+    parser.add_argument("--core", choices=("none", "lstm"), default="none", help="also time a recurrent agent")
+    parser.add_argument("--worker", choices=("moe", "mlp", "teacher", "lstm"), help=argparse.SUPPRESS)
     parser.add_argument("--run-dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.env_id = args.env_id or ENV_IDS[args.domain]
@@ -97,7 +101,8 @@ def main() -> None:
         worker(args.domain, args.worker, args.env_id, args.updates, args.run_dir, args.compile)
         return
 
-    results: dict[str, list[dict]] = {"moe": [], "mlp": [], **({"teacher": []} if args.teacher == "rules" else {})}
+    extras = [name for name, on in (("teacher", args.teacher == "rules"), ("lstm", args.core == "lstm")) if on]
+    results: dict[str, list[dict]] = {name: [] for name in ("moe", "mlp", *extras)}
     for _ in range(args.rounds):
         for policy in results:
             results[policy].append(run(args.domain, policy, args.env_id, args.updates, args.compile))
@@ -127,13 +132,13 @@ def main() -> None:
         "threads": results["moe"][0]["threads"],
         **TARGETS[args.domain],
     }
-    if "teacher" in results:
-        teacher_ratio = (t["sps"] / m["sps"] for t, m in zip(results["teacher"], results["moe"], strict=True))
-        record.update(
-            teacher_sps=round(median["teacher"]["sps"], 1),
-            teacher_over_moe=round(statistics.median(teacher_ratio), 3),
-            teacher_over_moe_min=0.9,
+    for extra in extras:  # each against the MoE agent of its own round
+        extra_ratio = statistics.median(
+            e["sps"] / m["sps"] for e, m in zip(results[extra], results["moe"], strict=True)
         )
+        record.update({f"{extra}_sps": round(median[extra]["sps"], 1), f"{extra}_over_moe": round(extra_ratio, 3)})
+    if "teacher" in results:
+        record["teacher_over_moe_min"] = 0.9
     print(json.dumps(record), flush=True)
 
 

@@ -10,6 +10,7 @@ from crossmoe.fusion import ConcatFusion, CrossAttentionFusion, FusionOutput
 from crossmoe.hypergraph import Hypergraph, OperatorSpec
 from crossmoe.losses import AuxLossWeights, aux_loss
 from crossmoe.policy import ActorCritic, CrossAttentionMoEPolicy, PolicyOutput
+from crossmoe.recurrent import LSTMCore
 from crossmoe.routing import RouterOutput, SparsemaxRouter
 from crossmoe.schedule import RoutingState, TemperatureAnnealingScheduler
 
@@ -25,6 +26,7 @@ __all__ = [
     "FusionOutput",
     "Hypergraph",
     "HypergraphEncoder",
+    "LSTMCore",
     "OperatorSpec",
     "PolicyOutput",
     "RouterOutput",
