@@ -38,6 +38,7 @@ is tuned on them.
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 import subprocess
@@ -279,6 +280,11 @@ def run(args: Args, config: dict) -> None:
 
     # The evaluations run in this process: two shards side by side with torch's default threads would thrash.
     torch.set_num_threads(args.torch_threads)
+    # Import what the evaluations use now: a study runs for hours, and a library edited meanwhile must not
+    # reach it half-imported (an evaluation with an old policy class but a new factory fails).
+    domain_package = "crossmoe.minigrid" if config.get("domain", "nethack") == "minigrid" else "crossmoe.nethack"
+    for name in ("crossmoe.evaluation", domain_package):  # the domain's agents, envs and rules
+        importlib.import_module(name)
     index, count = (int(part) for part in args.shard.split("/"))
     only = None if args.only is None else set(args.only.split(","))
     results = Path(args.results_root)
