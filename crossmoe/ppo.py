@@ -568,7 +568,6 @@ def train(args: PPOArgs, domain: TrainDomain) -> dict[str, Any]:
             teacher_coef = None if teacher_schedule is None else teacher_schedule(counters["global_step"])
             imitate = teacher is not None and counters["global_step"] < args.imitation_steps  # the teacher plays
             finished: dict[str, list[float]] = {"return": [], "length": [], "score": [], "success": []}
-            state_at_start, start_at_start = state, next_start
             if state is not None:
                 buf.initial_state = state.clone()  # a normal tensor (the rollout's are inference tensors)
 
@@ -620,7 +619,6 @@ def train(args: PPOArgs, domain: TrainDomain) -> dict[str, Any]:
             if stopper.requested is not None:
                 counters.update(counters_at_start)
                 reward_scaler.load_state_dict(scaler_at_start)
-                state, next_start = state_at_start, start_at_start
                 break
             recent_returns.extend(finished["return"])
             rollout_time = time.time() - update_start
