@@ -133,6 +133,10 @@ class ActorCriticBase(nn.Module):
                 )
             if state is None:
                 raise ValueError("starts needs the state it resets: pass state too")
+            if not isinstance(state, Tensor):
+                raise TypeError(
+                    f"state must be a tensor (n, S), from initial_state(n) or output.state, got {type(state).__name__}"
+                )
             device = self.device
             extra = (state.to(device), None if starts is None else torch.as_tensor(starts, device=device).bool())
         if (

@@ -114,6 +114,8 @@ def test_state_is_refused_without_a_core_and_starts_without_a_state():
     recurrent = _policies()["flat"]
     with pytest.raises(ValueError, match="starts needs the state it resets"):
         recurrent(torch.zeros(2, OBS_DIM), starts=torch.ones(2, dtype=torch.bool))
+    with pytest.raises(TypeError, match=r"state must be a tensor \(n, S\), from initial_state\(n\) or output.state"):
+        recurrent(torch.zeros(2, OBS_DIM), [[0.0] * 2 * DIM] * 2)
 
 
 def test_the_integrations_refuse_a_recurrent_core():
