@@ -336,8 +336,6 @@ def _options(args: PPOArgs, names: tuple[str, ...]) -> dict[str, Any]:
 
 def make_agent(args: PPOArgs, envs: Any, domain: TrainDomain) -> nn.Module:
     """The MoE agent (``policy="moe"``), the no-MoE baseline (``"mlp"``) or the flat-features control (``"flat"``)."""
-    if args.core not in ("none", "lstm"):
-        raise ValueError(f"core must be 'none' or 'lstm', got {args.core!r}")
     core = {} if args.core == "none" else {"core": args.core}  # a domain's factories need not know the argument
     if args.policy == "moe":
         return domain.make_policy(
@@ -417,6 +415,8 @@ def _check(args: PPOArgs) -> None:
         raise ValueError(f"imitation_steps must be an int >= 0, got {args.imitation_steps!r}")
     if args.imitation_steps and args.teacher == "none":
         raise ValueError(f"imitation_steps={args.imitation_steps} needs a teacher to imitate: pass --teacher")
+    if args.core not in ("none", "lstm"):
+        raise ValueError(f"core must be 'none' or 'lstm', got {args.core!r}")
     if args.teacher_epsilon and args.teacher == "none":
         raise ValueError(f"teacher_epsilon={args.teacher_epsilon} softens a teacher: pass --teacher")
     batch_size = args.num_envs * args.num_steps
@@ -583,13 +583,11 @@ def train(args: PPOArgs, domain: TrainDomain) -> dict[str, Any]:
                     buf.teacher[step] = teacher_probs(teacher, teacher_obs, num_actions)
                 with torch.inference_mode():  # same network mode as the update; no autograd bookkeeping
                     played = torch.multinomial(buf.teacher[step], 1).squeeze(1) if imitate else None
-                    if state is None:
-                        action, logprob, _, value = agent.get_action_and_value(step_obs, played)
-                    else:
-                        action, logprob, _, value, output = agent.get_action_and_value(
-                            step_obs, played, return_output=True, state=state, starts=buf.starts[step]
-                        )
-                        state = output.state
+                    memory = {} if state is None else {"state": state, "starts": buf.starts[step]}
+                    action, logprob, _, value, output = agent.get_action_and_value(
+                        step_obs, played, return_output=True, **memory
+                    )
+                    state = output.state  # None without a recurrent core
                 buf.actions[step], buf.logprobs[step], buf.values[step] = action.cpu(), logprob.cpu(), value.cpu()
 
                 next_obs, reward, terminated, truncated, info = envs.step(action.cpu().numpy())
